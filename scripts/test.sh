@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine with only Python >= 3.11 and pip:
+# creates .venv, installs what the tests need, then lint, format, types and tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+ensure_venv dev
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+.venv/bin/mypy --strict src
+.venv/bin/python -m pytest "$@"

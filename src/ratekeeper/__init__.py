@@ -1,0 +1,52 @@
+"""ratekeeper: HTTP API rate limiting on both sides of the wire.
+
+Everything public is exported here; submodules are implementation detail.
+"""
+
+from ratekeeper.algorithms import Algorithm
+from ratekeeper.clock import Clock, ManualClock, system_clock
+from ratekeeper.core import decide
+from ratekeeper.decision import Decision, LimitState
+from ratekeeper.errors import (
+    LimitConfigError,
+    PolicyError,
+    RatekeeperError,
+    RateSyntaxError,
+    StoreError,
+    StoreURLError,
+)
+from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.limiter import AsyncLimiter, Limiter
+from ratekeeper.rates import Rate, parse_rate, parse_rates
+from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.url import store_from_url
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm",
+    "AsyncLimiter",
+    "AsyncStore",
+    "Clock",
+    "Decision",
+    "Limit",
+    "LimitConfigError",
+    "LimitSet",
+    "LimitState",
+    "Limiter",
+    "ManualClock",
+    "MemoryStore",
+    "PolicyError",
+    "Rate",
+    "RateSyntaxError",
+    "RatekeeperError",
+    "Store",
+    "StoreError",
+    "StoreURLError",
+    "decide",
+    "parse_rate",
+    "parse_rates",
+    "store_from_url",
+    "system_clock",
+]

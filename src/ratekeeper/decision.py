@@ -1,0 +1,143 @@
+"""The answer of the limiter: allowed or not, and what headers and clients need to know."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ratekeeper.algorithms import Step
+    from ratekeeper.limit import Limit, LimitSet
+
+__all__ = ["Decision", "LimitState"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitState:
+    """One limit's view after a decision.
+
+    ``remaining`` counts the current request when it was allowed. ``reset_at`` (epoch seconds)
+    is when the limit is whole again or its window ends. ``retry_after_s`` is 0 when this limit
+    let the request through, else the wait until it would (``inf``: never, the cost exceeds it).
+    """
+
+    limit: Limit
+    limit_set: str
+    key: str
+    remaining: int
+    reset_at: float
+    retry_after_s: float
+
+    @property
+    def allowed(self) -> bool:
+        """Whether this limit let the request through."""
+        return self.retry_after_s == 0.0
+
+
+class Decision:
+    """The outcome of one request against one or more limits, all charged or none.
+
+    ``retry_after_s`` is 0 when allowed, else the largest wait among the limits that rejected
+    (``math.inf`` if the cost can never pass). ``binding`` is the limit to report in headers:
+    on rejection the rejecting limit with the longest wait, otherwise the one with the least
+    remaining (on a tie, the longest period).
+    """
+
+    __slots__ = ("_binding", "_items", "_results", "_states", "allowed", "now", "retry_after_s")
+
+    allowed: bool
+    retry_after_s: float
+    now: float
+
+    def __init__(
+        self,
+        allowed: bool,
+        retry_after_s: float,
+        now: float,
+        items: Sequence[tuple[LimitSet, str]],
+        results: Sequence[Step],
+    ) -> None:
+        self.allowed = allowed
+        self.retry_after_s = retry_after_s
+        self.now = now
+        self._items = items
+        self._results = results
+        self._states: tuple[LimitState, ...] | None = None
+        self._binding: LimitState | None = None
+
+    @property
+    def states(self) -> tuple[LimitState, ...]:
+        """Every limit's state, in the order of the limit sets and their limits."""
+        states = self._states
+        if states is None:
+            out = []
+            results = iter(self._results)
+            for limit_set, key in self._items:
+                for limit in limit_set.limits:
+                    _, _, remaining, reset_at, retry = next(results)
+                    out.append(
+                        LimitState(
+                            limit=limit,
+                            limit_set=limit_set.name,
+                            key=key,
+                            remaining=remaining,
+                            reset_at=reset_at,
+                            retry_after_s=retry,
+                        )
+                    )
+            states = self._states = tuple(out)
+        return states
+
+    @property
+    def binding(self) -> LimitState:
+        """The limit that decided: see the class docstring."""
+        binding = self._binding
+        if binding is None:
+            states = self.states
+            if self.allowed:
+                binding = min(states, key=_least_remaining)
+            else:
+                binding = max(states, key=_longest_wait)
+            self._binding = binding
+        return binding
+
+    @property
+    def limit(self) -> int:
+        """The binding limit's amount (``X-RateLimit-Limit``)."""
+        return self.binding.limit.amount
+
+    @property
+    def remaining(self) -> int:
+        """The binding limit's remaining units (``X-RateLimit-Remaining``)."""
+        return self.binding.remaining
+
+    @property
+    def reset_at(self) -> float:
+        """The binding limit's reset, epoch seconds (``X-RateLimit-Reset`` is its ceiling)."""
+        return self.binding.reset_at
+
+    @property
+    def satisfiable(self) -> bool:
+        """False when the request's cost exceeds a limit, so waiting can never help."""
+        return self.retry_after_s != math.inf
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def __repr__(self) -> str:
+        b = self.binding
+        verdict = "allowed" if self.allowed else f"rejected, retry after {self.retry_after_s:.3f}s"
+        return (
+            f"<Decision {verdict}; binding {b.limit_set}/{b.limit.name} {b.limit.rate} "
+            f"remaining={b.remaining} reset_at={b.reset_at:.3f}>"
+        )
+
+
+def _least_remaining(state: LimitState) -> tuple[int, float]:
+    return (state.remaining, -state.limit.period_s)
+
+
+def _longest_wait(state: LimitState) -> tuple[float, float]:
+    return (state.retry_after_s, state.limit.period_s)

@@ -1,0 +1,137 @@
+"""A limit (a rate counted by one algorithm) and a named set of limits checked together."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ratekeeper.algorithms import STEPS, Algorithm, StepFn
+from ratekeeper.errors import LimitConfigError
+from ratekeeper.rates import Rate, parse_rate, parse_rates
+
+__all__ = ["Limit", "LimitSet"]
+
+_PERIOD_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limit:
+    """One rate counted by one algorithm; ``burst`` applies to GCRA only (default: the amount).
+
+    ``name`` labels the limit in headers and usage answers (default: ``minute``, ``hour``,
+    ``day`` or ``<period>s``).
+    """
+
+    rate: Rate
+    algorithm: Algorithm = Algorithm.FIXED_WINDOW
+    burst: int = 0
+    name: str = ""
+    # Derived once so the hot path reads plain slots.
+    amount: int = field(init=False, repr=False, compare=False)
+    period_s: float = field(init=False, repr=False, compare=False)
+    interval_s: float = field(init=False, repr=False, compare=False)
+    capacity_s: float = field(init=False, repr=False, compare=False)
+    ttl_s: float = field(init=False, repr=False, compare=False)
+    step: StepFn = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rate = self.rate
+        if isinstance(rate, str):
+            rate = parse_rate(rate)
+            object.__setattr__(self, "rate", rate)
+        if not isinstance(rate, Rate):
+            raise LimitConfigError(f"Limit.rate must be a Rate or a rate string, got {rate!r}")
+        algorithm = Algorithm.parse(self.algorithm)
+        object.__setattr__(self, "algorithm", algorithm)
+        burst = self.burst
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 0:
+            raise LimitConfigError(f"burst must be a whole number >= 1, got {burst!r}")
+        if burst and algorithm is not Algorithm.GCRA:
+            raise LimitConfigError(
+                f"burst={burst} given for {rate} with algorithm {algorithm.value!r}: "
+                "burst applies to the 'gcra' algorithm only"
+            )
+        burst = burst or rate.amount
+        object.__setattr__(self, "burst", burst)
+        if not self.name:
+            object.__setattr__(
+                self, "name", _PERIOD_NAMES.get(rate.period_s) or f"{rate.period_s:g}s"
+            )
+        interval = rate.period_s / rate.amount
+        object.__setattr__(self, "amount", rate.amount)
+        object.__setattr__(self, "period_s", rate.period_s)
+        object.__setattr__(self, "interval_s", interval)
+        object.__setattr__(self, "capacity_s", burst * interval)
+        # How long a state stays meaningful after its last write (then it equals a fresh key).
+        ttl = {
+            Algorithm.SLIDING_WINDOW: 2 * rate.period_s,
+            Algorithm.GCRA: burst * interval,
+        }.get(algorithm, rate.period_s)
+        object.__setattr__(self, "ttl_s", ttl)
+        object.__setattr__(self, "step", STEPS[algorithm])
+
+    @classmethod
+    def parse(
+        cls, text: str, algorithm: Algorithm | str = Algorithm.FIXED_WINDOW, *, burst: int = 0
+    ) -> Limit:
+        """Build a limit from a rate string such as ``"100/minute"``."""
+        return cls(rate=parse_rate(text), algorithm=Algorithm.parse(algorithm), burst=burst)
+
+    @property
+    def spec(self) -> str:
+        """A stable text form, e.g. ``100/60s:fixed_window`` (``:b5`` added for GCRA)."""
+        text = f"{self.amount}/{self.period_s:g}s:{self.algorithm.value}"
+        return f"{text}:b{self.burst}" if self.algorithm is Algorithm.GCRA else text
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSet:
+    """Limits checked together for one kind of key, under a name (``"api"``, ``"global"``).
+
+    ``id`` combines the name with the limits' specs, so persisted state of a set whose limits
+    were changed is never read back as if it belonged to the new limits.
+    """
+
+    name: str
+    limits: tuple[Limit, ...]
+    id: str = field(init=False, repr=False, compare=False)
+    ttl_s: float = field(init=False, repr=False, compare=False)
+
+    def __init__(
+        self,
+        name: str,
+        limits: str | Limit | Iterable[Limit | str],
+        *,
+        algorithm: Algorithm | str = Algorithm.FIXED_WINDOW,
+    ) -> None:
+        if not isinstance(name, str) or not name or any(c in name for c in ":{}\n"):
+            raise LimitConfigError(f"a limit set needs a non-empty name without ':{{}}', got {name!r}")
+        algo = Algorithm.parse(algorithm)
+        if isinstance(limits, str):
+            items: tuple[Limit, ...] = tuple(Limit(rate=r, algorithm=algo) for r in parse_rates(limits))
+        elif isinstance(limits, Limit):
+            items = (limits,)
+        else:
+            items = tuple(
+                lim if isinstance(lim, Limit) else Limit(rate=parse_rate(lim), algorithm=algo)
+                for lim in limits
+            )
+        if not items:
+            raise LimitConfigError(f"limit set {name!r} has no limits")
+        names = [lim.name for lim in items]
+        if len(set(names)) != len(names):
+            raise LimitConfigError(
+                f"limit set {name!r} has two limits named alike ({', '.join(names)}): "
+                "give them distinct names"
+            )
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "limits", items)
+        digest = hashlib.blake2b(
+            "|".join(lim.spec for lim in items).encode(), digest_size=4
+        ).hexdigest()
+        object.__setattr__(self, "id", f"{name}:{digest}")
+        object.__setattr__(self, "ttl_s", max(lim.ttl_s for lim in items))
+
+    def __len__(self) -> int:
+        return len(self.limits)

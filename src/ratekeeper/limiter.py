@@ -1,0 +1,118 @@
+"""Limiter and AsyncLimiter: limit sets + a store + a clock -> :class:`Decision`.
+
+Both are thin: they read the clock once, check the arguments, and hand the items to the store,
+which applies the one pure core (:mod:`ratekeeper.core`). Only the I/O differs between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ratekeeper.clock import Clock, system_clock
+from ratekeeper.decision import Decision
+from ratekeeper.errors import LimitConfigError
+from ratekeeper.limit import LimitSet
+from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.url import store_from_url
+
+__all__ = ["AsyncLimiter", "Limiter"]
+
+
+def _check(items: Sequence[tuple[LimitSet, str]], cost: int) -> None:
+    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+        raise LimitConfigError(f"cost must be a whole number >= 1, got {cost!r}")
+    if not items:
+        raise LimitConfigError("a decision needs at least one (limit_set, key) item")
+    for item in items:
+        if not (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], LimitSet)
+            and isinstance(item[1], str)
+        ):
+            raise LimitConfigError(f"each item must be a (LimitSet, str key) pair, got {item!r}")
+
+
+class Limiter:
+    """Synchronous limiter over a :class:`~ratekeeper.stores.base.Store` (memory by default)."""
+
+    __slots__ = ("clock", "store")
+
+    def __init__(self, store: Store | str | None = None, *, clock: Clock = system_clock) -> None:
+        if isinstance(store, str):
+            store = store_from_url(store)
+        self.store: Store = store if store is not None else MemoryStore()
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"<Limiter store={self.store!r}>"
+
+    def hit(self, limits: LimitSet, key: str, cost: int = 1) -> Decision:
+        """Charge ``cost`` to ``key`` under every limit of ``limits`` if all allow it."""
+        items = ((limits, key),)
+        if cost != 1 or type(key) is not str or type(limits) is not LimitSet:
+            _check(items, cost)
+        return self.store.decide(items, cost, self.clock())
+
+    def hit_many(self, items: Sequence[tuple[LimitSet, str]], cost: int = 1) -> Decision:
+        """Charge several ``(limit_set, key)`` items at once: all of them, or none."""
+        _check(items, cost)
+        return self.store.decide(tuple(items), cost, self.clock())
+
+    def peek(self, limits: LimitSet, key: str) -> Decision:
+        """The current state of ``key``, charging nothing."""
+        return self.peek_many(((limits, key),))
+
+    def peek_many(self, items: Sequence[tuple[LimitSet, str]]) -> Decision:
+        """The current state of several items, charging nothing."""
+        _check(items, 1)
+        return self.store.decide(tuple(items), 0, self.clock(), peek=True)
+
+    def reset(self, limits: LimitSet, key: str) -> None:
+        """Forget ``key``'s state under ``limits``: it starts afresh."""
+        _check(((limits, key),), 1)
+        self.store.reset(((limits, key),))
+
+
+class AsyncLimiter:
+    """The asyncio twin of :class:`Limiter` over an :class:`~ratekeeper.stores.base.AsyncStore`."""
+
+    __slots__ = ("clock", "store")
+
+    def __init__(
+        self, store: AsyncStore | str | None = None, *, clock: Clock = system_clock
+    ) -> None:
+        if isinstance(store, str):
+            store = store_from_url(store)
+        self.store: AsyncStore = store if store is not None else MemoryStore()
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"<AsyncLimiter store={self.store!r}>"
+
+    async def hit(self, limits: LimitSet, key: str, cost: int = 1) -> Decision:
+        """Charge ``cost`` to ``key`` under every limit of ``limits`` if all allow it."""
+        items = ((limits, key),)
+        if cost != 1 or type(key) is not str or type(limits) is not LimitSet:
+            _check(items, cost)
+        return await self.store.decide_async(items, cost, self.clock())
+
+    async def hit_many(self, items: Sequence[tuple[LimitSet, str]], cost: int = 1) -> Decision:
+        """Charge several ``(limit_set, key)`` items at once: all of them, or none."""
+        _check(items, cost)
+        return await self.store.decide_async(tuple(items), cost, self.clock())
+
+    async def peek(self, limits: LimitSet, key: str) -> Decision:
+        """The current state of ``key``, charging nothing."""
+        return await self.peek_many(((limits, key),))
+
+    async def peek_many(self, items: Sequence[tuple[LimitSet, str]]) -> Decision:
+        """The current state of several items, charging nothing."""
+        _check(items, 1)
+        return await self.store.decide_async(tuple(items), 0, self.clock(), peek=True)
+
+    async def reset(self, limits: LimitSet, key: str) -> None:
+        """Forget ``key``'s state under ``limits``: it starts afresh."""
+        _check(((limits, key),), 1)
+        await self.store.reset_async(((limits, key),))

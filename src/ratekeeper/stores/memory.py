@@ -1,0 +1,190 @@
+"""The in-memory store: a lock around the pure core, for one process.
+
+Memory stays bounded. Every key's state carries the time after which it equals a fresh key's;
+new keys are filed in an expiry wheel (a bucket per slice of time), and due buckets are swept a
+few hundred keys at a time on the decision path, so there is no thread or timer per key and no
+long pause. ``max_entries`` is a hard cap: when a flood of distinct live keys reaches it, expired
+keys go first, then the oldest keys of the limit set being written, which restart as fresh keys.
+Size the cap above the number of keys that are live at once (about 200 bytes per key per limit).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from ratekeeper.core import EntryState, decide
+from ratekeeper.decision import Decision
+from ratekeeper.errors import LimitConfigError, StoreURLError
+from ratekeeper.limit import LimitSet
+
+__all__ = ["MemoryStore"]
+
+_SWEEP_BATCH = 64
+
+
+class _Table:
+    """The keys of one limit set: state with expiry, and the expiry wheel of its keys."""
+
+    __slots__ = ("entries", "granularity_s", "wheel")
+
+    def __init__(self, limit_set: LimitSet) -> None:
+        self.entries: dict[str, tuple[float, EntryState]] = {}
+        self.wheel: dict[int, list[str]] = {}
+        self.granularity_s = max(limit_set.ttl_s / 4, 0.05)
+
+    def file(self, key: str, expires_at: float) -> None:
+        slot = int(expires_at // self.granularity_s) + 1
+        bucket = self.wheel.get(slot)
+        if bucket is None:
+            self.wheel[slot] = [key]
+        else:
+            bucket.append(key)
+
+
+class MemoryStore:
+    """State in this process's memory; thread-safe and usable from asyncio."""
+
+    def __init__(self, *, max_entries: int = 2_000_000) -> None:
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise LimitConfigError(f"max_entries must be a whole number >= 1, got {max_entries!r}")
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._tables: dict[str, _Table] = {}
+        self._size = 0
+        self._next_sweep = 0.0
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        """``memory://`` or ``memory://?max_entries=N``."""
+        query = parse_qs(urlsplit(url).query)
+        unknown = set(query) - {"max_entries"}
+        if unknown:
+            raise StoreURLError(f"unknown option(s) {sorted(unknown)} in store URL {url!r}")
+        raw = query.get("max_entries", ["2000000"])[-1]
+        if not raw.isdigit():
+            raise StoreURLError(f"max_entries must be a whole number in {url!r}, got {raw!r}")
+        return cls(max_entries=int(raw))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore keys={self._size} max_entries={self.max_entries}>"
+
+    def decide(
+        self,
+        items: Sequence[tuple[LimitSet, str]],
+        cost: int,
+        now: float,
+        *,
+        peek: bool = False,
+    ) -> Decision:
+        """Decide and charge (unless ``peek``) atomically; see :class:`~ratekeeper.stores.base.Store`."""
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            tables = self._tables
+            states: list[EntryState | None] = []
+            for limit_set, key in items:
+                table = tables.get(limit_set.id)
+                value = table.entries.get(key) if table is not None else None
+                states.append(value[1] if value is not None else None)
+            new_states, decision = decide(items, states, now, cost)
+            if new_states is not None and not peek:
+                for (limit_set, key), entry in zip(items, new_states, strict=True):
+                    self._write(limit_set, key, entry, now)
+            return decision
+
+    async def decide_async(
+        self,
+        items: Sequence[tuple[LimitSet, str]],
+        cost: int,
+        now: float,
+        *,
+        peek: bool = False,
+    ) -> Decision:
+        """The asyncio twin of :meth:`decide`: the lock is held for microseconds, never across
+        an await, so calling it from the event loop does not block it."""
+        return self.decide(items, cost, now, peek=peek)
+
+    def reset(self, items: Sequence[tuple[LimitSet, str]]) -> None:
+        """Forget the state of these keys."""
+        with self._lock:
+            for limit_set, key in items:
+                table = self._tables.get(limit_set.id)
+                if table is not None and table.entries.pop(key, None) is not None:
+                    self._size -= 1
+
+    async def reset_async(self, items: Sequence[tuple[LimitSet, str]]) -> None:
+        """The asyncio twin of :meth:`reset`."""
+        self.reset(items)
+
+    def close(self) -> None:
+        """Drop all state."""
+        with self._lock:
+            self._tables.clear()
+            self._size = 0
+
+    async def close_async(self) -> None:
+        """The asyncio twin of :meth:`close`."""
+        self.close()
+
+    def _write(self, limit_set: LimitSet, key: str, entry: EntryState, now: float) -> None:
+        expires_at = now + limit_set.ttl_s
+        table = self._tables.get(limit_set.id)
+        if table is None:
+            table = self._tables[limit_set.id] = _Table(limit_set)
+        entries = table.entries
+        if key not in entries:
+            if self._size >= self.max_entries:
+                self._make_room(table, now)
+            self._size += 1
+            table.file(key, expires_at)
+        entries[key] = (expires_at, entry)
+
+    def _make_room(self, table: _Table, now: float) -> None:
+        self._sweep(now, budget=None)
+        if self._size < self.max_entries:
+            return
+        # Evict a slice at once: deleting from the front one key at a time would rescan the
+        # dict's deleted slots on every insert.
+        entries = table.entries
+        for key in list(itertools.islice(entries, max(1, self.max_entries // 100))):
+            del entries[key]
+            self._size -= 1
+
+    def _sweep(self, now: float, budget: int | None = _SWEEP_BATCH) -> None:
+        """Drop expired keys from due wheel buckets, at most ``budget`` keys per call."""
+        next_due = float("inf")
+        for table in self._tables.values():
+            wheel = table.wheel
+            if not wheel:
+                continue
+            granularity = table.granularity_s
+            due_slot = int(now // granularity)
+            for slot in sorted(wheel):
+                if slot > due_slot or budget == 0:
+                    next_due = min(next_due, slot * granularity)
+                    break
+                keys = wheel.pop(slot)
+                if budget is not None and len(keys) > budget:
+                    wheel[slot] = keys[budget:]
+                    keys = keys[:budget]
+                budget = None if budget is None else budget - len(keys)
+                self._expire(table, keys, now)
+        self._next_sweep = next_due if budget != 0 else now
+
+    def _expire(self, table: _Table, keys: list[str], now: float) -> None:
+        entries = table.entries
+        for key in keys:
+            value = entries.get(key)
+            if value is None:
+                continue
+            if value[0] <= now:
+                del entries[key]
+                self._size -= 1
+            else:
+                table.file(key, value[0])
