@@ -18,3 +18,18 @@ ensure_venv() {
     touch "$stamp"
   fi
 }
+
+# ensure_redis: make redis-server available (tests start their own instances on free ports).
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server (Debian package) for the Redis tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+    # The package starts a system instance on 6379; the tests use their own ports.
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+  else
+    echo "redis-server is missing and cannot be installed here (need root + apt-get)" >&2
+    return 1
+  fi
+}

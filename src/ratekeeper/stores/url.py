@@ -16,6 +16,13 @@ __all__ = ["mask_url", "store_from_url"]
 # scheme -> (module, class with a ``from_url`` constructor)
 _SCHEMES: dict[str, tuple[str, str]] = {
     "memory": ("ratekeeper.stores.memory", "MemoryStore"),
+    "sqlite": ("ratekeeper.stores.sqlite", "SQLiteStore"),
+    "redis": ("ratekeeper.stores.redis", "RedisStore"),
+    "rediss": ("ratekeeper.stores.redis", "RedisStore"),
+    "redis+cluster": ("ratekeeper.stores.redis", "RedisStore"),
+    "valkey": ("ratekeeper.stores.redis", "RedisStore"),
+    "valkeys": ("ratekeeper.stores.redis", "RedisStore"),
+    "valkey+cluster": ("ratekeeper.stores.redis", "RedisStore"),
 }
 
 
