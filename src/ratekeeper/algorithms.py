@@ -17,6 +17,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeAlias
 
+from ratekeeper.errors import LimitConfigError
+
 if TYPE_CHECKING:
     from ratekeeper.limit import Limit
 
@@ -58,8 +60,6 @@ class Algorithm(StrEnum):
         name = str(text).strip().lower().replace("-", "_").replace(" ", "_")
         found = _ALIASES.get(name)
         if found is None:
-            from ratekeeper.errors import LimitConfigError
-
             known = ", ".join(a.value for a in cls)
             raise LimitConfigError(f"unknown algorithm {text!r}: expected one of {known}")
         return found

@@ -1,11 +1,11 @@
 """The one exception tree of ratekeeper.
 
-    RatekeeperError
-    ├── RateSyntaxError      a rate string that cannot be read ("100/minute" expected)
-    ├── LimitConfigError     a limit that cannot work (zero amount, burst < 1, unknown algorithm)
-    ├── PolicyError          a policy file that cannot work (names file and key path)
-    └── StoreError           a store that cannot be reached or used (URL shown, password masked)
-        └── StoreURLError    a store URL with an unknown scheme or bad form
+RatekeeperError
+├── RateSyntaxError      a rate string that cannot be read ("100/minute" expected)
+├── LimitConfigError     a limit that cannot work (zero amount, burst < 1, unknown algorithm)
+├── PolicyError          a policy file that cannot work (names file and key path)
+└── StoreError           a store that cannot be reached or used (URL shown, password masked)
+    └── StoreURLError    a store URL with an unknown scheme or bad form
 """
 
 from __future__ import annotations

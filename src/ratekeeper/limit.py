@@ -106,10 +106,14 @@ class LimitSet:
         algorithm: Algorithm | str = Algorithm.FIXED_WINDOW,
     ) -> None:
         if not isinstance(name, str) or not name or any(c in name for c in ":{}\n"):
-            raise LimitConfigError(f"a limit set needs a non-empty name without ':{{}}', got {name!r}")
+            raise LimitConfigError(
+                f"a limit set needs a non-empty name without ':{{}}', got {name!r}"
+            )
         algo = Algorithm.parse(algorithm)
         if isinstance(limits, str):
-            items: tuple[Limit, ...] = tuple(Limit(rate=r, algorithm=algo) for r in parse_rates(limits))
+            items: tuple[Limit, ...] = tuple(
+                Limit(rate=r, algorithm=algo) for r in parse_rates(limits)
+            )
         elif isinstance(limits, Limit):
             items = (limits,)
         else:

@@ -40,9 +40,9 @@ class Limiter:
     __slots__ = ("clock", "store")
 
     def __init__(self, store: Store | str | None = None, *, clock: Clock = system_clock) -> None:
-        if isinstance(store, str):
-            store = store_from_url(store)
-        self.store: Store = store if store is not None else MemoryStore()
+        self.store: Store = (
+            store_from_url(store) if isinstance(store, str) else store or MemoryStore()
+        )
         self.clock = clock
 
     def __repr__(self) -> str:
@@ -83,9 +83,9 @@ class AsyncLimiter:
     def __init__(
         self, store: AsyncStore | str | None = None, *, clock: Clock = system_clock
     ) -> None:
-        if isinstance(store, str):
-            store = store_from_url(store)
-        self.store: AsyncStore = store if store is not None else MemoryStore()
+        self.store: AsyncStore = (
+            store_from_url(store) if isinstance(store, str) else store or MemoryStore()
+        )
         self.clock = clock
 
     def __repr__(self) -> str:

@@ -1,1 +1,1 @@
-"""Stores apply the pure decision to persisted state atomically; see :mod:`ratekeeper.stores.base`."""
+"""Stores apply the pure decision to persisted state atomically (see ``base``)."""

@@ -11,6 +11,7 @@ Size the cap above the number of keys that are live at once (about 200 bytes per
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -35,13 +36,15 @@ class _Table:
         self.wheel: dict[int, list[str]] = {}
         self.granularity_s = max(limit_set.ttl_s / 4, 0.05)
 
-    def file(self, key: str, expires_at: float) -> None:
+    def file(self, key: str, expires_at: float) -> float:
+        """File ``key`` in the bucket due after ``expires_at``; returns when that bucket is due."""
         slot = int(expires_at // self.granularity_s) + 1
         bucket = self.wheel.get(slot)
         if bucket is None:
             self.wheel[slot] = [key]
         else:
             bucket.append(key)
+        return slot * self.granularity_s
 
 
 class MemoryStore:
@@ -82,7 +85,7 @@ class MemoryStore:
         *,
         peek: bool = False,
     ) -> Decision:
-        """Decide and charge (unless ``peek``) atomically; see :class:`~ratekeeper.stores.base.Store`."""
+        """Decide and charge (unless ``peek``) atomically, under the store's lock."""
         with self._lock:
             if now >= self._next_sweep:
                 self._sweep(now)
@@ -142,7 +145,9 @@ class MemoryStore:
             if self._size >= self.max_entries:
                 self._make_room(table, now)
             self._size += 1
-            table.file(key, expires_at)
+            due = table.file(key, expires_at)
+            if due < self._next_sweep:
+                self._next_sweep = due
         entries[key] = (expires_at, entry)
 
     def _make_room(self, table: _Table, now: float) -> None:
@@ -158,24 +163,28 @@ class MemoryStore:
 
     def _sweep(self, now: float, budget: int | None = _SWEEP_BATCH) -> None:
         """Drop expired keys from due wheel buckets, at most ``budget`` keys per call."""
-        next_due = float("inf")
         for table in self._tables.values():
             wheel = table.wheel
-            if not wheel:
-                continue
-            granularity = table.granularity_s
-            due_slot = int(now // granularity)
-            for slot in sorted(wheel):
-                if slot > due_slot or budget == 0:
-                    next_due = min(next_due, slot * granularity)
+            due_slot = int(now // table.granularity_s)
+            while wheel and budget != 0:
+                slot = min(wheel)
+                if slot > due_slot:
                     break
                 keys = wheel.pop(slot)
-                if budget is not None and len(keys) > budget:
-                    wheel[slot] = keys[budget:]
-                    keys = keys[:budget]
-                budget = None if budget is None else budget - len(keys)
+                if budget is not None:
+                    if len(keys) > budget:
+                        wheel[slot] = keys[budget:]
+                        keys = keys[:budget]
+                    budget -= len(keys)
                 self._expire(table, keys, now)
-        self._next_sweep = next_due if budget != 0 else now
+        if budget == 0:
+            # More may be due: keep sweeping a batch per decision.
+            self._next_sweep = now
+        else:
+            self._next_sweep = min(
+                (min(t.wheel) * t.granularity_s for t in self._tables.values() if t.wheel),
+                default=math.inf,
+            )
 
     def _expire(self, table: _Table, keys: list[str], now: float) -> None:
         entries = table.entries
@@ -187,4 +196,5 @@ class MemoryStore:
                 del entries[key]
                 self._size -= 1
             else:
+                # Written again since it was filed: file it under its new expiry.
                 table.file(key, value[0])

@@ -1,0 +1,158 @@
+"""Each algorithm against a simple reference model, over random request sequences."""
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ratekeeper import Limit
+from ratekeeper.algorithms import State
+
+# (gap before the request in ms, cost)
+requests = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=1500), st.integers(min_value=1, max_value=4)),
+    min_size=1,
+    max_size=200,
+)
+amounts = st.integers(min_value=1, max_value=12)
+periods = st.sampled_from([1.0, 2.0, 5.0])
+
+
+def run(
+    limit: Limit, seq: list[tuple[int, int]], start: float = 1000.0
+) -> list[tuple[float, int, bool, float]]:
+    """Drive one limit; returns (now, cost, allowed, retry_after) per request."""
+    state: State | None = None
+    now = start
+    out = []
+    for gap_ms, cost in seq:
+        now += gap_ms / 1000
+        ok, new, _, _, retry = limit.step(state, now, limit, cost)
+        if ok:
+            state = new
+        out.append((now, cost, ok, retry))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(amounts, periods, requests)
+def test_fixed_window_matches_a_per_window_counter(
+    amount: int, period: float, seq: list[tuple[int, int]]
+) -> None:
+    limit = Limit.parse(f"{amount}/{period}s")
+    counts: dict[int, int] = {}
+    for now, cost, ok, retry in run(limit, seq):
+        window = math.floor(now / period)
+        used = counts.get(window, 0)
+        expected = used + cost <= amount
+        assert ok == expected
+        if ok:
+            counts[window] = used + cost
+        elif cost <= amount:
+            assert math.isclose(now + retry, (window + 1) * period)
+    assert all(v <= amount for v in counts.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(amounts, periods, requests)
+def test_first_hit_window_matches_a_model(
+    amount: int, period: float, seq: list[tuple[int, int]]
+) -> None:
+    limit = Limit.parse(f"{amount}/{period}s", "first_hit_window")
+    window_start: float | None = None
+    used = 0
+    for now, cost, ok, retry in run(limit, seq):
+        # A rejected request charges nothing, so it does not open a window either.
+        start, count = window_start, used
+        if start is None or now >= start + period:
+            start, count = now, 0
+        assert ok == (count + cost <= amount)
+        if ok:
+            window_start, used = start, count + cost
+        elif cost <= amount:
+            assert math.isclose(now + retry, start + period)
+
+
+@settings(max_examples=200, deadline=None)
+@given(amounts, periods, requests)
+def test_gcra_never_admits_more_than_burst_plus_rate(
+    amount: int, period: float, seq: list[tuple[int, int]]
+) -> None:
+    burst = max(1, amount // 2)
+    limit = Limit.parse(f"{amount}/{period}s", "gcra", burst=burst)
+    admitted = [(now, cost) for now, cost, ok, _ in run(limit, seq) if ok]
+    for i, (t0, _) in enumerate(admitted):
+        total = 0
+        for t1, cost in admitted[i:]:
+            total += cost
+            assert total <= burst + (t1 - t0) * amount / period + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    amounts,
+    periods,
+    st.sampled_from(["fixed_window", "first_hit_window", "sliding_window", "gcra"]),
+    requests,
+)
+def test_retry_after_is_the_earliest_time_the_request_passes(
+    amount: int, period: float, algorithm: str, seq: list[tuple[int, int]]
+) -> None:
+    limit = Limit.parse(f"{amount}/{period}s", algorithm)
+    state: State | None = None
+    now = 1000.0
+    for gap_ms, cost in seq:
+        now += gap_ms / 1000
+        ok, new, _, _, retry = limit.step(state, now, limit, cost)
+        if ok:
+            state = new
+            continue
+        if cost > amount:
+            assert retry == math.inf
+            continue
+        assert retry > 0
+        assert limit.step(state, now + retry + 1e-9, limit, cost)[0]
+        if retry > 2e-3:
+            assert not limit.step(state, now + retry - 1e-3, limit, cost)[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    amounts,
+    periods,
+    st.sampled_from(["fixed_window", "first_hit_window", "sliding_window", "gcra"]),
+)
+def test_with_enough_demand_exactly_the_limit_is_admitted(
+    amount: int, period: float, algorithm: str
+) -> None:
+    limit = Limit.parse(f"{amount}/{period}s", algorithm)
+    # Demand far above the limit, within one window that starts on an aligned boundary.
+    seq = [(0, 1)] + [(1, 1)] * (amount * 5)
+    start = 100 * period
+    admitted = sum(
+        c for now, c, ok, _ in run(limit, seq, start=start) if ok and now < start + period * 0.99
+    )
+    if algorithm == "gcra":
+        # Burst plus what the rate refills over the span.
+        span = min(amount * 5 / 1000, period * 0.99)
+        assert amount <= admitted <= amount + math.floor(span * amount / period) + 1
+    else:
+        assert admitted == amount
+
+
+@settings(max_examples=200, deadline=None)
+@given(amounts, periods, requests)
+def test_sliding_window_estimate_never_exceeds_the_limit(
+    amount: int, period: float, seq: list[tuple[int, int]]
+) -> None:
+    limit = Limit.parse(f"{amount}/{period}s", "sliding_window")
+    counts: dict[int, int] = {}
+    for now, cost, ok, _ in run(limit, seq):
+        window = math.floor(now / period)
+        prev, cur = counts.get(window - 1, 0), counts.get(window, 0)
+        estimate = prev * (period - (now - window * period)) / period + cur
+        assert ok == (estimate + cost <= amount + 1e-9)
+        if ok:
+            counts[window] = cur + cost
+    # The documented bound: never more than 2L in one aligned window pair, L in one window.
+    assert all(v <= amount for v in counts.values())
