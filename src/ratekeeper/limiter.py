@@ -40,9 +40,9 @@ class Limiter:
     __slots__ = ("clock", "store")
 
     def __init__(self, store: Store | str | None = None, *, clock: Clock = system_clock) -> None:
-        self.store: Store = (
-            store_from_url(store) if isinstance(store, str) else store or MemoryStore()
-        )
+        resolved = store_from_url(store) if isinstance(store, str) else store
+        # ``is None``, not ``or``: an empty store is falsy (it has a length).
+        self.store: Store = MemoryStore() if resolved is None else resolved
         self.clock = clock
 
     def __repr__(self) -> str:
@@ -83,9 +83,8 @@ class AsyncLimiter:
     def __init__(
         self, store: AsyncStore | str | None = None, *, clock: Clock = system_clock
     ) -> None:
-        self.store: AsyncStore = (
-            store_from_url(store) if isinstance(store, str) else store or MemoryStore()
-        )
+        resolved = store_from_url(store) if isinstance(store, str) else store
+        self.store: AsyncStore = MemoryStore() if resolved is None else resolved
         self.clock = clock
 
     def __repr__(self) -> str:
