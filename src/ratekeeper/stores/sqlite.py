@@ -1,0 +1,371 @@
+"""The SQLite store: state in one file, shared exactly by the processes of one machine.
+
+Each decision is one ``BEGIN IMMEDIATE`` transaction around the pure core: read the rows of
+all items, decide, write back only what was charged. ``BEGIN IMMEDIATE`` takes the write lock
+before reading, so two processes can never both read the same count and both charge it, and a
+reader never has to upgrade to a writer (which WAL refuses with ``SQLITE_BUSY`` once another
+writer has committed). The file is in WAL mode with ``synchronous=NORMAL``: a crash of the
+application loses nothing; a power cut may lose the last few decisions, which for counters of
+requests is the better trade than an fsync per request.
+
+Rows are keyed by the limit set's ``id`` and a BLAKE2b hash of the key, so API keys never reach
+the file. A row carries ``expires_at`` (last write + the set's TTL, after which its state equals
+a fresh key's); expired rows are deleted in batches on the decision path every
+``purge_interval_s``, inside the decision's own transaction.
+
+The file must be on a local disk (SQLite's locks do not work over network file systems). Paths
+follow SQLAlchemy's spelling: ``sqlite:///relative/file.db``, ``sqlite:////absolute/file.db``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import struct
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ratekeeper.core import EntryState, decide
+from ratekeeper.decision import Decision
+from ratekeeper.errors import LimitConfigError, StoreError, StoreURLError
+from ratekeeper.limit import LimitSet
+
+__all__ = ["SQLiteStore"]
+
+# ``PRAGMA application_id`` marks the file as ours ("rkpr"), so pointing the store at another
+# program's database fails instead of adding a table to it.
+_APPLICATION_ID = 0x726B7072
+_SCHEMA_VERSION = 1
+_PURGE_BATCH = 1000
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS ratekeeper_state ("
+    " limit_set TEXT NOT NULL,"
+    " key_hash BLOB NOT NULL,"
+    " state BLOB NOT NULL,"
+    " expires_at REAL NOT NULL,"
+    " PRIMARY KEY (limit_set, key_hash)"
+    ") WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS ratekeeper_state_expiry ON ratekeeper_state (expires_at)",
+)
+_SELECT = "SELECT state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
+_UPSERT = "INSERT OR REPLACE INTO ratekeeper_state VALUES (?, ?, ?, ?)"
+_DELETE = "DELETE FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
+_PURGE = (
+    "DELETE FROM ratekeeper_state WHERE (limit_set, key_hash) IN"
+    " (SELECT limit_set, key_hash FROM ratekeeper_state WHERE expires_at < ? LIMIT ?)"
+)
+
+_URL_OPTIONS = {"busy_timeout_s", "purge_interval_s"}
+
+# A connection inherited across fork() must be neither used nor closed in the child (SQLite's
+# "How To Corrupt", 2.6): the child drops its stores' connections here and opens its own.
+_OPEN_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
+
+def _hash_key(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=16, person=b"ratekeeper.key").digest()
+
+
+# Encoded state: one byte per limit giving its state's length (0 for None), then the floats of
+# all states as little-endian doubles.
+_FORMATS: dict[bytes, struct.Struct] = {}
+
+
+def _format(shape: bytes) -> struct.Struct:
+    fmt = _FORMATS.get(shape)
+    if fmt is None:
+        fmt = _FORMATS[shape] = struct.Struct(f"<{sum(shape)}d")
+    return fmt
+
+
+def _encode(entry: EntryState) -> bytes:
+    shape = bytes(len(state) if state is not None else 0 for state in entry)
+    values = [value for state in entry if state is not None for value in state]
+    return shape + _format(shape).pack(*values)
+
+
+def _decode(blob: bytes, size: int) -> EntryState:
+    shape = blob[:size]
+    values = _format(shape).unpack_from(blob, size)
+    if len(blob) != size + 8 * len(values):
+        raise ValueError(f"{len(blob)} bytes for a state of shape {list(shape)}")
+    entry: list[tuple[float, ...] | None] = []
+    start = 0
+    for length in shape:
+        if length:
+            entry.append(values[start : start + length])
+            start += length
+        else:
+            entry.append(None)
+    return tuple(entry)
+
+
+class SQLiteStore:
+    """State in an SQLite file: survives restarts, exact across the processes of one machine.
+
+    ``busy_timeout_s`` bounds how long a decision waits for another process's transaction
+    before raising :class:`StoreError`. The file is opened, checked and initialised here, so a
+    corrupted, foreign or read-only file fails at start-up with the path in the message.
+    Thread-safe (one connection per store, used under a lock); the ``*_async`` twins run the
+    same code in a worker thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_s: float = 5.0,
+        purge_interval_s: float = 30.0,
+    ) -> None:
+        if not isinstance(busy_timeout_s, int | float) or not busy_timeout_s >= 0:
+            raise LimitConfigError(f"busy_timeout_s must be >= 0 seconds, got {busy_timeout_s!r}")
+        if not isinstance(purge_interval_s, int | float) or not purge_interval_s > 0:
+            raise LimitConfigError(
+                f"purge_interval_s must be > 0 seconds, got {purge_interval_s!r}"
+            )
+        self.path = Path(path)
+        if str(path) == ":memory:" or str(path).startswith("file:"):
+            raise StoreURLError(
+                f"SQLiteStore needs a file path, got {str(path)!r}: "
+                "use memory:// (MemoryStore) for state that lives in this process only"
+            )
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.purge_interval_s = float(purge_interval_s)
+        self._lock = threading.Lock()
+        self._next_purge = 0.0
+        self._closed = False
+        self._conn: sqlite3.Connection | None = self._open()
+        _OPEN_STORES.add(self)
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db``, with optional
+        ``?busy_timeout_s=5&purge_interval_s=30``."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "sqlite" or parts.netloc or len(parts.path) < 2:
+            raise StoreURLError(
+                f"cannot read SQLite store URL {url!r}: expected sqlite:///relative/file.db "
+                "or sqlite:////absolute/file.db"
+            )
+        query = parse_qs(parts.query)
+        unknown = set(query) - _URL_OPTIONS
+        if unknown:
+            raise StoreURLError(
+                f"unknown option(s) {sorted(unknown)} in store URL {url!r}: "
+                f"known options are {sorted(_URL_OPTIONS)}"
+            )
+        options: dict[str, float] = {}
+        for name, values in query.items():
+            try:
+                options[name] = float(values[-1])
+            except ValueError:
+                raise StoreURLError(
+                    f"{name} must be a number of seconds in {url!r}, got {values[-1]!r}"
+                ) from None
+        return cls(unquote(parts.path[1:]), **options)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<SQLiteStore path={str(self.path)!r} {state}>"
+
+    def decide(
+        self,
+        items: Sequence[tuple[LimitSet, str]],
+        cost: int,
+        now: float,
+        *,
+        peek: bool = False,
+    ) -> Decision:
+        """Decide and charge (unless ``peek``) in one transaction; see
+        :class:`~ratekeeper.stores.base.Store`. Raises :class:`StoreError` naming the file."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN" if peek else "BEGIN IMMEDIATE")
+                try:
+                    if not peek and now >= self._next_purge:
+                        self._purge(conn, now)
+                    keys = [(limit_set, _hash_key(key)) for limit_set, key in items]
+                    entries = [self._read(conn, limit_set, key) for limit_set, key in keys]
+                    new_entries, decision = decide(items, entries, now, cost)
+                    if new_entries is not None and not peek:
+                        conn.executemany(
+                            _UPSERT,
+                            [
+                                (limit_set.id, key, _encode(entry), now + limit_set.ttl_s)
+                                for (limit_set, key), entry in zip(keys, new_entries, strict=True)
+                            ],
+                        )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(exc, "deciding") from exc
+            return decision
+
+    async def decide_async(
+        self,
+        items: Sequence[tuple[LimitSet, str]],
+        cost: int,
+        now: float,
+        *,
+        peek: bool = False,
+    ) -> Decision:
+        """The asyncio twin of :meth:`decide`, run in a worker thread."""
+        return await asyncio.to_thread(self.decide, items, cost, now, peek=peek)
+
+    def reset(self, items: Sequence[tuple[LimitSet, str]]) -> None:
+        """Forget the state of these keys."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(
+                        _DELETE, [(limit_set.id, _hash_key(key)) for limit_set, key in items]
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(exc, "resetting keys") from exc
+
+    async def reset_async(self, items: Sequence[tuple[LimitSet, str]]) -> None:
+        """The asyncio twin of :meth:`reset`."""
+        await asyncio.to_thread(self.reset, items)
+
+    def close(self) -> None:
+        """Close the file; later calls raise :class:`StoreError`. Closing twice is harmless."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    async def close_async(self) -> None:
+        """The asyncio twin of :meth:`close`."""
+        await asyncio.to_thread(self.close)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            if self._closed:
+                raise StoreError(f"SQLite store {str(self.path)!r} is closed")
+            conn = self._conn = self._open()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc, "opening") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(
+                    f"SQLite store {str(self.path)!r}: cannot switch to WAL mode "
+                    f"(journal_mode is {mode!r}); put the file on a local file system"
+                )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._initialise(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc, "opening") from exc
+            raise
+        return conn
+
+    def _initialise(self, conn: sqlite3.Connection) -> None:
+        # The pragma writes double as the read-only check: SQLite opens an unwritable file
+        # read-only without complaint, and would only fail at the first charge.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+            if app_id != _APPLICATION_ID and (app_id or tables):
+                raise StoreError(
+                    f"SQLite store {str(self.path)!r} is not a ratekeeper file (it holds "
+                    f"{tables} other schema object(s), application_id {app_id}); "
+                    "give ratekeeper a file of its own"
+                )
+            if app_id == _APPLICATION_ID and version != _SCHEMA_VERSION:
+                raise StoreError(
+                    f"SQLite store {str(self.path)!r} has schema version {version}, this "
+                    f"ratekeeper reads version {_SCHEMA_VERSION}; move the file aside to start "
+                    "afresh"
+                )
+            conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _read(self, conn: sqlite3.Connection, limit_set: LimitSet, key: bytes) -> EntryState | None:
+        row = conn.execute(_SELECT, (limit_set.id, key)).fetchone()
+        if row is None:
+            return None
+        try:
+            return _decode(row[0], len(limit_set.limits))
+        except (ValueError, TypeError, struct.error) as exc:
+            raise StoreError(
+                f"SQLite store {str(self.path)!r}: unreadable state row for limit set "
+                f"{limit_set.id!r} ({exc}); the file is corrupted, move it aside to start afresh"
+            ) from exc
+
+    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
+        deleted = conn.execute(_PURGE, (now, _PURGE_BATCH)).rowcount
+        # A full batch means more are due: purge again at the next decision.
+        self._next_purge = now if deleted >= _PURGE_BATCH else now + self.purge_interval_s
+
+    def _error(self, exc: sqlite3.Error, action: str) -> StoreError:
+        path = str(self.path)
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith("SQLITE_READONLY"):
+            hint = (
+                "the file or its directory is read-only; the store needs write access to both "
+                "(SQLite creates -wal and -shm files beside the database)"
+            )
+        elif name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT"):
+            hint = "the file is corrupted or not an SQLite database; move it aside to start afresh"
+        elif name.startswith("SQLITE_BUSY"):
+            hint = (
+                f"another connection held the database for more than {self.busy_timeout_s:g} s "
+                "(busy_timeout_s)"
+            )
+        elif name.startswith("SQLITE_CANTOPEN"):
+            hint = "check that the directory exists and is writable"
+        else:
+            hint = "the SQLite file could not be used"
+        return StoreError(f"SQLite store {path!r}: {action} failed ({exc}): {hint}")
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_OPEN_STORES):
+        store._lock = threading.Lock()
+        if store._conn is not None:
+            _INHERITED_CONNECTIONS.append(store._conn)
+            store._conn = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
