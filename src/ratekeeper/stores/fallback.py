@@ -1,0 +1,334 @@
+"""A store wrapper that keeps deciding when the shared store is down.
+
+While the primary store fails, :class:`FallbackStore` answers by its :class:`FailMode`:
+allow (``fail_open``), reject with a ``retry_after`` (``fail_closed``), or decide on a local
+in-memory store of this process (``fallback``). It never lets an exception from the primary
+reach the caller. Once down, the primary is not called on every request (each call might wait
+for a connect timeout): one request at a time probes it, at most every ``probe_interval_s``,
+and the first probe that succeeds ends the outage. Requests therefore return to the primary
+within about ``probe_interval_s`` of it coming back (given traffic), and a blocked probe holds
+up only the request that carries it.
+
+Every exception from the primary counts as the store being down: a driver bug must not take the
+application down with it either, and the outage log line names the exception's type. Only
+``BaseException``\\ s such as cancellation pass through. The logger ``ratekeeper.store`` gets one
+line per outage and one per recovery, never one per request; ``degraded``, ``outages``,
+``failures`` and ``degraded_decisions`` are there for metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Protocol
+
+from ratekeeper.algorithms import Step
+from ratekeeper.core import decide
+from ratekeeper.decision import Decision
+from ratekeeper.errors import LimitConfigError
+from ratekeeper.limit import LimitSet
+from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.memory import MemoryStore
+
+__all__ = ["DegradedDecision", "DualStore", "FailMode", "FallbackStore"]
+
+logger = logging.getLogger("ratekeeper.store")
+
+Items = Sequence[tuple[LimitSet, str]]
+
+# How a call reaches the primary: not at all (degraded, no probe due), as a normal call, or as
+# the one probe allowed to end an outage.
+_SKIP, _NORMAL, _PROBE = 0, 1, 2
+
+
+class DualStore(Store, AsyncStore, Protocol):
+    """A store with both the sync and the async twins, as every ratekeeper store has."""
+
+
+class FailMode(StrEnum):
+    """What :class:`FallbackStore` answers while its primary store is down."""
+
+    FAIL_OPEN = "fail_open"
+    FAIL_CLOSED = "fail_closed"
+    FALLBACK = "fallback"
+
+    @classmethod
+    def parse(cls, text: str | FailMode) -> FailMode:
+        """Read a mode name; ``-`` and ``_`` are alike (``fail-open``)."""
+        if isinstance(text, FailMode):
+            return text
+        name = str(text).strip().lower().replace("-", "_")
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(m.value for m in cls)
+            raise LimitConfigError(f"unknown fail mode {text!r}: expected one of {known}") from None
+
+
+_DOING = {
+    FailMode.FAIL_OPEN: "allowing every request",
+    FailMode.FAIL_CLOSED: "rejecting every request",
+    FailMode.FALLBACK: "deciding on this process's in-memory store",
+}
+
+
+class DegradedDecision(Decision):
+    """A decision made without the primary store; ``fail_mode`` says how.
+
+    ``fail_open``: allowed as a fresh key would be (the real usage is unknown, the remaining
+    counts are a fresh key's). ``fail_closed``: rejected, ``retry_after_s`` being the wrapper's
+    ``retry_after_s``. ``fallback``: decided on the local store, which counts only this process.
+    """
+
+    __slots__ = ("fail_mode",)
+
+    fail_mode: FailMode
+
+    def __init__(
+        self,
+        allowed: bool,
+        retry_after_s: float,
+        now: float,
+        items: Items,
+        results: Sequence[Step],
+        *,
+        fail_mode: FailMode,
+    ) -> None:
+        super().__init__(allowed, retry_after_s, now, items, results)
+        self.fail_mode = fail_mode
+
+    @classmethod
+    def of(cls, decision: Decision, items: Items, fail_mode: FailMode) -> DegradedDecision:
+        """The same decision, marked as degraded."""
+        results = [
+            (s.allowed, None, s.remaining, s.reset_at, s.retry_after_s) for s in decision.states
+        ]
+        return cls(
+            decision.allowed,
+            decision.retry_after_s,
+            decision.now,
+            items,
+            results,
+            fail_mode=fail_mode,
+        )
+
+
+class FallbackStore:
+    """Wraps a shared store; answers by ``mode`` while it is down, and notices its return.
+
+    ``retry_after_s`` is the wait told to rejected callers in ``fail_closed`` mode.
+    ``local`` is the store used in ``fallback`` mode (a new :class:`MemoryStore` by default);
+    it keeps what it counted across outages. ``monotonic`` times the probes.
+    """
+
+    def __init__(
+        self,
+        primary: DualStore,
+        mode: FailMode | str = FailMode.FALLBACK,
+        *,
+        probe_interval_s: float = 0.5,
+        retry_after_s: float = 1.0,
+        local: DualStore | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(probe_interval_s, int | float) or not probe_interval_s > 0:
+            raise LimitConfigError(
+                f"probe_interval_s must be > 0 seconds, got {probe_interval_s!r}"
+            )
+        if not isinstance(retry_after_s, int | float) or not retry_after_s > 0:
+            raise LimitConfigError(f"retry_after_s must be > 0 seconds, got {retry_after_s!r}")
+        self.primary = primary
+        self.mode = FailMode.parse(mode)
+        self.probe_interval_s = float(probe_interval_s)
+        self.retry_after_s = float(retry_after_s)
+        self.local: DualStore = local if local is not None else MemoryStore()
+        self.degraded = False
+        self.outages = 0
+        self.failures = 0
+        self.degraded_decisions = 0
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._probing = False
+        self._next_probe = 0.0
+        self._down_since = 0.0
+        self._failures_at_outage = 0
+        self._decisions_at_outage = 0
+
+    def __repr__(self) -> str:
+        health = "degraded" if self.degraded else "healthy"
+        return (
+            f"<FallbackStore {self.mode.value} {health} outages={self.outages} "
+            f"primary={self.primary!r}>"
+        )
+
+    def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
+        """Decide on the primary store, or by the fail mode while it is down; never raises
+        because of the primary."""
+        route = self._route()
+        if route != _SKIP:
+            try:
+                decision = self.primary.decide(items, cost, now, peek=peek)
+            except Exception as exc:
+                self._failed(exc, route)
+            except BaseException:
+                self._abandon(route)
+                raise
+            else:
+                self._succeeded(route)
+                return decision
+        local = self.local.decide(items, cost, now, peek=peek) if self._uses_local else None
+        return self._degraded(items, cost, now, local)
+
+    async def decide_async(
+        self, items: Items, cost: int, now: float, *, peek: bool = False
+    ) -> Decision:
+        """The asyncio twin of :meth:`decide`."""
+        route = self._route()
+        if route != _SKIP:
+            try:
+                decision = await self.primary.decide_async(items, cost, now, peek=peek)
+            except Exception as exc:
+                self._failed(exc, route)
+            except BaseException:
+                self._abandon(route)
+                raise
+            else:
+                self._succeeded(route)
+                return decision
+        local = (
+            await self.local.decide_async(items, cost, now, peek=peek) if self._uses_local else None
+        )
+        return self._degraded(items, cost, now, local)
+
+    def reset(self, items: Items) -> None:
+        """Forget these keys on the primary (if reachable) and on the local store."""
+        route = self._route()
+        if route != _SKIP:
+            try:
+                self.primary.reset(items)
+            except Exception as exc:
+                self._failed(exc, route)
+            except BaseException:
+                self._abandon(route)
+                raise
+            else:
+                self._succeeded(route)
+        self.local.reset(items)
+
+    async def reset_async(self, items: Items) -> None:
+        """The asyncio twin of :meth:`reset`."""
+        route = self._route()
+        if route != _SKIP:
+            try:
+                await self.primary.reset_async(items)
+            except Exception as exc:
+                self._failed(exc, route)
+            except BaseException:
+                self._abandon(route)
+                raise
+            else:
+                self._succeeded(route)
+        await self.local.reset_async(items)
+
+    def close(self) -> None:
+        """Close both stores; a primary that fails to close is logged, not raised."""
+        try:
+            self.primary.close()
+        except Exception as exc:
+            logger.warning("store %r failed to close: %s", self.primary, _describe(exc))
+        self.local.close()
+
+    async def close_async(self) -> None:
+        """The asyncio twin of :meth:`close`."""
+        try:
+            await self.primary.close_async()
+        except Exception as exc:
+            logger.warning("store %r failed to close: %s", self.primary, _describe(exc))
+        await self.local.close_async()
+
+    @property
+    def _uses_local(self) -> bool:
+        return self.mode is FailMode.FALLBACK
+
+    def _route(self) -> int:
+        if not self.degraded:
+            return _NORMAL
+        with self._lock:
+            if not self.degraded:
+                return _NORMAL
+            if self._probing or self._monotonic() < self._next_probe:
+                return _SKIP
+            self._probing = True
+            return _PROBE
+
+    def _failed(self, exc: Exception, route: int) -> None:
+        with self._lock:
+            self.failures += 1
+            if route == _PROBE:
+                self._probing = False
+                self._next_probe = self._monotonic() + self.probe_interval_s
+            if self.degraded:
+                return
+            self.degraded = True
+            self.outages += 1
+            self._down_since = self._monotonic()
+            self._next_probe = self._down_since + self.probe_interval_s
+            self._failures_at_outage = self.failures - 1
+            self._decisions_at_outage = self.degraded_decisions
+        logger.warning(
+            "store %r is down (%s); %s until it recovers",
+            self.primary,
+            _describe(exc),
+            _DOING[self.mode],
+        )
+
+    def _succeeded(self, route: int) -> None:
+        if route != _PROBE:
+            return
+        with self._lock:
+            self._probing = False
+            if not self.degraded:
+                return
+            self.degraded = False
+            down_s = self._monotonic() - self._down_since
+            failures = self.failures - self._failures_at_outage
+            decisions = self.degraded_decisions - self._decisions_at_outage
+        logger.info(
+            "store %r recovered after %.1f s down (%d failed calls, %d degraded decisions)",
+            self.primary,
+            down_s,
+            failures,
+            decisions,
+        )
+
+    def _abandon(self, route: int) -> None:
+        if route == _PROBE:
+            with self._lock:
+                self._probing = False
+
+    def _degraded(
+        self, items: Items, cost: int, now: float, local: Decision | None
+    ) -> DegradedDecision:
+        with self._lock:
+            self.degraded_decisions += 1
+        mode = self.mode
+        if local is not None:
+            return DegradedDecision.of(local, items, mode)
+        if mode is FailMode.FAIL_OPEN:
+            _, fresh = decide(items, [None] * len(items), now, cost)
+            return DegradedDecision.of(fresh, items, mode)
+        retry = self.retry_after_s
+        results = [
+            (False, None, 0, now + retry, retry)
+            for limit_set, _ in items
+            for _limit in limit_set.limits
+        ]
+        return DegradedDecision(False, retry, now, items, results, fail_mode=mode)
+
+
+def _describe(exc: BaseException) -> str:
+    # One log line per event: a multi-line driver message would break that.
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
