@@ -2,7 +2,9 @@
 
 Each ``step(state, now, limit, cost)`` returns ``(allowed, new_state, remaining, reset_at,
 retry_after_s)``: no clock reads, no I/O, no locks. ``state`` is ``None`` for a fresh key, else
-the tuple of floats the same algorithm returned before; stores persist it opaquely. A rejected
+the tuple of numbers the same algorithm returned before (counts stay ints when costs are ints);
+stores persist it opaquely. ``remaining`` may be a float for fractional estimates: readers take
+its floor (:class:`~ratekeeper.decision.LimitState` does). A rejected
 step returns the old state (nothing is charged); ``retry_after_s`` is ``math.inf`` when the cost
 can never pass (cost above the limit, or above the burst for GCRA).
 
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 State: TypeAlias = tuple[float, ...]
-Step: TypeAlias = tuple[bool, State | None, int, float, float]
+Step: TypeAlias = tuple[bool, State | None, float, float, float]
 StepFn: TypeAlias = Callable[[State | None, float, "Limit", int], Step]
 
 _INF = math.inf
@@ -79,20 +81,19 @@ _ALIASES = {a.value: a for a in Algorithm} | {
 def fixed_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
     """Fixed window aligned to the clock: windows ``[k*P, (k+1)*P)``."""
     period = limit.period_s
-    start = (now // period) * period
-    count = 0.0
+    start = now - now % period
     if state is not None and state[0] >= start:
-        start = state[0]
-        count = state[1]
+        start, count = state
         if now < start:
             now = start
+    else:
+        count = 0
     amount = limit.amount
-    reset_at = start + period
     if count + cost <= amount:
         count += cost
-        return (True, (start, count), int(amount - count), reset_at, 0.0)
-    retry = reset_at - now if cost <= amount else _INF
-    return (False, state, max(int(amount - count), 0), reset_at, retry)
+        return (True, (start, count), amount - count, start + period, 0.0)
+    retry = start + period - now if cost <= amount else _INF
+    return (False, state, amount - count, start + period, retry)
 
 
 def first_hit_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
@@ -100,19 +101,17 @@ def first_hit_window(state: State | None, now: float, limit: Limit, cost: int) -
     period = limit.period_s
     if state is None or now >= state[0] + period:
         start = now
-        count = 0.0
+        count: float = 0
     else:
-        start = state[0]
-        count = state[1]
+        start, count = state
         if now < start:
             now = start
     amount = limit.amount
-    reset_at = start + period
     if count + cost <= amount:
         count += cost
-        return (True, (start, count), int(amount - count), reset_at, 0.0)
-    retry = reset_at - now if cost <= amount else _INF
-    return (False, state, max(int(amount - count), 0), reset_at, retry)
+        return (True, (start, count), amount - count, start + period, 0.0)
+    retry = start + period - now if cost <= amount else _INF
+    return (False, state, amount - count, start + period, retry)
 
 
 def sliding_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
@@ -122,9 +121,9 @@ def sliding_window(state: State | None, now: float, limit: Limit, cost: int) -> 
     traffic in the previous window was spread evenly, and at most ``2L`` in the worst case.
     """
     period = limit.period_s
-    start = (now // period) * period
-    prev = 0.0
-    cur = 0.0
+    start = now - now % period
+    prev: float = 0
+    cur: float = 0
     if state is not None:
         stored = state[0]
         if stored >= start:

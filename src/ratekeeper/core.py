@@ -13,10 +13,28 @@ from ratekeeper.algorithms import State, Step
 from ratekeeper.decision import Decision
 from ratekeeper.limit import LimitSet
 
-__all__ = ["EntryState", "decide"]
+__all__ = ["EntryState", "decide", "decide_entry"]
 
 # The states of one limit set's limits for one key, in the set's order.
 EntryState: TypeAlias = tuple[State | None, ...]
+
+
+def decide_entry(
+    limit_set: LimitSet, entry: EntryState | None, now: float, cost: int
+) -> tuple[list[Step], EntryState | None]:
+    """Step every limit of one set on its stored ``entry``; the new entry is ``None`` if any
+    limit rejected."""
+    if entry is None:
+        results = [step(None, now, limit, cost) for step, limit in limit_set.steps]
+    else:
+        results = [
+            step(state, now, limit, cost)
+            for (step, limit), state in zip(limit_set.steps, entry, strict=True)
+        ]
+    for result in results:
+        if not result[0]:
+            return results, None
+    return results, tuple([result[1] for result in results])
 
 
 def decide(
@@ -31,21 +49,19 @@ def decide(
     write back (``None`` when rejected: nothing may be charged) and the :class:`Decision`.
     With ``cost=0`` it reports the current state without charging (a peek).
     """
-    results: list[Step] = []
-    new_entries: list[EntryState] = []
-    allowed = True
-    for (limit_set, _), entry in zip(items, entries, strict=True):
-        new_states: list[State | None] = []
-        for index, limit in enumerate(limit_set.limits):
-            step = limit.step(entry[index] if entry is not None else None, now, limit, cost)
-            results.append(step)
-            if step[0]:
-                new_states.append(step[1])
-            else:
-                allowed = False
-        if allowed:
-            new_entries.append(tuple(new_states))
-    if allowed:
-        return new_entries, Decision(True, 0.0, now, items, results)
-    retry = max(step[4] for step in results if not step[0])
+    if len(items) == 1:
+        results, new_entry = decide_entry(items[0][0], entries[0], now, cost)
+        if new_entry is not None:
+            return [new_entry], Decision(True, 0.0, now, items, results)
+    else:
+        results = []
+        new_entries: list[EntryState] = []
+        for (limit_set, _), entry in zip(items, entries, strict=True):
+            item_results, new_entry = decide_entry(limit_set, entry, now, cost)
+            results += item_results
+            if new_entry is not None:
+                new_entries.append(new_entry)
+        if len(new_entries) == len(items):
+            return new_entries, Decision(True, 0.0, now, items, results)
+    retry = max([step[4] for step in results if not step[0]])
     return None, Decision(False, retry, now, items, results)

@@ -82,7 +82,7 @@ class Decision:
                             limit=limit,
                             limit_set=limit_set.name,
                             key=key,
-                            remaining=remaining,
+                            remaining=max(int(remaining), 0),
                             reset_at=reset_at,
                             retry_after_s=retry,
                         )

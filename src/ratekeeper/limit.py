@@ -97,6 +97,7 @@ class LimitSet:
     limits: tuple[Limit, ...]
     id: str = field(init=False, repr=False, compare=False)
     ttl_s: float = field(init=False, repr=False, compare=False)
+    steps: tuple[tuple[StepFn, Limit], ...] = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -136,6 +137,7 @@ class LimitSet:
         ).hexdigest()
         object.__setattr__(self, "id", f"{name}:{digest}")
         object.__setattr__(self, "ttl_s", max(lim.ttl_s for lim in items))
+        object.__setattr__(self, "steps", tuple((lim.step, lim) for lim in items))
 
     def __len__(self) -> int:
         return len(self.limits)

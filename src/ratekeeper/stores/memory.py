@@ -90,15 +90,32 @@ class MemoryStore:
             if now >= self._next_sweep:
                 self._sweep(now)
             tables = self._tables
+            if len(items) == 1:
+                limit_set, key = items[0]
+                table = tables.get(limit_set.id)
+                value = None if table is None else table.entries.get(key)
+                new_states, decision = decide(
+                    items, [None if value is None else value[1]], now, cost
+                )
+                if new_states is not None and not peek:
+                    if table is None or value is None:
+                        self._insert(limit_set, key, new_states[0], now)
+                    else:
+                        table.entries[key] = (now + limit_set.ttl_s, new_states[0])
+                return decision
             states: list[EntryState | None] = []
             for limit_set, key in items:
                 table = tables.get(limit_set.id)
-                value = table.entries.get(key) if table is not None else None
-                states.append(value[1] if value is not None else None)
+                value = None if table is None else table.entries.get(key)
+                states.append(None if value is None else value[1])
             new_states, decision = decide(items, states, now, cost)
             if new_states is not None and not peek:
                 for (limit_set, key), entry in zip(items, new_states, strict=True):
-                    self._write(limit_set, key, entry, now)
+                    table = tables.get(limit_set.id)
+                    if table is None or key not in table.entries:
+                        self._insert(limit_set, key, entry, now)
+                    else:
+                        table.entries[key] = (now + limit_set.ttl_s, entry)
             return decision
 
     async def decide_async(
@@ -135,20 +152,18 @@ class MemoryStore:
         """The asyncio twin of :meth:`close`."""
         self.close()
 
-    def _write(self, limit_set: LimitSet, key: str, entry: EntryState, now: float) -> None:
-        expires_at = now + limit_set.ttl_s
+    def _insert(self, limit_set: LimitSet, key: str, entry: EntryState, now: float) -> None:
         table = self._tables.get(limit_set.id)
         if table is None:
             table = self._tables[limit_set.id] = _Table(limit_set)
-        entries = table.entries
-        if key not in entries:
-            if self._size >= self.max_entries:
-                self._make_room(table, now)
-            self._size += 1
-            due = table.file(key, expires_at)
-            if due < self._next_sweep:
-                self._next_sweep = due
-        entries[key] = (expires_at, entry)
+        if self._size >= self.max_entries:
+            self._make_room(table, now)
+        self._size += 1
+        expires_at = now + limit_set.ttl_s
+        due = table.file(key, expires_at)
+        if due < self._next_sweep:
+            self._next_sweep = due
+        table.entries[key] = (expires_at, entry)
 
     def _make_room(self, table: _Table, now: float) -> None:
         self._sweep(now, budget=None)
