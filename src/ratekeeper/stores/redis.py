@@ -1,0 +1,511 @@
+"""The Redis / Valkey store: one Lua script decides, charges and expires, in one round trip.
+
+The algorithms exist here a second time, in ``lua/decide.lua``, because a decision must read
+and write every limit's state atomically on the server; Python only marshals arguments and
+replies. The script mirrors :mod:`ratekeeper.algorithms` operation for operation and is checked
+against it by differential property tests. Decisions use the server clock (``TIME``), so
+application servers with skewed clocks cannot stretch a limit.
+
+Keys are ``<prefix>:{<blake2b(key)>}:<limit_set.id>``: the caller's key (an API key, an IP)
+is never stored, only its hash, and the hash is the cluster hash tag, so every limit set of one
+identity lives in one slot and a decision about it is one script call.
+
+Redis Cluster, decisions that span slots (an identity's limits plus a ``global`` one): no script
+can touch two slots atomically, and charging slot by slot then refunding on a later rejection
+is not exact (a GCRA refund cannot know whether the bucket would have drained meanwhile; a
+first-hit window cannot undo the window it opened). So the store never refunds. It reserves:
+
+1. *reserve*, in every slot: check the limits as if ``cost`` plus every pending reservation
+   of that item were charged; if they allow it, record ``cost`` as a pending reservation
+   (a sorted-set member with a lease) without touching the state;
+2. *commit* in every slot if all reserved (charge the state, drop the reservation), else
+   *abort* the reservations that were made.
+
+Every decision in a slot, single-slot ones too, counts pending reservations as charged, so
+while a reservation is pending nobody can be admitted on the units it holds: committing it later
+keeps every limit within its amount (a limit that allowed ``cost + pending`` at time ``t``
+allows it at any later time on the same state: all four algorithms only relax as time passes).
+An abort only removes a reservation that never touched the state, so it is exact. The price is
+on the safe side: a request can be rejected because of a reservation that is then aborted, and a
+reservation committed after its window ended is charged to the next window. A reservation whose
+lease expired (a client stalled or died between the phases) is charged anyway at commit and the
+decision is rejected, so a slow client never over-admits either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import uuid
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ratekeeper.algorithms import Algorithm, Step
+from ratekeeper.decision import Decision
+from ratekeeper.errors import StoreError, StoreURLError
+from ratekeeper.limit import LimitSet
+from ratekeeper.stores.url import mask_url
+
+try:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
+    from redis.crc import key_slot
+    from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise StoreError("the Redis store needs redis-py: pip install 'ratekeeper[redis]'") from exc
+
+__all__ = ["RedisStore", "RedisStoreError"]
+
+Items: TypeAlias = Sequence[tuple[LimitSet, str]]
+# One script call: its keys and its arguments.
+Call: TypeAlias = tuple[list[str], list[str]]
+
+SCRIPT = (Path(__file__).parent / "lua" / "decide.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+_ALGORITHM_CODES = {
+    Algorithm.FIXED_WINDOW: "f",
+    Algorithm.FIRST_HIT_WINDOW: "h",
+    Algorithm.SLIDING_WINDOW: "s",
+    Algorithm.GCRA: "g",
+}
+_STANDALONE = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
+_CLUSTER = {"redis+cluster": "redis", "valkey+cluster": "redis"}
+_OWN_OPTIONS = {"prefix", "timeout"}
+_CONNECTION_ERRORS = (RedisError, RedisClusterException, OSError)
+# A reservation left by a client that died between the two phases of a cross-slot decision
+# stops holding units after this long.
+_LEASE_MS = 5000
+# Wait suggested when a decision lost its reservation: another attempt will settle at once.
+_LOST_RETRY_S = 0.001
+
+
+class RedisStoreError(StoreError):
+    """Redis or Valkey failed during a decision (connection lost, timeout, refused command)."""
+
+
+class RedisStore:
+    """State in Redis or Valkey (standalone or Cluster), shared by every process that uses it.
+
+    ``url`` is a ``redis://``, ``rediss://``, ``redis+cluster://`` URL (or the ``valkey``
+    spellings), options ``?prefix=`` (key prefix, default ``rk``) and ``?timeout=`` (seconds per
+    command, default 2). The server is contacted at once: an unreachable one raises
+    :class:`StoreError` naming the URL (password masked). Decisions use the server's clock;
+    ``use_server_time=False`` makes them use the caller's ``now`` instead, for tests only.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        timeout_s: float | None = None,
+        use_server_time: bool = True,
+        batch_async: bool = True,
+    ) -> None:
+        self.url = mask_url(url)
+        scheme, target, options, password = _parse_url(url)
+        prefix = options.get("prefix", "rk") if prefix is None else prefix
+        if not prefix or any(c in prefix for c in "{}"):
+            raise StoreURLError(
+                f"key prefix must be non-empty without '{{' or '}}', got {prefix!r} "
+                f"(store {self.url})"
+            )
+        if timeout_s is None:
+            raw = options.get("timeout", "2")
+            try:
+                timeout_s = float(raw)
+            except ValueError:
+                timeout_s = math.nan
+        if not math.isfinite(timeout_s) or timeout_s <= 0:
+            raise StoreURLError(f"timeout must be a number of seconds > 0 in store {self.url}")
+        self.prefix = prefix
+        self.cluster = scheme in _CLUSTER
+        self.use_server_time = use_server_time
+        self.batch_async = batch_async
+        self._target = target
+        self._password = password
+        self._timeout_s = timeout_s
+        self._plans: dict[str, tuple[tuple[str, ...], int]] = {}
+        self._aclient: Any = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._batcher: _Batcher | None = None
+        self._client: Any = self._connect()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """Build a store from its URL; see the class docstring for the options."""
+        return cls(url)
+
+    def __repr__(self) -> str:
+        kind = "cluster" if self.cluster else "standalone"
+        return f"<RedisStore {self.url} {kind} prefix={self.prefix!r}>"
+
+    # -- the synchronous driver -------------------------------------------------------------
+
+    def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
+        """Decide and charge (unless ``peek``) atomically, in one round trip per slot."""
+        if self.cluster and len(items) > 1:
+            flow = self._cluster_flow(items, cost, now, peek)
+            try:
+                calls = next(flow)
+                while True:
+                    calls = flow.send([self._eval(call) for call in calls])
+            except StopIteration as stop:
+                decision: Decision = stop.value
+                return decision
+        call, n_limits = self._marshal(items, cost, now, peek, op="d")
+        return _decision(self._eval(call), items, n_limits)
+
+    def reset(self, items: Items) -> None:
+        """Forget the state of these keys: they start afresh."""
+        try:
+            for limit_set, key in items:
+                self._client.delete(self._key(limit_set, key))
+        except _CONNECTION_ERRORS as exc:
+            raise self._error("reset", exc) from exc
+
+    def close(self) -> None:
+        """Close the synchronous connections (the async ones close with :meth:`close_async`)."""
+        self._client.close()
+
+    def _eval(self, call: Call) -> bytes:
+        keys, args = call
+        client = self._client
+        try:
+            try:
+                reply: bytes = client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            except NoScriptError:
+                # The server restarted or flushed its scripts: load it again, once.
+                client.script_load(SCRIPT)
+                reply = client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        except _CONNECTION_ERRORS as exc:
+            raise self._error("decide", exc) from exc
+        return reply
+
+    # -- the asyncio driver -----------------------------------------------------------------
+
+    async def decide_async(
+        self, items: Items, cost: int, now: float, *, peek: bool = False
+    ) -> Decision:
+        """The asyncio twin of :meth:`decide`; concurrent calls share pipelines."""
+        if self.cluster and len(items) > 1:
+            flow = self._cluster_flow(items, cost, now, peek)
+            try:
+                calls = next(flow)
+                while True:
+                    calls = flow.send([await self._eval_async(call) for call in calls])
+            except StopIteration as stop:
+                decision: Decision = stop.value
+                return decision
+        call, n_limits = self._marshal(items, cost, now, peek, op="d")
+        return _decision(await self._eval_async(call), items, n_limits)
+
+    async def reset_async(self, items: Items) -> None:
+        """The asyncio twin of :meth:`reset`."""
+        client = self._async_client()
+        try:
+            for limit_set, key in items:
+                await client.delete(self._key(limit_set, key))
+        except _CONNECTION_ERRORS as exc:
+            raise self._error("reset", exc) from exc
+
+    async def close_async(self) -> None:
+        """Close the asyncio connections of the running event loop's client."""
+        client, self._aclient, self._aloop, self._batcher = self._aclient, None, None, None
+        if client is not None:
+            await client.aclose()
+
+    async def _eval_async(self, call: Call) -> bytes:
+        client = self._async_client()
+        batcher = self._batcher
+        try:
+            if batcher is not None:
+                return await batcher.submit(call)
+            keys, args = call
+            try:
+                reply: bytes = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            except NoScriptError:
+                await client.script_load(SCRIPT)
+                reply = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        except _CONNECTION_ERRORS as exc:
+            raise self._error("decide", exc) from exc
+        return reply
+
+    def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            # redis.asyncio connections belong to the loop that opened them.
+            self._aclient = self._new_client(asynchronous=True)
+            self._aloop = loop
+            self._batcher = (
+                _Batcher(self._aclient) if self.batch_async and not self.cluster else None
+            )
+        return self._aclient
+
+    # -- shared by both drivers -------------------------------------------------------------
+
+    def _key(self, limit_set: LimitSet, key: str) -> str:
+        digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+        return f"{self.prefix}:{{{digest}}}:{limit_set.id}"
+
+    def _plan(self, limit_set: LimitSet) -> tuple[tuple[str, ...], int]:
+        plan = self._plans.get(limit_set.id)
+        if plan is None:
+            # A key lives as long as its longest-lived limit; +1 ms covers rounding to ms.
+            args = [str(math.ceil(limit_set.ttl_s * 1000) + 1), str(len(limit_set.limits))]
+            for limit in limit_set.limits:
+                args += [
+                    _ALGORITHM_CODES[limit.algorithm],
+                    str(limit.amount),
+                    repr(limit.period_s),
+                    repr(limit.interval_s),
+                    repr(limit.capacity_s),
+                    str(limit.burst),
+                ]
+            plan = self._plans[limit_set.id] = (tuple(args), len(limit_set.limits))
+        return plan
+
+    def _marshal(
+        self, items: Items, cost: int, now: float, peek: bool, *, op: str, token: str = ""
+    ) -> tuple[Call, int]:
+        keys = []
+        args = [
+            op,
+            "" if self.use_server_time else repr(now),
+            str(cost),
+            "1" if peek else "0",
+            "1" if self.cluster else "0",
+            token,
+            str(_LEASE_MS),
+            str(len(items)),
+        ]
+        n_limits = 0
+        for limit_set, key in items:
+            plan, n = self._plan(limit_set)
+            args.extend(plan)
+            n_limits += n
+            keys.append(self._key(limit_set, key))
+        if self.cluster:
+            keys += [f"{k}:p" for k in keys]
+        return (keys, args), n_limits
+
+    def _cluster_flow(
+        self, items: Items, cost: int, now: float, peek: bool
+    ) -> Generator[list[Call], list[bytes], Decision]:
+        """The cross-slot protocol of the module docstring, free of I/O: it yields the script
+        calls to make and receives their replies, so both drivers run the same logic."""
+        slots: dict[int, list[int]] = {}
+        for index, (limit_set, key) in enumerate(items):
+            slots.setdefault(key_slot(self._key(limit_set, key).encode()), []).append(index)
+        groups = list(slots.values())
+        if len(groups) == 1:
+            call, n_limits = self._marshal(items, cost, now, peek, op="d")
+            (reply,) = yield [call]
+            return _decision(reply, items, n_limits)
+        token = uuid.uuid4().hex
+        op = "d" if peek else "r"
+        parts = [[items[i] for i in group] for group in groups]
+        marshalled = [self._marshal(part, cost, now, peek, op=op, token=token) for part in parts]
+        replies = yield [call for call, _ in marshalled]
+        parsed = [_parse(reply, n) for reply, (_, n) in zip(replies, marshalled, strict=True)]
+        allowed = all(p[0] for p in parsed)
+        if not peek:
+            if allowed:
+                ops = [
+                    self._marshal(part, cost, now, False, op="c", token=token)[0] for part in parts
+                ]
+            else:
+                ops = [
+                    self._marshal(part, cost, now, False, op="a", token=token)[0]
+                    for part, p in zip(parts, parsed, strict=True)
+                    if p[0]
+                ]
+            settled = yield ops
+            if allowed and any(reply != b"1" for reply in settled):
+                return _merge(items, groups, parsed, lost=True)
+        return _merge(items, groups, parsed, lost=False)
+
+    def _connect(self) -> Any:
+        try:
+            client = self._new_client(asynchronous=False)
+            client.ping()
+            client.script_load(SCRIPT)
+        except _CONNECTION_ERRORS as exc:
+            raise StoreError(
+                f"cannot use the Redis store at {self.url}: {self._clean(exc)} "
+                "(expected a reachable Redis or Valkey server)"
+            ) from exc
+        return client
+
+    def _new_client(self, *, asynchronous: bool) -> Any:
+        url, extra_nodes = self._target
+        common: dict[str, Any] = {
+            "socket_timeout": self._timeout_s,
+            "socket_connect_timeout": self._timeout_s,
+        }
+        if not self.cluster:
+            # One retry on a fresh connection absorbs a pooled connection that a server restart
+            # closed; a replayed script can only over-count, never admit more.
+            if asynchronous:
+                common["retry"] = AsyncRetry(NoBackoff(), 1)
+                return redis.asyncio.Redis.from_url(url, **common)
+            common["retry"] = Retry(NoBackoff(), 1)
+            return redis.Redis.from_url(url, **common)
+        if asynchronous:
+            nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in extra_nodes]
+            return redis.asyncio.cluster.RedisCluster.from_url(url, startup_nodes=nodes, **common)
+        sync_nodes = [
+            redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]
+            for h, p in extra_nodes
+        ]
+        return redis.cluster.RedisCluster(url=url, startup_nodes=sync_nodes, **common)
+
+    def _clean(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _error(self, action: str, exc: BaseException) -> RedisStoreError:
+        return RedisStoreError(f"Redis store {self.url} failed to {action}: {self._clean(exc)}")
+
+
+class _Batcher:
+    """Sends the script calls of concurrent tasks as pipelines: while one pipeline is in
+    flight, new calls queue up and leave together in the next one."""
+
+    __slots__ = ("_client", "_pending", "_running")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._pending: list[tuple[Call, asyncio.Future[bytes]]] = []
+        self._running = False
+
+    async def submit(self, call: Call) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending.append((call, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._send(batch)
+        finally:
+            self._running = False
+
+    async def _send(self, batch: list[tuple[Call, asyncio.Future[bytes]]]) -> None:
+        try:
+            replies = await self._pipeline([call for call, _ in batch])
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                await self._client.script_load(SCRIPT)
+                again = await self._pipeline([batch[i][0] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _pipeline(self, calls: list[Call]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+
+def _parse(reply: bytes, n_limits: int) -> tuple[bool, float, list[Step], float]:
+    """A script reply -> (allowed, server now, per-limit steps, largest rejecting wait)."""
+    parts = reply.split(b" ")
+    results: list[Step] = []
+    retry = 0.0
+    for i in range(2, 2 + 4 * n_limits, 4):
+        ok = parts[i] == b"1"
+        wait = float(parts[i + 3])
+        if not ok and wait > retry:
+            retry = wait
+        results.append((ok, None, int(parts[i + 1]), float(parts[i + 2]), wait))
+    return parts[0] == b"1", float(parts[1]), results, retry
+
+
+def _decision(reply: bytes, items: Items, n_limits: int) -> Decision:
+    allowed, now, results, retry = _parse(reply, n_limits)
+    return Decision(allowed, retry, now, items, results)
+
+
+def _merge(
+    items: Items,
+    groups: list[list[int]],
+    parsed: list[tuple[bool, float, list[Step], float]],
+    *,
+    lost: bool,
+) -> Decision:
+    """One decision from the per-slot replies, with results back in the order of ``items``."""
+    by_item: dict[int, list[Step]] = {}
+    for group, (_, _, steps, _) in zip(groups, parsed, strict=True):
+        results = iter(steps)
+        for index in group:
+            by_item[index] = [next(results) for _ in items[index][0].limits]
+    ordered = [step for index in range(len(items)) for step in by_item[index]]
+    allowed = not lost and all(p[0] for p in parsed)
+    retry = 0.0
+    if not allowed:
+        retry = max(*(p[3] for p in parsed), _LOST_RETRY_S if lost else 0.0)
+    # Groups are numbered by first appearance, so the first one holds the first item.
+    return Decision(allowed, retry, parsed[0][1], items, ordered)
+
+
+def _parse_url(url: str) -> tuple[str, tuple[str, list[tuple[str, int]]], dict[str, str], str]:
+    """Split a store URL into its scheme, the redis-py URL (+ extra cluster nodes), our own
+    options and the password (to scrub it from error messages)."""
+    masked = mask_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise StoreURLError(f"malformed Redis store URL {masked!r}: {exc}") from exc
+    scheme = parts.scheme.lower()
+    base = _STANDALONE.get(scheme) or _CLUSTER.get(scheme)
+    if base is None:
+        known = ", ".join(f"{s}://" for s in (*_STANDALONE, *_CLUSTER))
+        raise StoreURLError(f"not a Redis store URL: {masked!r} (expected one of {known})")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = {k: v for k, v in query if k in _OWN_OPTIONS}
+    passthrough = urlencode([(k, v) for k, v in query if k not in _OWN_OPTIONS])
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    host_list = [h for h in hosts.split(",") if h] or ["127.0.0.1:6379"]
+    extra: list[tuple[str, int]] = []
+    if scheme in _CLUSTER:
+        for host in host_list[1:]:
+            name, _, port = host.rpartition(":")
+            if not port.isdigit():
+                raise StoreURLError(f"cluster node {host!r} needs host:port in {masked!r}")
+            extra.append((name.strip("[]"), int(port)))
+    elif len(host_list) > 1:
+        raise StoreURLError(f"several hosts given in {masked!r}: only cluster URLs take a list")
+    netloc = f"{userinfo}@{host_list[0]}" if userinfo else host_list[0]
+    target = urlunsplit((base, netloc, parts.path, passthrough, ""))
+    return scheme, (target, extra), options, parts.password or ""
