@@ -1,0 +1,410 @@
+"""The SQLite store: same decisions as the memory store, persistent, exact, and loud when broken."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratekeeper import (
+    Decision,
+    Limit,
+    Limiter,
+    LimitSet,
+    ManualClock,
+    MemoryStore,
+    StoreError,
+    StoreURLError,
+    store_from_url,
+)
+from ratekeeper.stores.sqlite import SQLiteStore
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+LIMIT_SETS = (
+    LimitSet("fixed", "3/10s; 5/minute"),
+    LimitSet("first", Limit.parse("2/7s", "first_hit_window")),
+    LimitSet("sliding", Limit.parse("4/10s", "sliding_window")),
+    LimitSet("gcra", [Limit.parse("5/10s", "gcra", burst=2), Limit.parse("8/minute")]),
+)
+GLOBAL = LimitSet("global", "12/30s")
+
+
+def _view(decision: Decision) -> tuple[object, ...]:
+    return (
+        decision.allowed,
+        decision.retry_after_s,
+        tuple(
+            (s.limit_set, s.key, s.remaining, s.reset_at, s.retry_after_s) for s in decision.states
+        ),
+    )
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["hit", "hit", "hit", "hit_global", "peek", "reset"]),
+        st.integers(0, len(LIMIT_SETS) - 1),
+        st.sampled_from(["alice", "bob", "carol"]),
+        st.integers(1, 3),
+        st.floats(0, 8, allow_nan=False).map(lambda x: round(x, 3)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations)
+def test_decisions_equal_the_memory_store(ops: list[tuple[str, int, str, int, float]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite_store = SQLiteStore(Path(tmp) / "rk.db")
+        memory_store = MemoryStore()
+        try:
+            clock = ManualClock(1_700_000_000.0)
+            for op, index, key, cost, advance in ops:
+                clock.advance(advance)
+                limit_set = LIMIT_SETS[index]
+                items: tuple[tuple[LimitSet, str], ...] = ((limit_set, key),)
+                if op == "hit_global":
+                    items = ((limit_set, key), (GLOBAL, "all"))
+                if op == "reset":
+                    sqlite_store.reset(items)
+                    memory_store.reset(items)
+                    continue
+                peek = op == "peek"
+                got = sqlite_store.decide(items, 0 if peek else cost, clock(), peek=peek)
+                want = memory_store.decide(items, 0 if peek else cost, clock(), peek=peek)
+                assert _view(got) == _view(want)
+        finally:
+            sqlite_store.close()
+
+
+def test_a_daily_quota_survives_closing_and_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/quota.db"
+    limits = LimitSet("daily", "5/day")
+    clock = ManualClock(1_700_000_000.0)
+    store = store_from_url(url)
+    for _ in range(3):
+        assert Limiter(store, clock=clock).hit(limits, "key")
+    store.close()
+    clock.advance(3600)
+    reopened = store_from_url(url)
+    limiter = Limiter(reopened, clock=clock)
+    assert [bool(limiter.hit(limits, "key")) for _ in range(3)] == [True, True, False]
+    reopened.close()
+
+
+_HIT_SCRIPT = """
+import sys
+from ratekeeper import Limiter, LimitSet, ManualClock
+from ratekeeper.stores.sqlite import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+limiter = Limiter(store, clock=ManualClock(float(sys.argv[2])))
+print(sum(bool(limiter.hit(LimitSet("daily", "5/day"), "key")) for _ in range(int(sys.argv[3]))))
+"""
+
+
+def _hit_in_new_process(path: Path, now: float, hits: int) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _HIT_SCRIPT, str(path), str(now), str(hits)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=60,
+    )
+    return int(out.stdout)
+
+
+def test_a_daily_quota_survives_a_process_restart(tmp_path: Path) -> None:
+    path = tmp_path / "quota.db"
+    day = 1_700_006_400.0  # a UTC midnight
+    assert _hit_in_new_process(path, day + 100, 4) == 4
+    assert _hit_in_new_process(path, day + 50_000, 4) == 1
+    assert _hit_in_new_process(path, day + 86_400 + 1, 4) == 4
+
+
+_WORKER_SCRIPT = """
+import json, random, sys, threading, time
+from ratekeeper import Limit, LimitSet, Limiter, StoreError
+from ratekeeper.stores.sqlite import SQLiteStore
+path, start_at, duration = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+per_key = LimitSet("key", Limit.parse("30/hour", "first_hit_window"))
+everyone = LimitSet("all", Limit.parse("1000/hour", "first_hit_window"))
+store = SQLiteStore(path, busy_timeout_s=30)
+limiter = Limiter(store)
+admitted = {}
+attempts = [0]
+errors = []
+lock = threading.Lock()
+def work(seed):
+    rng = random.Random(seed)
+    mine = {}
+    tries = 0
+    while time.time() < start_at:
+        time.sleep(0.01)
+    while time.time() < start_at + duration:
+        key = f"key-{rng.randrange(10)}"
+        try:
+            decision = limiter.hit_many([(per_key, key), (everyone, "all")])
+        except StoreError as exc:
+            errors.append(str(exc))
+            continue
+        tries += 1
+        if decision.allowed:
+            mine[key] = mine.get(key, 0) + 1
+    with lock:
+        attempts[0] += tries
+        for key, n in mine.items():
+            admitted[key] = admitted.get(key, 0) + n
+threads = [threading.Thread(target=work, args=(i,)) for i in range(50)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"admitted": admitted, "attempts": attempts[0], "errors": errors[:3]}))
+"""
+
+
+def test_four_processes_of_fifty_threads_admit_exactly_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    SQLiteStore(path).close()
+    start_at = time.time() + 1.5
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER_SCRIPT, str(path), str(start_at), "3"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+        for _ in range(4)
+    ]
+    admitted: dict[str, int] = {}
+    attempts = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        result = json.loads(out)
+        assert result["errors"] == []
+        attempts += result["attempts"]
+        for key, n in result["admitted"].items():
+            admitted[key] = admitted.get(key, 0) + n
+    assert attempts > 2000, "too few attempts to contend"
+    assert admitted == {f"key-{i}": 30 for i in range(10)}
+    store = SQLiteStore(path)
+    everyone = LimitSet("all", Limit.parse("1000/hour", "first_hit_window"))
+    assert store.decide(((everyone, "all"),), 0, time.time(), peek=True).remaining == 700
+    store.close()
+
+
+def test_threads_and_tasks_of_one_process_are_exact(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "rk.db")
+    limits = LimitSet("api", "50/hour")
+    now = 1_700_000_000.0
+
+    async def main() -> int:
+        decisions = await asyncio.gather(
+            *(store.decide_async(((limits, "k"),), 1, now) for _ in range(120))
+        )
+        return sum(d.allowed for d in decisions)
+
+    assert asyncio.run(main()) == 50
+    assert store.decide(((limits, "k"),), 0, now, peek=True).remaining == 0
+    asyncio.run(store.reset_async(((limits, "k"),)))
+    assert store.decide(((limits, "k"),), 1, now).remaining == 49
+    asyncio.run(store.close_async())
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "rk.db")
+    limits = LimitSet("api", "10/hour")
+    now = 1_700_000_000.0
+    store.decide(((limits, "k"),), 1, now)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            for _ in range(4):
+                store.decide(((limits, "k"),), 1, now)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.decide(((limits, "k"),), 1, now).remaining == 4
+    store.close()
+
+
+def test_expired_rows_are_purged_in_batches(tmp_path: Path) -> None:
+    path = tmp_path / "rk.db"
+    store = SQLiteStore(path, purge_interval_s=60)
+    minute = LimitSet("minute", "10/minute")
+    day = LimitSet("day", "10/day")
+    now = 1_700_000_000.0
+    for i in range(1500):
+        store.decide(((minute, f"k{i}"),), 1, now)
+    store.decide(((day, "lasting"),), 1, now)
+
+    def rows() -> int:
+        with sqlite3.connect(path) as conn:
+            count: int = conn.execute("SELECT count(*) FROM ratekeeper_state").fetchone()[0]
+        return count
+
+    assert rows() == 1501
+    now += 61
+    store.decide(((minute, "live"),), 1, now)
+    assert rows() == 502  # one batch of 1000 gone, the rest at the next decision
+    store.decide(((minute, "live"),), 1, now)
+    assert rows() == 2
+    assert store.decide(((day, "lasting"),), 0, now, peek=True).remaining == 9
+    store.close()
+
+
+def test_keys_are_stored_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "rk.db"
+    store = SQLiteStore(path)
+    secret = "sk_live_0123456789abcdef"
+    store.decide(((LimitSet("api", "5/minute"), secret),), 1, 1_700_000_000.0)
+    store.close()
+    for file in tmp_path.iterdir():
+        assert secret.encode() not in file.read_bytes()
+
+
+def test_a_corrupted_file_is_an_error_naming_it_not_a_reset(tmp_path: Path) -> None:
+    path = tmp_path / "rk.db"
+    garbage = b"this is not a database, but it is somebody's file\n" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError, match="corrupted or not an SQLite database") as info:
+        SQLiteStore(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == garbage
+
+
+def test_a_corrupted_state_row_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "rk.db"
+    limits = LimitSet("api", "5/minute")
+    store = SQLiteStore(path)
+    store.decide(((limits, "k"),), 1, 1_700_000_000.0)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE ratekeeper_state SET state = x'0203'")
+    with pytest.raises(StoreError, match="unreadable state row") as info:
+        store.decide(((limits, "k"),), 1, 1_700_000_000.0)
+    assert str(path) in str(info.value)
+    store.close()
+
+
+def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    with pytest.raises(StoreError, match="not a ratekeeper file"):
+        SQLiteStore(path)
+    with sqlite3.connect(path) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_schema").fetchall()
+    assert tables == [("users",)]
+
+
+def _in_unprivileged_child(action: Callable[[], str]) -> str:
+    """Run ``action`` as an unprivileged user (root ignores file modes) and return its text."""
+    if os.geteuid() != 0:
+        return action()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            text = action()
+        except BaseException as exc:
+            text = f"child failed: {exc!r}"
+        os.write(write_end, text.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+def test_a_read_only_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="rk-readonly-"))
+    path = directory / "rk.db"
+    limits = LimitSet("api", "5/minute")
+    store = SQLiteStore(path)
+    store.decide(((limits, "k"),), 1, 1_700_000_000.0)
+    store.close()
+    path.chmod(0o444)
+    directory.chmod(0o777)
+    before = path.read_bytes()
+
+    def open_it() -> str:
+        try:
+            SQLiteStore(path).close()
+        except StoreError as exc:
+            return str(exc)
+        return "opened"
+
+    try:
+        message = _in_unprivileged_child(open_it)
+        after = path.read_bytes()
+    finally:
+        for file in directory.iterdir():
+            file.unlink()
+        directory.rmdir()
+    assert "read-only" in message
+    assert str(path) in message
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///:memory:", "memory://"),
+        ("sqlite://host/rk.db", "expected sqlite:///relative/file.db"),
+        ("sqlite:///", "expected sqlite:///relative/file.db"),
+        ("sqlite:///rk.db?journal=off", "unknown option"),
+        ("sqlite:///rk.db?busy_timeout_s=soon", "busy_timeout_s must be a number"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(StoreURLError, match=message):
+        store_from_url(url)
+
+
+def test_url_paths_are_relative_with_three_slashes_absolute_with_four(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = store_from_url("sqlite:///rel.db?busy_timeout_s=0.5&purge_interval_s=10")
+    absolute = store_from_url(f"sqlite:///{tmp_path}/abs.db")
+    assert isinstance(relative, SQLiteStore)
+    assert relative.busy_timeout_s == 0.5
+    assert relative.purge_interval_s == 10
+    assert (tmp_path / "rel.db").exists()
+    assert (tmp_path / "abs.db").exists()
+    relative.close()
+    absolute.close()
+
+
+def test_a_missing_directory_and_a_closed_store_are_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "rk.db"
+    with pytest.raises(StoreError, match="directory exists") as info:
+        SQLiteStore(path)
+    assert str(path) in str(info.value)
+    store = SQLiteStore(tmp_path / "rk.db")
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match="is closed"):
+        store.decide(((LimitSet("api", "5/minute"), "k"),), 1, 0.0)
