@@ -139,10 +139,16 @@ def sliding_window(state: State | None, now: float, limit: Limit, cost: int) -> 
     estimate = prev * (period - elapsed) / period + cur
     if estimate + cost <= amount + _EPS:
         cur += cost
-        reset_at = start + 2 * period if cur else start + period
+        # int() of a value >= -_EPS, shifted by _EPS, is never negative.
         remaining = int(amount - estimate - cost + _EPS)
-        return (True, (start, prev, cur), max(remaining, 0), reset_at, 0.0)
-    reset_at = start + 2 * period if cur else start + period
+        return (
+            True,
+            (start, prev, cur),
+            remaining,
+            start + (period + period if cur else period),
+            0.0,
+        )
+    reset_at = start + (period + period if cur else period)
     remaining = max(int(amount - estimate + _EPS), 0)
     if cost > amount:
         return (False, state, remaining, reset_at, _INF)

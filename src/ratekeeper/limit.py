@@ -33,6 +33,7 @@ class Limit:
     interval_s: float = field(init=False, repr=False, compare=False)
     capacity_s: float = field(init=False, repr=False, compare=False)
     ttl_s: float = field(init=False, repr=False, compare=False)
+    state_lifetime_s: float = field(init=False, repr=False, compare=False)
     step: StepFn = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +70,12 @@ class Limit:
             Algorithm.GCRA: burst * interval,
         }.get(algorithm, rate.period_s)
         object.__setattr__(self, "ttl_s", ttl)
+        # A state equals a fresh key's once the clock passes ``state[0] + state_lifetime_s``
+        # (window start + P, or + 2P for the sliding window; GCRA's state is its TAT).
+        lifetime = {Algorithm.SLIDING_WINDOW: 2 * rate.period_s, Algorithm.GCRA: 0.0}.get(
+            algorithm, rate.period_s
+        )
+        object.__setattr__(self, "state_lifetime_s", lifetime)
         object.__setattr__(self, "step", STEPS[algorithm])
 
     @classmethod

@@ -5,7 +5,7 @@ new keys are filed in an expiry wheel (a bucket per slice of time), and due buck
 few hundred keys at a time on the decision path, so there is no thread or timer per key and no
 long pause. ``max_entries`` is a hard cap: when a flood of distinct live keys reaches it, expired
 keys go first, then the oldest keys of the limit set being written, which restart as fresh keys.
-Size the cap above the number of keys that are live at once (about 200 bytes per key per limit).
+Size the cap above the number of keys that are live at once (about 130 bytes per key per limit).
 """
 
 from __future__ import annotations
@@ -27,14 +27,25 @@ _SWEEP_BATCH = 64
 
 
 class _Table:
-    """The keys of one limit set: state with expiry, and the expiry wheel of its keys."""
+    """The keys of one limit set: their states, and the expiry wheel of its keys."""
 
-    __slots__ = ("entries", "granularity_s", "wheel")
+    __slots__ = ("entries", "granularity_s", "limit_set", "wheel")
 
     def __init__(self, limit_set: LimitSet) -> None:
-        self.entries: dict[str, tuple[float, EntryState]] = {}
+        self.limit_set = limit_set
+        # Values are the bare states: the expiry is derived from them when a bucket is due,
+        # which saves a tuple and a float per key.
+        self.entries: dict[str, EntryState] = {}
         self.wheel: dict[int, list[str]] = {}
         self.granularity_s = max(limit_set.ttl_s / 4, 0.05)
+
+    def expires_at(self, entry: EntryState) -> float:
+        """When ``entry`` becomes equal to a fresh key's state."""
+        return max(
+            state[0] + limit.state_lifetime_s
+            for state, limit in zip(entry, self.limit_set.limits, strict=True)
+            if state is not None
+        )
 
     def file(self, key: str, expires_at: float) -> float:
         """File ``key`` in the bucket due after ``expires_at``; returns when that bucket is due."""
@@ -94,20 +105,17 @@ class MemoryStore:
                 limit_set, key = items[0]
                 table = tables.get(limit_set.id)
                 value = None if table is None else table.entries.get(key)
-                new_states, decision = decide(
-                    items, [None if value is None else value[1]], now, cost
-                )
+                new_states, decision = decide(items, [value], now, cost)
                 if new_states is not None and not peek:
                     if table is None or value is None:
                         self._insert(limit_set, key, new_states[0], now)
                     else:
-                        table.entries[key] = (now + limit_set.ttl_s, new_states[0])
+                        table.entries[key] = new_states[0]
                 return decision
             states: list[EntryState | None] = []
             for limit_set, key in items:
                 table = tables.get(limit_set.id)
-                value = None if table is None else table.entries.get(key)
-                states.append(None if value is None else value[1])
+                states.append(None if table is None else table.entries.get(key))
             new_states, decision = decide(items, states, now, cost)
             if new_states is not None and not peek:
                 for (limit_set, key), entry in zip(items, new_states, strict=True):
@@ -115,7 +123,7 @@ class MemoryStore:
                     if table is None or key not in table.entries:
                         self._insert(limit_set, key, entry, now)
                     else:
-                        table.entries[key] = (now + limit_set.ttl_s, entry)
+                        table.entries[key] = entry
             return decision
 
     async def decide_async(
@@ -163,7 +171,7 @@ class MemoryStore:
         due = table.file(key, expires_at)
         if due < self._next_sweep:
             self._next_sweep = due
-        table.entries[key] = (expires_at, entry)
+        table.entries[key] = entry
 
     def _make_room(self, table: _Table, now: float) -> None:
         self._sweep(now, budget=None)
@@ -204,12 +212,13 @@ class MemoryStore:
     def _expire(self, table: _Table, keys: list[str], now: float) -> None:
         entries = table.entries
         for key in keys:
-            value = entries.get(key)
-            if value is None:
+            entry = entries.get(key)
+            if entry is None:
                 continue
-            if value[0] <= now:
+            expires_at = table.expires_at(entry)
+            if expires_at <= now:
                 del entries[key]
                 self._size -= 1
             else:
                 # Written again since it was filed: file it under its new expiry.
-                table.file(key, value[0])
+                table.file(key, expires_at)
