@@ -1,0 +1,26 @@
+"""The consumer side: httpx transports that pace, learn and retry within any API's limits.
+
+import httpx
+from ratekeeper.client import HostPolicy, RateLimitTransport
+
+transport = RateLimitTransport(hosts={"api.example.com": HostPolicy(limits="100/minute")})
+with httpx.Client(transport=transport) as client:
+    client.get("https://api.example.com/items")
+"""
+
+from ratekeeper.client.hints import Hints, Quota, read_hints
+from ratekeeper.client.pacing import HostPolicy
+from ratekeeper.client.retry import ClientConfigError, RetryPolicy, WaitTooLongError
+from ratekeeper.client.transport import AsyncRateLimitTransport, RateLimitTransport
+
+__all__ = [
+    "AsyncRateLimitTransport",
+    "ClientConfigError",
+    "Hints",
+    "HostPolicy",
+    "Quota",
+    "RateLimitTransport",
+    "RetryPolicy",
+    "WaitTooLongError",
+    "read_hints",
+]

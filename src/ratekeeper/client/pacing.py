@@ -1,0 +1,385 @@
+"""Pacing per host: known limits, a minimum interval, what the server said, and Picard's
+adaptive slowdown, as plain state with no I/O.
+
+A :class:`HostState` answers "how long must the next request to this host wait?" from what it
+has seen; the transports sleep, ask the limiter (for a known policy) and send. Everything takes
+the clock reading as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from ratekeeper.algorithms import Algorithm
+from ratekeeper.client.hints import Hints, Quota
+from ratekeeper.client.retry import ClientConfigError
+from ratekeeper.decision import Decision
+from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.rates import Rate, parse_rates
+
+__all__ = [
+    "Adaptive",
+    "HostPlan",
+    "HostPolicy",
+    "HostState",
+    "Pacer",
+    "aligned_wait_s",
+    "client_limit_set",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostPolicy:
+    """How to treat one host (or URL prefix).
+
+    ``limits`` is the server's policy when known (``"10/second"``, ``"100/minute; 1000/hour"``
+    or a :class:`LimitSet`), counted the way the server counts (``algorithm``). Without it the
+    client learns from the answers, starting with one request in flight. ``min_interval_s`` is
+    Picard's per-host minimum delay between requests. ``margin_s`` is the slack kept for network
+    latency so that the client's windows never straddle the server's. ``spread`` spaces a learned
+    budget evenly until its reset instead of sending it at once. ``key`` names the budget in a
+    shared store (default: the host), so several processes can share it.
+    """
+
+    limits: LimitSet | str | None = None
+    algorithm: Algorithm | str = Algorithm.FIXED_WINDOW
+    burst: int = 0
+    min_interval_s: float = 0.0
+    max_in_flight: int = 8
+    margin_s: float = 0.025
+    spread: bool = False
+    adaptive: bool = True
+    max_delay_s: float = 32.0
+    low_remaining: int = 10
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_interval_s", "margin_s", "max_delay_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ClientConfigError(f"HostPolicy.{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            raise ClientConfigError(
+                f"HostPolicy.max_in_flight must be a whole number >= 1, got {self.max_in_flight!r}"
+            )
+
+
+def client_limit_set(policy: HostPolicy) -> tuple[LimitSet, float] | None:
+    """The limit set the client enforces on itself for a known policy, and the clock shift.
+
+    Windows aligned to the clock are decided ``margin_s`` ahead of time, and a request that this
+    puts in the next window waits for that window to begin (see :func:`aligned_wait_s`): a
+    request sent within ``margin_s`` of a boundary could arrive after it. Windows that start at
+    a first hit, sliding windows and GCRA are stretched by ``margin_s``: the server's window
+    starts when the request arrives, a little after the client's.
+    """
+    limits = policy.limits
+    if limits is None:
+        return None
+    if isinstance(limits, str):
+        algorithm = Algorithm.parse(policy.algorithm)
+        parsed = tuple(
+            Limit(rate=rate, algorithm=algorithm, burst=policy.burst)
+            for rate in parse_rates(limits)
+        )
+    else:
+        parsed = limits.limits
+    margin = policy.margin_s
+    shift = 0.0
+    stretched = []
+    for limit in parsed:
+        if limit.algorithm is Algorithm.FIXED_WINDOW:
+            shift = margin
+            stretched.append(limit)
+        else:
+            rate = Rate(limit.amount, limit.period_s + margin)
+            burst = limit.burst if limit.algorithm is Algorithm.GCRA else 0
+            stretched.append(
+                Limit(rate=rate, algorithm=limit.algorithm, burst=burst, name=limit.name)
+            )
+    return LimitSet("client", stretched), shift
+
+
+def aligned_wait_s(decision: Decision, now: float) -> float:
+    """How long an allowed request must still wait for the aligned window it was charged to.
+
+    With the clock shift of :func:`client_limit_set` a request decided just before a boundary
+    is charged to the next window; sending it before that window starts would let the server
+    count it in the current one.
+    """
+    start = max(
+        (
+            state.reset_at - state.limit.period_s
+            for state in decision.states
+            if state.limit.algorithm is Algorithm.FIXED_WINDOW
+        ),
+        default=now,
+    )
+    return max(start - now, 0.0)
+
+
+class Adaptive:
+    """Picard's controller: repeated failures double the delay (up to a ceiling) and cut the
+    in-flight window to 1; successes halve the delay back to the floor and grow the window
+    (slow start, then additive increase)."""
+
+    __slots__ = (
+        "base_s",
+        "ceiling_s",
+        "delay_s",
+        "exp",
+        "floor_s",
+        "max_window",
+        "streak",
+        "threshold",
+        "window",
+    )
+
+    def __init__(
+        self, *, floor_s: float, ceiling_s: float, base_s: float, window: float, max_window: int
+    ) -> None:
+        self.floor_s = floor_s
+        self.ceiling_s = max(ceiling_s, floor_s)
+        self.base_s = base_s
+        self.delay_s = floor_s
+        self.exp = 0
+        self.streak = 0
+        self.window = window
+        self.threshold = float(max_window)
+        self.max_window = max_window
+
+    def failure(self, *, hinted: bool) -> None:
+        """A 429, 503 or other 5xx. One that says when to come back is obeyed by waiting, so
+        only a repeated or unexplained one slows the host down."""
+        self.streak += 1
+        self.threshold = max(self.window / 2.0, 1.0)
+        self.window = 1.0
+        if not hinted or self.streak >= 2:
+            self.exp = min(self.exp + 1, 6)
+            self.delay_s = min(
+                max(self.base_s * 2.0 ** (self.exp - 1), self.floor_s), self.ceiling_s
+            )
+
+    def success(self) -> None:
+        """An answer that is not a failure."""
+        self.streak = 0
+        self.exp = 0
+        half = self.delay_s / 2.0
+        self.delay_s = half if half > max(self.floor_s, 0.001) else self.floor_s
+        if self.window < self.threshold:
+            self.window += 1.0
+        else:
+            self.window += 1.0 / self.window
+        self.window = min(self.window, float(self.max_window))
+
+    def __repr__(self) -> str:
+        return f"<Adaptive delay={self.delay_s:.3f}s window={self.window:.2f}>"
+
+
+@dataclass(slots=True)
+class _Budget:
+    """The binding quota the server last reported, with the sends since that report."""
+
+    remaining: int
+    reset_at: float | None
+    limit: int | None
+    seq: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    """A host's fixed configuration: its policy, the limit set it enforces on itself (if
+    known), the clock shift for that set, and the key its budget is stored under."""
+
+    name: str
+    policy: HostPolicy
+    limit_set: LimitSet | None
+    clock_shift_s: float
+    key: str
+
+
+class HostState:
+    """What the client knows about one host; thread-safe, updated on each send and answer."""
+
+    def __init__(self, plan: HostPlan, *, backoff_base_s: float = 1.0) -> None:
+        policy = plan.policy
+        self.plan = plan
+        self._lock = threading.Lock()
+        known = plan.limit_set is not None
+        self.adaptive = Adaptive(
+            floor_s=policy.min_interval_s,
+            ceiling_s=policy.max_delay_s,
+            base_s=backoff_base_s,
+            window=float(policy.max_in_flight) if known else 1.0,
+            max_window=policy.max_in_flight,
+        )
+        self.last_send = -math.inf
+        self.in_flight = 0
+        self.sent = 0
+        self.blocked_until = -math.inf
+        self.budget: _Budget | None = None
+        self.zone: str | None = None
+
+    def can_start(self) -> bool:
+        """Whether another request may be in flight now (the congestion window)."""
+        return self.in_flight < max(int(self.adaptive.window), 1)
+
+    def estimated_remaining(self) -> int | None:
+        """The server's last reported remaining, less the requests sent after that one."""
+        budget = self.budget
+        if budget is None:
+            return None
+        return budget.remaining - (self.sent - budget.seq)
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until the next request may go, from everything but a known policy."""
+        with self._lock:
+            delay = (
+                self.adaptive.delay_s
+                if self.plan.policy.adaptive
+                else self.plan.policy.min_interval_s
+            )
+            wait = max(self.last_send + delay - now, self.blocked_until - now, 0.0)
+            budget = self.budget
+            if budget is None or budget.reset_at is None:
+                return wait
+            if now >= budget.reset_at:
+                # The window the report described is over; the next answer says what is left.
+                self.budget = None
+                return wait
+            remaining = budget.remaining - (self.sent - budget.seq)
+            # No margin on the reset: a request sent at it arrives after it.
+            if remaining <= 0:
+                return max(wait, budget.reset_at - now)
+            if self.plan.policy.spread:
+                return max(wait, self.last_send + (budget.reset_at - now) / (remaining + 1) - now)
+            return wait
+
+    def on_send(self, now: float) -> int:
+        """Record a request leaving; returns its sequence number for :meth:`on_answer`."""
+        with self._lock:
+            self.last_send = now
+            self.in_flight += 1
+            self.sent += 1
+            return self.sent
+
+    def on_abort(self) -> None:
+        """A sent request ended without an answer (network error, cancellation)."""
+        with self._lock:
+            self.in_flight -= 1
+
+    def on_answer(self, seq: int, now: float, status: int, hints: Hints) -> Quota | None:
+        """Learn from an answer; returns the binding quota when it fell under the host's
+        ``low_remaining`` threshold with this answer (warn once per crossing)."""
+        policy = self.plan.policy
+        with self._lock:
+            self.in_flight -= 1
+            if hints.zone:
+                self.zone = hints.zone
+            failed = status == 429 or status >= 500
+            wait = hints.wait_s
+            if failed and wait is not None and status in (429, 503):
+                self.blocked_until = max(self.blocked_until, now + wait)
+            if failed:
+                self.adaptive.failure(hinted=wait is not None or hints.binding is not None)
+            else:
+                self.adaptive.success()
+            binding = hints.binding
+            if binding is None:
+                return None
+            reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
+            before = self.budget
+            if (
+                before is not None
+                and seq < before.seq
+                and (
+                    reset_at is None
+                    or before.reset_at is None
+                    or abs(reset_at - before.reset_at) < 1.0
+                )
+            ):
+                # An older request's report, overtaken by a newer one from the same window.
+                return None
+            new_window = (
+                before is None
+                or reset_at is None
+                or before.reset_at is None
+                or abs(reset_at - before.reset_at) >= 1.0
+            )
+            self.budget = _Budget(binding.remaining, reset_at, binding.limit, seq, binding.name)
+            threshold = policy.low_remaining
+            crossed = binding.remaining < threshold and (
+                new_window or (before is not None and before.remaining >= threshold)
+            )
+            if failed and binding.remaining <= 0 and reset_at is not None:
+                self.blocked_until = max(self.blocked_until, reset_at)
+            return binding if crossed else None
+
+    def __repr__(self) -> str:
+        return (
+            f"<HostState {self.plan.name} in_flight={self.in_flight} "
+            f"remaining~{self.estimated_remaining()} {self.adaptive!r}>"
+        )
+
+
+@dataclass(slots=True)
+class Pacer:
+    """Routes a URL to its host's state: URL-prefix keys first (longest wins), then
+    ``host:port``, then ``host``; any other host gets ``default``."""
+
+    hosts: Mapping[str, HostPolicy] = field(default_factory=dict)
+    default: HostPolicy = field(default_factory=HostPolicy)
+    backoff_base_s: float = 1.0
+    _prefixes: list[tuple[str, HostPolicy]] = field(init=False)
+    _states: dict[str, HostState] = field(init=False)
+    _lock: threading.Lock = field(init=False)
+
+    def __post_init__(self) -> None:
+        for key, policy in self.hosts.items():
+            if not isinstance(policy, HostPolicy):
+                raise ClientConfigError(
+                    f"hosts[{key!r}] must be a HostPolicy, got {type(policy).__name__}"
+                )
+        self._prefixes = sorted(
+            ((k, p) for k, p in self.hosts.items() if "://" in k),
+            key=lambda item: -len(item[0]),
+        )
+        self._states = {}
+        self._lock = threading.Lock()
+
+    def state_for(self, url: httpx.URL) -> HostState:
+        """The state of the host (or prefix) ``url`` belongs to, created on first use."""
+        text = str(url)
+        for prefix, policy in self._prefixes:
+            if text.startswith(prefix):
+                return self._state(prefix, policy)
+        host = url.host
+        port = url.port
+        if port is not None and (found := self.hosts.get(f"{host}:{port}")) is not None:
+            return self._state(f"{host}:{port}", found)
+        name = host if port is None else f"{host}:{port}"
+        return self._state(name, self.hosts.get(host, self.default))
+
+    def _state(self, name: str, policy: HostPolicy) -> HostState:
+        state = self._states.get(name)
+        if state is None:
+            with self._lock:
+                state = self._states.get(name)
+                if state is None:
+                    known = client_limit_set(policy)
+                    limit_set, shift = known if known is not None else (None, 0.0)
+                    key = policy.key or urlsplit(name).netloc or name
+                    plan = HostPlan(name, policy, limit_set, shift, key)
+                    state = self._states[name] = HostState(plan, backoff_base_s=self.backoff_base_s)
+        return state
+
+    def states(self) -> dict[str, HostState]:
+        """Every host seen so far, by name."""
+        return dict(self._states)

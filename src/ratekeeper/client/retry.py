@@ -1,0 +1,157 @@
+"""When to retry an answer and how long to wait first: pure functions of the answer's hints.
+
+Error tree of the client (all under :class:`ratekeeper.errors.RatekeeperError`)::
+
+    RatekeeperError
+    ├── ClientConfigError    a client setting that cannot work (names the setting)
+    └── WaitTooLongError     the server asks for a wait past the caller's cap (carries deadline)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ratekeeper.client.hints import Hints
+from ratekeeper.errors import RatekeeperError
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "ClientConfigError",
+    "RetryPolicy",
+    "RetryVerdict",
+    "WaitTooLongError",
+    "backoff_s",
+    "check_wait",
+    "plan_retry",
+]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class ClientConfigError(RatekeeperError, ValueError):
+    """A client setting that cannot work; the message names it and what is expected."""
+
+
+class WaitTooLongError(RatekeeperError):
+    """The wait before the next attempt exceeds the caller's cap.
+
+    ``deadline`` is the epoch second from which the server would accept the request (or the
+    client's own pacing would allow it); ``wait_s`` the wait that was refused.
+    """
+
+    def __init__(self, *, url: str, wait_s: float, deadline: float, cap_s: float, why: str) -> None:
+        super().__init__(
+            f"{url}: {why} asks for a wait of {wait_s:.1f}s (until epoch {deadline:.0f}), "
+            f"over the cap of {cap_s:g}s; retry after the deadline or raise the cap"
+        )
+        self.url = url
+        self.wait_s = wait_s
+        self.deadline = deadline
+        self.cap_s = cap_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How the client retries.
+
+    ``statuses`` are retried (429 and 503 by default); a non-idempotent request (POST, PATCH)
+    is retried after a 429 (the server did not process it) but after any other status only with
+    ``retry_unsafe=True``. Waits: the server's hint if any (``Retry-After``, then the body), else
+    exponential backoff from ``backoff_base_s`` doubling up to ``backoff_max_s`` with full jitter;
+    a 503 or a hint of 0 waits at least the backoff. Any single wait over ``max_wait_s``, or
+    waits adding up past ``max_total_wait_s``, raise :class:`WaitTooLongError`.
+    """
+
+    statuses: frozenset[int] = field(default_factory=lambda: frozenset({429, 503}))
+    max_retries: int = 5
+    max_wait_s: float = 300.0
+    max_total_wait_s: float = 900.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    retry_unsafe: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statuses", frozenset(self.statuses))
+        if self.max_retries < 0:
+            raise ClientConfigError(f"RetryPolicy.max_retries must be >= 0, got {self.max_retries}")
+        for name in ("max_wait_s", "max_total_wait_s", "backoff_base_s", "backoff_max_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or math.isnan(value) or value < 0:
+                raise ClientConfigError(f"RetryPolicy.{name} must be a number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryVerdict:
+    """Retry after ``wait_s`` seconds, or not (``reason`` says why, for logs)."""
+
+    retry: bool
+    wait_s: float
+    reason: str
+
+
+def backoff_s(retry_number: int, policy: RetryPolicy, random: Callable[[], float]) -> float:
+    """Full-jitter exponential backoff: uniform in ``[0, min(max, base * 2**n))``."""
+    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2.0 ** min(retry_number, 62))
+    return ceiling * random()
+
+
+def check_wait(
+    wait_s: float, waited_s: float, policy: RetryPolicy, *, url: str, now: float, why: str
+) -> None:
+    """Raise :class:`WaitTooLongError` if ``wait_s`` breaks either cap of ``policy``."""
+    if wait_s > policy.max_wait_s:
+        raise WaitTooLongError(
+            url=url, wait_s=wait_s, deadline=now + wait_s, cap_s=policy.max_wait_s, why=why
+        )
+    if waited_s + wait_s > policy.max_total_wait_s:
+        raise WaitTooLongError(
+            url=url,
+            wait_s=wait_s,
+            deadline=now + wait_s,
+            cap_s=policy.max_total_wait_s,
+            why=f"{why} (after {waited_s:.1f}s of waiting already)",
+        )
+
+
+def plan_retry(
+    *,
+    method: str,
+    status: int,
+    hints: Hints,
+    retries_done: int,
+    waited_s: float,
+    policy: RetryPolicy,
+    random: Callable[[], float],
+    url: str,
+    now: float,
+) -> RetryVerdict:
+    """Decide whether to retry an answer and how long to wait; raises
+    :class:`WaitTooLongError` instead of planning a wait past the caps."""
+    if status not in policy.statuses:
+        return RetryVerdict(False, 0.0, "status not retried")
+    if status != 429 and method.upper() not in IDEMPOTENT_METHODS and not policy.retry_unsafe:
+        return RetryVerdict(False, 0.0, f"{method} is not idempotent")
+    if retries_done >= policy.max_retries:
+        return RetryVerdict(False, 0.0, "retries exhausted")
+    backoff = backoff_s(retries_done, policy, random)
+    hint = hints.wait_s
+    if hint is None:
+        wait, why = backoff, f"backoff after {status}"
+    elif status != 429 or hint == 0.0:
+        # "Retry-After: 0" on an overloaded server is no licence to hammer it.
+        wait, why = max(hint, backoff), f"{status} with a hint of {hint:g}s"
+    else:
+        wait, why = hint, f"{status} with a hint of {hint:g}s"
+    binding = hints.binding
+    # Never retry before the server's reset: an exhausted budget stays exhausted until then.
+    if (
+        binding is not None
+        and binding.remaining <= 0
+        and binding.reset_in_s is not None
+        and binding.reset_in_s > wait
+    ):
+        wait, why = binding.reset_in_s, f"{status} with the budget exhausted until its reset"
+    check_wait(wait, waited_s, policy, url=url, now=now, why=why)
+    return RetryVerdict(True, wait, why)

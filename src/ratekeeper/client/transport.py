@@ -1,0 +1,479 @@
+"""The httpx transports: pacing before the wrapped transport, learning and retrying after it.
+
+One flow, written once as a generator of small operations (sleep, ask the limiter, send, read,
+close, wait for a slot), drives both transports; :class:`RateLimitTransport` and
+:class:`AsyncRateLimitTransport` only carry the operations out, with ``time.sleep`` and a
+thread lock or ``asyncio.sleep`` and an asyncio lock. Stack a cache in front
+(:func:`ratekeeper.client.cache.cached`) so that cache hits spend no budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import httpx
+
+from ratekeeper.client.hints import Quota, read_hints
+from ratekeeper.client.pacing import HostPolicy, HostState, Pacer, aligned_wait_s
+from ratekeeper.client.retry import (
+    ClientConfigError,
+    RetryPolicy,
+    check_wait,
+    plan_retry,
+)
+from ratekeeper.clock import Clock, system_clock
+from ratekeeper.decision import Decision
+from ratekeeper.limiter import AsyncLimiter, Limiter
+from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.url import store_from_url
+
+__all__ = ["AsyncRateLimitTransport", "LowRemainingCallback", "RateLimitTransport"]
+
+log = logging.getLogger("ratekeeper.client")
+
+LowRemainingCallback: TypeAlias = Callable[[str, Quota], None]
+"""Called with the host's name and the quota that fell under its ``low_remaining``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    state: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    state: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    request: httpx.Request
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    response: httpx.Response
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    response: httpx.Response
+
+
+@dataclass(frozen=True, slots=True)
+class _Enter:
+    state: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    state: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    state: HostState
+
+
+_Op: TypeAlias = _Sleep | _Hit | _Slot | _Send | _Read | _Close | _Enter | _Leave | _Answered
+_Flow: TypeAlias = Generator[_Op, Any, httpx.Response]
+
+# Error bodies larger than this are not read for hints (they would be buffered in memory).
+_MAX_HINT_BODY = 64 * 1024
+
+
+class _Core:
+    """The transport logic shared by both drivers: configuration, host states, the flow."""
+
+    def __init__(
+        self,
+        *,
+        hosts: Mapping[str, HostPolicy] | None,
+        default: HostPolicy | None,
+        retry: RetryPolicy | None,
+        clock: Clock,
+        random_fn: Callable[[], float],
+        on_low_remaining: LowRemainingCallback | None,
+    ) -> None:
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.pacer = Pacer(
+            hosts=dict(hosts or {}),
+            default=default if default is not None else HostPolicy(),
+            backoff_base_s=self.retry.backoff_base_s,
+        )
+        self.clock = clock
+        self.random = random_fn
+        self.on_low_remaining = on_low_remaining
+
+    def flow(self, request: httpx.Request) -> _Flow:
+        """Pace, send, learn, and retry while the retry policy says so."""
+        state = self.pacer.state_for(request.url)
+        url = f"{request.url.scheme}://{request.url.netloc.decode()}{request.url.path}"
+        retries = 0
+        waited = 0.0
+        while True:
+            yield _Enter(state)
+            waited = yield from self._pace(state, url, waited)
+            seq = state.on_send(self.clock())
+            yield _Leave(state)
+            try:
+                response: httpx.Response = yield _Send(request)
+            except BaseException:
+                state.on_abort()
+                yield _Answered(state)
+                raise
+            now = self.clock()
+            status = response.status_code
+            body = None
+            if status in self.retry.statuses or status == 429:
+                length = response.headers.get("content-length", "0")
+                if not length.isdigit() or int(length) <= _MAX_HINT_BODY:
+                    yield _Read(response)
+                    body = response.content[:_MAX_HINT_BODY]
+            hints = read_hints(response.headers, body, now)
+            low = state.on_answer(seq, now, status, hints)
+            yield _Answered(state)
+            if low is not None:
+                self._warn_low(state, low)
+            verdict = plan_retry(
+                method=request.method,
+                status=status,
+                hints=hints,
+                retries_done=retries,
+                waited_s=waited,
+                policy=self.retry,
+                random=self.random,
+                url=url,
+                now=now,
+            )
+            if not verdict.retry:
+                if status in self.retry.statuses:
+                    log.info(
+                        "%s %s: %s, giving up (%s)", request.method, url, status, verdict.reason
+                    )
+                return response
+            log.info(
+                "%s %s: retry %d in %.2fs (%s)",
+                request.method,
+                url,
+                retries + 1,
+                verdict.wait_s,
+                verdict.reason,
+            )
+            yield _Close(response)
+            if verdict.wait_s > 0:
+                yield _Sleep(verdict.wait_s)
+            waited += verdict.wait_s
+            retries += 1
+
+    def _pace(self, state: HostState, url: str, waited: float) -> Generator[_Op, Any, float]:
+        """Wait (holding the host's queue) until this request may go; returns total waited."""
+        while True:
+            if not state.can_start():
+                yield _Slot(state)
+                continue
+            now = self.clock()
+            wait = state.wait_s(now)
+            if wait <= 0 and state.plan.limit_set is not None:
+                decision: Decision = yield _Hit(state)
+                if decision.allowed:
+                    wait = aligned_wait_s(decision, now)
+                    if wait > 0:
+                        yield _Sleep(wait)
+                        waited += wait
+                    return waited
+                if not decision.satisfiable:
+                    raise ClientConfigError(
+                        f"{url}: one request can never pass the policy for "
+                        f"{state.plan.name} ({decision.binding.limit.rate})"
+                    )
+                wait = decision.retry_after_s
+            if wait <= 0:
+                return waited
+            check_wait(wait, waited, self.retry, url=url, now=now, why=f"pacing {state.plan.name}")
+            yield _Sleep(wait)
+            waited += wait
+
+    def _warn_low(self, state: HostState, quota: Quota) -> None:
+        log.warning(
+            "%s: %d request(s) left of %s (quota %r), reset in %s",
+            state.plan.name,
+            quota.remaining,
+            quota.limit if quota.limit is not None else "?",
+            quota.name,
+            f"{quota.reset_in_s:.0f}s" if quota.reset_in_s is not None else "?",
+        )
+        if self.on_low_remaining is not None:
+            self.on_low_remaining(state.plan.name, quota)
+
+
+class _TicketLock:
+    """A lock that serves waiters in arrival order (threading.Lock promises no order)."""
+
+    __slots__ = ("_cond", "_next", "_serving")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next = 0
+        self._serving = 0
+
+    def acquire(self) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            while self._serving != ticket:
+                self._cond.wait()
+
+    def release(self) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
+def _store(store: Store | AsyncStore | str | None) -> Any:
+    if isinstance(store, str):
+        return store_from_url(store)
+    return store if store is not None else MemoryStore()
+
+
+class RateLimitTransport(httpx.BaseTransport):
+    """A polite ``httpx.BaseTransport``: paces, learns and retries around ``transport``.
+
+    ``hosts`` maps a host, ``host:port`` or URL prefix to its :class:`HostPolicy`; ``default``
+    serves every other host. ``store`` (a store or URL such as ``sqlite:///budgets.db``) holds
+    the budgets of known policies, shared by every process using it. ``clock`` (epoch seconds)
+    and ``sleep`` are injectable for exact tests. Waits past ``retry``'s caps raise
+    :class:`~ratekeeper.client.retry.WaitTooLongError`.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        hosts: Mapping[str, HostPolicy] | None = None,
+        default: HostPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        store: Store | str | None = None,
+        clock: Clock = system_clock,
+        sleep: Callable[[float], None] = time.sleep,
+        random_fn: Callable[[], float] = random.random,
+        on_low_remaining: LowRemainingCallback | None = None,
+    ) -> None:
+        self.transport = transport if transport is not None else httpx.HTTPTransport()
+        self._core = _Core(
+            hosts=hosts,
+            default=default,
+            retry=retry,
+            clock=clock,
+            random_fn=random_fn,
+            on_low_remaining=on_low_remaining,
+        )
+        self._store: Store = _store(store)
+        self._sleep = sleep
+        self._limiters: dict[str, Limiter] = {}
+        self._gates: dict[str, _TicketLock] = {}
+        self._slots: dict[str, threading.Condition] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def pacer(self) -> Pacer:
+        """The per-host states, for inspection."""
+        return self._core.pacer
+
+    def _per_host(self, state: HostState) -> tuple[_TicketLock, threading.Condition]:
+        name = state.plan.name
+        gate = self._gates.get(name)
+        if gate is None:
+            with self._lock:
+                gate = self._gates.setdefault(name, _TicketLock())
+                self._slots.setdefault(name, threading.Condition())
+        return gate, self._slots[name]
+
+    def _limiter(self, state: HostState) -> Limiter:
+        limiter = self._limiters.get(state.plan.name)
+        if limiter is None:
+            shift = state.plan.clock_shift_s
+            clock = self._core.clock
+            limiter = Limiter(self._store, clock=(lambda: clock() + shift) if shift else clock)
+            self._limiters[state.plan.name] = limiter
+        return limiter
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` when its host's pacing allows, retrying as the policy says."""
+        flow = self._core.flow(request)
+        held: list[_TicketLock] = []
+        try:
+            op = next(flow)
+            while True:
+                try:
+                    result = self._run(op, held)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+        except StopIteration as stop:
+            response: httpx.Response = stop.value
+            return response
+        finally:
+            for gate in held:
+                gate.release()
+            flow.close()
+
+    def _run(self, op: _Op, held: list[_TicketLock]) -> Any:
+        if isinstance(op, _Sleep):
+            self._sleep(op.seconds)
+        elif isinstance(op, _Send):
+            return self.transport.handle_request(op.request)
+        elif isinstance(op, _Hit):
+            plan = op.state.plan
+            assert plan.limit_set is not None
+            return self._limiter(op.state).hit(plan.limit_set, plan.key)
+        elif isinstance(op, _Enter):
+            gate, _ = self._per_host(op.state)
+            gate.acquire()
+            held.append(gate)
+        elif isinstance(op, _Leave):
+            gate, _ = self._per_host(op.state)
+            held.remove(gate)
+            gate.release()
+        elif isinstance(op, _Slot):
+            _, slot = self._per_host(op.state)
+            with slot:
+                slot.wait_for(op.state.can_start, timeout=1.0)
+        elif isinstance(op, _Answered):
+            _, slot = self._per_host(op.state)
+            with slot:
+                slot.notify_all()
+        elif isinstance(op, _Read):
+            op.response.read()
+        else:
+            op.response.close()
+        return None
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self.transport.close()
+
+
+class AsyncRateLimitTransport(httpx.AsyncBaseTransport):
+    """The asyncio twin of :class:`RateLimitTransport` (same flow, same options)."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        hosts: Mapping[str, HostPolicy] | None = None,
+        default: HostPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        store: AsyncStore | str | None = None,
+        clock: Clock = system_clock,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random_fn: Callable[[], float] = random.random,
+        on_low_remaining: LowRemainingCallback | None = None,
+    ) -> None:
+        self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._core = _Core(
+            hosts=hosts,
+            default=default,
+            retry=retry,
+            clock=clock,
+            random_fn=random_fn,
+            on_low_remaining=on_low_remaining,
+        )
+        self._store: AsyncStore = _store(store)
+        self._sleep = sleep
+        self._limiters: dict[str, AsyncLimiter] = {}
+        self._gates: dict[str, asyncio.Lock] = {}
+        self._slots: dict[str, asyncio.Condition] = {}
+
+    @property
+    def pacer(self) -> Pacer:
+        """The per-host states, for inspection."""
+        return self._core.pacer
+
+    def _per_host(self, state: HostState) -> tuple[asyncio.Lock, asyncio.Condition]:
+        # asyncio.Lock wakes its waiters in arrival order: the queue is fair.
+        name = state.plan.name
+        gate = self._gates.get(name)
+        if gate is None:
+            gate = self._gates[name] = asyncio.Lock()
+            self._slots[name] = asyncio.Condition()
+        return gate, self._slots[name]
+
+    def _limiter(self, state: HostState) -> AsyncLimiter:
+        limiter = self._limiters.get(state.plan.name)
+        if limiter is None:
+            shift = state.plan.clock_shift_s
+            clock = self._core.clock
+            limiter = AsyncLimiter(self._store, clock=(lambda: clock() + shift) if shift else clock)
+            self._limiters[state.plan.name] = limiter
+        return limiter
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` when its host's pacing allows, retrying as the policy says."""
+        flow = self._core.flow(request)
+        held: list[asyncio.Lock] = []
+        try:
+            op = next(flow)
+            while True:
+                try:
+                    result = await self._run(op, held)
+                except BaseException as exc:
+                    op = flow.throw(exc)
+                else:
+                    op = flow.send(result)
+        except StopIteration as stop:
+            response: httpx.Response = stop.value
+            return response
+        finally:
+            for gate in held:
+                gate.release()
+            flow.close()
+
+    async def _run(self, op: _Op, held: list[asyncio.Lock]) -> Any:
+        if isinstance(op, _Sleep):
+            await self._sleep(op.seconds)
+        elif isinstance(op, _Send):
+            return await self.transport.handle_async_request(op.request)
+        elif isinstance(op, _Hit):
+            plan = op.state.plan
+            assert plan.limit_set is not None
+            return await self._limiter(op.state).hit(plan.limit_set, plan.key)
+        elif isinstance(op, _Enter):
+            gate, _ = self._per_host(op.state)
+            await gate.acquire()
+            held.append(gate)
+        elif isinstance(op, _Leave):
+            gate, _ = self._per_host(op.state)
+            held.remove(gate)
+            gate.release()
+        elif isinstance(op, _Slot):
+            _, slot = self._per_host(op.state)
+            async with slot:
+                await slot.wait_for(op.state.can_start)
+        elif isinstance(op, _Answered):
+            _, slot = self._per_host(op.state)
+            async with slot:
+                slot.notify_all()
+        elif isinstance(op, _Read):
+            await op.response.aread()
+        else:
+            await op.response.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport."""
+        await self.transport.aclose()
