@@ -1,7 +1,7 @@
 -- ratekeeper: one decision over several (limit set, key) items, atomically, in one round trip.
 --
 -- This is the second home of src/ratekeeper/algorithms.py: every step below mirrors its Python
--- twin operation for operation (same order of float operations, Python's float floor division,
+-- twin operation for operation (same order of float operations, Python's float modulo,
 -- int() truncation), so both give bit-identical results; tests/test_store_redis_lua.py checks it.
 -- Numbers leave the script as "%.17g" strings: Redis would truncate Lua numbers to integers.
 --
@@ -40,20 +40,14 @@ if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
 end
 
--- Python's float.__floordiv__ (Objects/floatobject.c), not math.floor(a / b): they differ
--- when the quotient rounds up to an integer.
-local function floordiv(a, b)
+-- Python's float.__mod__ (Objects/floatobject.c): fmod, moved to the divisor's sign.
+local function pymod(a, b)
   local mod = math.fmod(a, b)
-  local div = (a - mod) / b
-  if mod ~= 0 and ((b < 0) ~= (mod < 0)) then
-    div = div - 1.0
-  end
-  if div ~= 0 then
-    local floored = math.floor(div)
-    if div - floored > 0.5 then
-      floored = floored + 1.0
+  if mod ~= 0 then
+    if (b < 0) ~= (mod < 0) then
+      mod = mod + b
     end
-    return floored
+    return mod
   end
   return 0.0
 end
@@ -70,7 +64,7 @@ end
 
 local function fixed_window(state, t, lim, c, force)
   local period = lim.period
-  local start = floordiv(t, period) * period
+  local start = t - pymod(t, period)
   local count = 0.0
   if state ~= nil and state[1] >= start then
     start = state[1]
@@ -83,13 +77,13 @@ local function fixed_window(state, t, lim, c, force)
   local reset_at = start + period
   if force or count + c <= amount then
     count = count + c
-    return true, { start, count }, trunc(amount - count), reset_at, 0.0
+    return true, { start, count }, amount - count, reset_at, 0.0
   end
   local retry = INF
   if c <= amount then
     retry = reset_at - t
   end
-  return false, state, math.max(trunc(amount - count), 0), reset_at, retry
+  return false, state, amount - count, reset_at, retry
 end
 
 local function first_hit_window(state, t, lim, c, force)
@@ -110,18 +104,18 @@ local function first_hit_window(state, t, lim, c, force)
   local reset_at = start + period
   if force or count + c <= amount then
     count = count + c
-    return true, { start, count }, trunc(amount - count), reset_at, 0.0
+    return true, { start, count }, amount - count, reset_at, 0.0
   end
   local retry = INF
   if c <= amount then
     retry = reset_at - t
   end
-  return false, state, math.max(trunc(amount - count), 0), reset_at, retry
+  return false, state, amount - count, reset_at, retry
 end
 
 local function sliding_window(state, t, lim, c, force)
   local period = lim.period
-  local start = floordiv(t, period) * period
+  local start = t - pymod(t, period)
   local prev = 0.0
   local cur = 0.0
   if state ~= nil then
@@ -339,7 +333,7 @@ for i = 1, n_items do
       out[#out + 1] = '0'
       allowed = false
     end
-    out[#out + 1] = tostring(remaining)
+    out[#out + 1] = num(remaining)
     out[#out + 1] = num(reset_at)
     out[#out + 1] = num(retry)
   end
