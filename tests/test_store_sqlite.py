@@ -246,7 +246,7 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     store.close()
 
 
-def test_expired_rows_are_purged_in_batches(tmp_path: Path) -> None:
+def test_expired_rows_are_swept_a_slice_per_decision(tmp_path: Path) -> None:
     path = tmp_path / "rk.db"
     store = SQLiteStore(path, purge_interval_s=60)
     minute = LimitSet("minute", "10/minute")
@@ -262,12 +262,20 @@ def test_expired_rows_are_purged_in_batches(tmp_path: Path) -> None:
         return count
 
     assert rows() == 1501
+    now += 61  # past the minute rows' expiry and the purge interval
+    counts = []
+    for _ in range(6):
+        store.decide(((day, "lasting"),), 1, now)
+        counts.append(rows())
+    # Each decision looks at one slice of 500 rows in key order (the live "day" row sorts
+    # first), until a short slice ends the sweep; then it rests for the interval.
+    assert counts == [1002, 502, 2, 1, 1, 1]
+    for i in range(20):
+        store.decide(((minute, f"late{i}"),), 1, now)
     now += 61
-    store.decide(((minute, "live"),), 1, now)
-    assert rows() == 502  # one batch of 1000 gone, the rest at the next decision
-    store.decide(((minute, "live"),), 1, now)
-    assert rows() == 2
-    assert store.decide(((day, "lasting"),), 0, now, peek=True).remaining == 9
+    store.decide(((day, "lasting"),), 1, now)
+    assert rows() == 1
+    assert store.decide(((day, "lasting"),), 0, now, peek=True).remaining == 2
     store.close()
 
 

@@ -10,8 +10,10 @@ requests is the better trade than an fsync per request.
 
 Rows are keyed by the limit set's ``id`` and a BLAKE2b hash of the key, so API keys never reach
 the file. A row carries ``expires_at`` (last write + the set's TTL, after which its state equals
-a fresh key's); expired rows are deleted in batches on the decision path every
-``purge_interval_s``, inside the decision's own transaction.
+a fresh key's). Every ``purge_interval_s`` a sweep walks the table in key order, a slice of rows
+per decision inside the decision's own transaction, and deletes the expired ones. There is
+deliberately no index on ``expires_at``: each charge moves the row's entry in such an index,
+which tripled the pages written per commit and halved the decisions per second.
 
 The file must be on a local disk (SQLite's locks do not work over network file systems). Paths
 follow SQLAlchemy's spelling: ``sqlite:///relative/file.db``, ``sqlite:////absolute/file.db``.
@@ -41,7 +43,7 @@ __all__ = ["SQLiteStore"]
 # program's database fails instead of adding a table to it.
 _APPLICATION_ID = 0x726B7072
 _SCHEMA_VERSION = 1
-_PURGE_BATCH = 1000
+_SWEEP_SLICE = 500
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS ratekeeper_state ("
@@ -51,15 +53,16 @@ _SCHEMA = (
     " expires_at REAL NOT NULL,"
     " PRIMARY KEY (limit_set, key_hash)"
     ") WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS ratekeeper_state_expiry ON ratekeeper_state (expires_at)",
 )
 _SELECT = "SELECT state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
 _UPSERT = "INSERT OR REPLACE INTO ratekeeper_state VALUES (?, ?, ?, ?)"
 _DELETE = "DELETE FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
-_PURGE = (
-    "DELETE FROM ratekeeper_state WHERE (limit_set, key_hash) IN"
-    " (SELECT limit_set, key_hash FROM ratekeeper_state WHERE expires_at < ? LIMIT ?)"
+_SWEEP = (
+    "SELECT limit_set, key_hash, expires_at FROM ratekeeper_state"
+    " WHERE (limit_set, key_hash) > (?, ?) ORDER BY limit_set, key_hash LIMIT ?"
 )
+# Sorts before every row: limit set names are never empty.
+_SWEEP_START = ("", b"")
 
 _URL_OPTIONS = {"busy_timeout_s", "purge_interval_s"}
 
@@ -140,6 +143,7 @@ class SQLiteStore:
         self.purge_interval_s = float(purge_interval_s)
         self._lock = threading.Lock()
         self._next_purge = 0.0
+        self._sweep_after: tuple[str, bytes] = _SWEEP_START
         self._closed = False
         self._conn: sqlite3.Connection | None = self._open()
         _OPEN_STORES.add(self)
@@ -334,9 +338,16 @@ class SQLiteStore:
             ) from exc
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
-        deleted = conn.execute(_PURGE, (now, _PURGE_BATCH)).rowcount
-        # A full batch means more are due: purge again at the next decision.
-        self._next_purge = now if deleted >= _PURGE_BATCH else now + self.purge_interval_s
+        rows = conn.execute(_SWEEP, (*self._sweep_after, _SWEEP_SLICE)).fetchall()
+        expired = [(limit_set, key) for limit_set, key, expires_at in rows if expires_at < now]
+        if expired:
+            conn.executemany(_DELETE, expired)
+        if len(rows) < _SWEEP_SLICE:
+            self._sweep_after = _SWEEP_START
+            self._next_purge = now + self.purge_interval_s
+        else:
+            # More rows to look at: the next decision sweeps the next slice.
+            self._sweep_after = (rows[-1][0], rows[-1][1])
 
     def _error(self, exc: sqlite3.Error, action: str) -> StoreError:
         path = str(self.path)

@@ -1,0 +1,159 @@
+"""SQLite store decisions per second on the 3-window policy, beside the memory store, in one run.
+
+Run ``.venv/bin/python bench/stores_sqlite.py`` (about 20 s) or ``--quick`` (about 5 s). Every row
+decides ``100/minute; 1000/hour; 10000/day`` (fixed windows) per key, on the wall clock, for keys
+drawn in turn from a pool large enough that nearly every decision is allowed (a charge, the costly
+path). Each SQLite row uses a fresh file whose rows have been written once before timing, so the
+timed decisions are updates. Rows:
+
+- memory, 1 thread: the in-process reference the ratios are taken against;
+- SQLite, 1 thread; 4 threads of one process (one connection, one lock); SQLite behind a
+  FallbackStore (the wrapper's cost);
+- SQLite, 4 processes on one file: the aggregate of 4 workers started together.
+
+There is no peer row: pyrate-limiter's SQLiteBucket keeps one request log per table, not state
+per key, so it cannot run this per-key policy like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ratekeeper import Limiter, LimitSet, MemoryStore, Store
+from ratekeeper.stores.fallback import FallbackStore
+from ratekeeper.stores.sqlite import SQLiteStore
+
+POLICY = LimitSet("bench", "100/minute; 1000/hour; 10000/day")
+KEYS = 20_000
+
+
+def _run(limiter: Limiter, seconds: float, offset: int, start_at: float) -> tuple[int, int]:
+    """Decide for ``seconds`` from ``start_at``; return (decisions, allowed)."""
+    hit = limiter.hit
+    keys = [f"client-{(i + offset) % KEYS}" for i in range(KEYS)]
+    chunks = itertools.cycle([keys[i : i + 500] for i in range(0, KEYS, 500)])
+    while time.time() < start_at:
+        time.sleep(0.001)
+    end = start_at + seconds
+    done = allowed = 0
+    for chunk in chunks:
+        for key in chunk:
+            allowed += bool(hit(POLICY, key))
+        done += len(chunk)
+        if time.time() >= end:
+            break
+    return done, allowed
+
+
+def _warm(limiter: Limiter) -> None:
+    for i in range(KEYS):
+        limiter.hit(POLICY, f"client-{i}")
+
+
+def _threads(limiter: Limiter, threads: int, seconds: float) -> tuple[float, float]:
+    results: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    start_at = time.time() + 0.2
+
+    def work(index: int) -> None:
+        result = _run(limiter, seconds, index * (KEYS // threads), start_at)
+        with lock:
+            results.append(result)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done = sum(r[0] for r in results)
+    allowed = sum(r[1] for r in results)
+    return done / seconds, allowed / done
+
+
+def _processes(path: Path, processes: int, seconds: float) -> tuple[float, float]:
+    start_at = time.time() + 1.5
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(path), str(start_at), str(seconds), str(i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    done = allowed = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0:
+            raise SystemExit(f"worker exited with status {proc.returncode}")
+        result = json.loads(out)
+        done += result["done"]
+        allowed += result["allowed"]
+    return done / seconds, allowed / done
+
+
+def _worker(path: str, start_at: float, seconds: float, index: int) -> None:
+    store = SQLiteStore(path, busy_timeout_s=30)
+    done, allowed = _run(Limiter(store), seconds, index * (KEYS // 4), start_at)
+    store.close()
+    print(json.dumps({"done": done, "allowed": allowed}))
+
+
+def main() -> None:
+    """Print decisions/s for each row and its ratio to the memory store."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="1 s per row instead of 3 s")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        path, start_at, seconds, index = args.worker
+        _worker(path, float(start_at), float(seconds), int(index))
+        return
+    seconds = 1.0 if args.quick else 3.0
+    rows: list[tuple[str, float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def sqlite_limiter(
+            name: str, wrap: Callable[[SQLiteStore], Store] | None = None
+        ) -> Limiter:
+            store = SQLiteStore(Path(tmp) / f"{name}.db")
+            limiter = Limiter(store if wrap is None else wrap(store))
+            _warm(limiter)
+            return limiter
+
+        memory = Limiter(MemoryStore())
+        _warm(memory)
+        rows.append(("memory, 1 thread", *_threads(memory, 1, seconds)))
+        rows.append(("SQLite, 1 thread", *_threads(sqlite_limiter("one"), 1, seconds)))
+        rows.append(
+            ("SQLite, 4 threads of 1 process", *_threads(sqlite_limiter("threads"), 4, seconds))
+        )
+        rows.append(
+            (
+                "SQLite behind FallbackStore, 1 thread",
+                *_threads(sqlite_limiter("fallback", FallbackStore), 1, seconds),
+            )
+        )
+        shared = Path(tmp) / "processes.db"
+        store = SQLiteStore(shared)
+        _warm(Limiter(store))
+        store.close()
+        rows.append(("SQLite, 4 processes (total)", *_processes(shared, 4, seconds)))
+
+    reference = rows[0][1]
+    print(f"policy {', '.join(str(lim.rate) for lim in POLICY.limits)} per key, {KEYS} keys")
+    print(f"{'row':<40} {'decisions/s':>12} {'vs memory':>10} {'allowed':>8}")
+    for name, rate, allowed in rows:
+        print(f"{name:<40} {rate:>12,.0f} {rate / reference:>9.2f}x {allowed:>8.1%}")
+
+
+if __name__ == "__main__":
+    main()
