@@ -3,15 +3,22 @@ on free loopback ports in a temporary directory, never the default port."""
 
 from __future__ import annotations
 
+import multiprocessing
+import random
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
+
+from ratekeeper import Limit, LimitSet
+from ratekeeper.stores.redis import RedisStore
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -153,3 +160,85 @@ def _wait_cluster_ok(servers: list[RedisServer]) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError("the test cluster did not reach cluster_state:ok")
+
+
+# -- a workload for the exactness tests, run in child processes --------------------------------
+
+WINDOWED = "4/second; 60/minute"  # per key, aligned windows: the second binds
+PER_KEY = 100  # per key per hour, from the first hit
+GLOBAL = 950  # all keys together per hour: binds before the keys (10 x 100)
+N_KEYS = 10
+
+
+def hammer(url: str, prefix: str, seconds: float, threads: int, seed: int) -> dict[str, Any]:
+    """Decide from ``threads`` threads until ``seconds`` pass, alternating a windowed
+    single-identity decision and a per-key + global one; returns what was attempted and
+    admitted: ``windowed[(key, second)] = [attempts, admitted]``, ``global_[key] = admitted``."""
+    windowed = LimitSet("w", WINDOWED)
+    per_key = LimitSet("k", [Limit.parse(f"{PER_KEY}/hour", "first_hit_window")])
+    global_ = LimitSet("g", [Limit.parse(f"{GLOBAL}/hour", "first_hit_window")])
+    store = RedisStore(url, prefix=prefix)
+    lock = threading.Lock()
+    counts: dict[tuple[str, int], list[int]] = {}
+    admitted: dict[str, int] = {}
+    errors: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def work(n: int) -> None:
+        rng = random.Random(seed * 1000 + n)
+        turn = n
+        try:
+            while time.monotonic() < deadline:
+                key = f"key{rng.randrange(N_KEYS)}"
+                turn += 1
+                if turn % 2:
+                    d = store.decide(((windowed, key),), 1, 0.0)
+                    slot = (key, int(d.now))
+                    with lock:
+                        entry = counts.setdefault(slot, [0, 0])
+                        entry[0] += 1
+                        entry[1] += d.allowed
+                else:
+                    d = store.decide(((per_key, key), (global_, "everyone")), 1, 0.0)
+                    if d.allowed:
+                        with lock:
+                            admitted[key] = admitted.get(key, 0) + 1
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    store.close()
+    return {"windowed": counts, "global_": admitted, "errors": errors}
+
+
+def check_exactness(url: str, prefix: str, seconds: float = 3.0) -> dict[str, int]:
+    """Run :func:`hammer` in 4 processes x 50 threads and assert that exactly the allowed
+    amounts were admitted; returns the totals."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        runs = pool.starmap(hammer, [(url, prefix, seconds, 50, seed) for seed in range(4)])
+    assert [e for run in runs for e in run["errors"]] == []
+    windows: dict[tuple[str, int], list[int]] = {}
+    admitted: dict[str, int] = {}
+    for run in runs:
+        for slot, (attempts, ok) in run["windowed"].items():
+            entry = windows.setdefault(slot, [0, 0])
+            entry[0] += attempts
+            entry[1] += ok
+        for key, ok in run["global_"].items():
+            admitted[key] = admitted.get(key, 0) + ok
+    amount = int(WINDOWED.split("/", maxsplit=1)[0])
+    # In each aligned second of each key, the first `amount` attempts pass, no more, no less.
+    wrong = {slot: v for slot, v in windows.items() if v[1] != min(amount, v[0])}
+    assert wrong == {}
+    assert all(v <= PER_KEY for v in admitted.values())
+    assert sum(admitted.values()) == GLOBAL
+    return {
+        "windowed_attempts": sum(v[0] for v in windows.values()),
+        "windowed_admitted": sum(v[1] for v in windows.values()),
+        "global_admitted": sum(admitted.values()),
+    }

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis_servers import RedisServer, redis_server
 
 from ratekeeper import Limit, LimitSet
 from ratekeeper.algorithms import Algorithm
@@ -21,6 +20,7 @@ from ratekeeper.core import EntryState, decide
 from ratekeeper.decision import Decision
 from ratekeeper.rates import Rate
 from ratekeeper.stores.redis import RedisStore
+from redis_servers import RedisServer, redis_server
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +113,7 @@ def test_lua_decisions_equal_the_python_core(
         now += gap
         items = tuple((sets[i], keys[i]) for i in picks)
         peek = cost == 0
-        expected_entries, expected = decide(
-            items, [entries.get(i) for i in picks], now, cost
-        )
+        expected_entries, expected = decide(items, [entries.get(i) for i in picks], now, cost)
         got = store.decide(items, cost, now, peek=peek)
         _same(got, expected)
         if expected_entries is not None and not peek:
@@ -162,9 +160,7 @@ def test_async_decisions_equal_sync_ones(server: RedisServer) -> None:
     sync_store.close()
 
 
-def test_keys_hold_a_hash_never_the_raw_key_and_expire(
-    store: RedisStore, tmp_path: Path
-) -> None:
+def test_keys_hold_a_hash_never_the_raw_key_and_expire(store: RedisStore, tmp_path: Path) -> None:
     limit_set = LimitSet("secret", "2/minute; 10/day")
     store.decide(((limit_set, "sk_live_SECRET"),), 1, 1000.0)
     names = [k.decode() for k in store._client.scan_iter("lua:*secret*")]

@@ -1,0 +1,160 @@
+"""The Redis store on a real 3-node Redis Cluster: one slot per identity, and decisions that span
+slots (a key's limits plus a global one) never over-admit."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+import ratekeeper.stores.redis as redis_store
+from ratekeeper import Limit, LimitSet
+from ratekeeper.core import EntryState, decide
+from ratekeeper.stores.redis import RedisStore
+from redis_servers import RedisServer, check_exactness, redis_cluster
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def url(nodes: list[RedisServer]) -> str:
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+
+
+@pytest.fixture(scope="module")
+def store(url: str) -> Iterator[RedisStore]:
+    s = RedisStore(url, use_server_time=False, prefix="cl")
+    yield s
+    s.close()
+
+
+API = LimitSet("api", [Limit.parse("3/minute"), Limit.parse("5/10s", "gcra")])
+MEDIA = LimitSet("media", [Limit.parse("2/minute", "sliding")])
+GLOBAL = LimitSet("global", [Limit.parse("4/minute", "first_hit")])
+_runs = itertools.count()
+
+
+def test_one_identity_lives_in_one_slot_and_the_global_key_elsewhere(store: RedisStore) -> None:
+    slots = {key_slot(store._key(s, "alice").encode()) for s in (API, MEDIA, GLOBAL)}
+    assert len(slots) == 1
+    assert key_slot(store._key(GLOBAL, "*").encode()) not in slots
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=3),
+            st.integers(min_value=0, max_value=3),
+            st.sampled_from([0.0, 0.5, 3.0, 11.0, 61.0]),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_cross_slot_decisions_equal_the_python_core(store: RedisStore, seq: list) -> None:
+    run = next(_runs)
+    items_by_pick = [
+        (API, f"a{run}"),
+        (MEDIA, f"a{run}"),
+        (GLOBAL, f"g{run}"),
+        (API, f"b{run}"),
+    ]
+    entries: dict[tuple[str, str], EntryState] = {}
+    now = 1_700_000_000.0
+    for picks, cost, gap in seq:
+        now += gap
+        items = tuple(items_by_pick[i] for i in picks)
+        expected_entries, expected = decide(
+            items, [entries.get((s.id, k)) for s, k in items], now, cost
+        )
+        got = store.decide(items, cost, now, peek=cost == 0)
+        assert got.allowed == expected.allowed
+        assert got.retry_after_s == expected.retry_after_s
+        assert [(s[0], s[2], s[3], s[4]) for s in got._results] == [
+            (s[0], s[2], s[3], s[4]) for s in expected._results
+        ]
+        if expected_entries is not None and cost:
+            for (s, k), entry in zip(items, expected_entries, strict=True):
+                entries[(s.id, k)] = entry
+
+
+def test_a_rejected_cross_slot_decision_charges_nothing_anywhere(store: RedisStore) -> None:
+    items = ((API, "carol"), (GLOBAL, "everyone-carol"))
+    for _ in range(4):
+        assert store.decide(((GLOBAL, "everyone-carol"),), 1, 1000.0).allowed
+    decision = store.decide(items, 1, 1000.0)
+    assert not decision.allowed
+    # The per-key limit passed in its slot, yet its reservation was dropped, not charged.
+    peek = store.decide(((API, "carol"),), 0, 1000.0, peek=True)
+    assert [s.remaining for s in peek.states] == [3, 5]
+    assert not store._client.exists(store._key(API, "carol"))
+
+
+def test_a_pending_reservation_holds_its_units_until_it_settles(store: RedisStore) -> None:
+    items = ((GLOBAL, "dave"), (API, "shared-dave"))
+    flow = store._cluster_flow(items, 3, 2000.0, False)
+    reserve = next(flow)
+    assert len(reserve) == 2  # one reservation per slot
+    reserved = [store._eval(call) for call in reserve]
+    # 3 of the 4 global units are held by the decision in flight: 1 is left for others.
+    assert store.decide(((GLOBAL, "dave"),), 2, 2000.0).allowed is False
+    assert store.decide(((GLOBAL, "dave"),), 1, 2000.0).allowed is True
+    commits = flow.send(reserved)
+    with pytest.raises(StopIteration) as stop:
+        flow.send([store._eval(call) for call in commits])
+    assert stop.value.value.allowed is True
+    assert store.decide(((GLOBAL, "dave"),), 0, 2000.0, peek=True).remaining == 0
+
+
+def test_a_lost_reservation_rejects_the_decision_but_keeps_the_charge(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "_LEASE_MS", 200)
+    items = ((GLOBAL, "erin"), (API, "shared-erin"))
+    flow = store._cluster_flow(items, 1, 3000.0, False)
+    commits = flow.send([store._eval(call) for call in next(flow)])
+    time.sleep(0.3)
+    with pytest.raises(StopIteration) as stop:
+        flow.send([store._eval(call) for call in commits])
+    assert stop.value.value.allowed is False
+    assert store.decide(((GLOBAL, "erin"),), 0, 3000.0, peek=True).remaining == 3
+
+
+def test_async_cross_slot_decisions(url: str) -> None:
+    store = RedisStore(url, prefix="acl")
+
+    async def run() -> list[bool]:
+        out = await asyncio.gather(
+            *(store.decide_async(((API, f"u{i % 3}"), (GLOBAL, "all")), 1, 0.0) for i in range(9))
+        )
+        await store.close_async()
+        return [d.allowed for d in out]
+
+    assert sum(asyncio.run(run())) == 4
+    store.close()
+
+
+def test_scripts_are_reloaded_on_every_node_after_a_flush(
+    store: RedisStore, nodes: list[RedisServer]
+) -> None:
+    for node in nodes:
+        client = node.client()
+        client.script_flush()
+        client.close()
+    assert store.decide(((API, "frank"), (GLOBAL, "all-frank")), 1, 4000.0).allowed
+
+
+def test_admitted_totals_equal_the_allowed_totals_on_the_cluster(url: str) -> None:
+    totals = check_exactness(url, "exact")
+    assert totals["windowed_attempts"] > 2 * totals["windowed_admitted"] > 0
