@@ -75,6 +75,8 @@ class RedisServer:
             try:
                 client.ping()
                 break
+            except (redis.ResponseError, redis.AuthenticationError):
+                break  # it answers (e.g. NOAUTH with --requirepass): it is up
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server on port {self.port} did not start") from None
