@@ -1,0 +1,125 @@
+"""Rejection and error bodies in each API's own format, chosen per policy.
+
+Styles: ``musique``, ``aisoule``, ``radio``, ``plain`` (text), ``problem`` (RFC 9457
+``application/problem+json``, quota-exceeded type) and ``template`` (the policy's own text).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ratekeeper.decision import Decision, LimitState
+
+__all__ = ["BodyFormat", "period_words"]
+
+_JSON = "application/json"
+_PERIODS = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
+_QUOTA_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+_QUOTA_TITLE = "Request cannot be satisfied as assigned quota has been exceeded"
+
+
+def period_words(period_s: float) -> str:
+    """``minute`` for 60 s, ``2 seconds`` for 2 s: how a window reads in a sentence."""
+    word = _PERIODS.get(period_s)
+    return word if word is not None else f"{period_s:g} seconds"
+
+
+def _dump(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class BodyFormat:
+    """Renders rejection and error bodies in one style; returns ``(body, content_type)``."""
+
+    style: str = "plain"
+    template: str = ""
+    template_content_type: str = _JSON
+
+    def rejection(
+        self, decision: Decision, status: int, retry_after: int | None, violated: list[str]
+    ) -> tuple[bytes, str]:
+        """The body of a 429/503 answer for this decision."""
+        binding = decision.binding
+        wait = retry_after if retry_after is not None else 0
+        style = self.style
+        if style == "musique":
+            message = (
+                f"Rate limit exceeded. Please retry after {wait} seconds."
+                if retry_after is not None
+                else "Rate limit exceeded: this request costs more than the limit allows."
+            )
+            return _dump(
+                {
+                    "error": {
+                        "code": "rate_limit_exceeded",
+                        "message": message,
+                        "type": "rate_limit_error",
+                        "retryAfter": wait,
+                    }
+                }
+            ), _JSON
+        if style == "aisoule":
+            return _dump(
+                {
+                    "success": False,
+                    "error": {
+                        "code": "rate_limit_exceeded",
+                        "message": "Too many requests. Please wait before retrying.",
+                        "retry_after_seconds": wait,
+                    },
+                }
+            ), _JSON
+        if style == "radio":
+            return _dump({"message": _radio_message(binding)}), _JSON
+        if style == "problem":
+            return _dump(
+                {
+                    "type": _QUOTA_TYPE,
+                    "title": _QUOTA_TITLE,
+                    "status": status,
+                    "violated-policies": violated,
+                }
+            ), "application/problem+json"
+        if style == "template":
+            text = self.template.format_map(
+                {
+                    "retry_after": wait,
+                    "limit": binding.limit.amount,
+                    "remaining": binding.remaining,
+                    "reset": int(-(-binding.reset_at // 1)),
+                    "zone": binding.limit_set,
+                    "window": period_words(binding.limit.period_s),
+                    "message": _radio_message(binding),
+                    "status": status,
+                }
+            )
+            return text.encode(), self.template_content_type
+        what = "Service overloaded" if status == 503 else "Rate limit exceeded"
+        tail = f" Retry after {wait} seconds." if retry_after is not None else ""
+        limit = binding.limit
+        text = f"{what}: {limit.amount} requests per {period_words(limit.period_s)}.{tail}\n"
+        return text.encode(), "text/plain; charset=utf-8"
+
+    def error(self, status: int, code: str, message: str) -> tuple[bytes, str]:
+        """The body of a non-quota refusal (missing API key or User-Agent, lockout)."""
+        style = self.style
+        if style == "musique":
+            return _dump(
+                {"error": {"code": code, "message": message, "type": "invalid_request_error"}}
+            ), _JSON
+        if style == "aisoule":
+            return _dump({"success": False, "error": {"code": code, "message": message}}), _JSON
+        if style in ("radio", "template"):
+            return _dump({"message": message}), _JSON
+        if style == "problem":
+            return _dump({"title": message, "status": status, "code": code}), (
+                "application/problem+json"
+            )
+        return f"{message}\n".encode(), "text/plain; charset=utf-8"
+
+
+def _radio_message(binding: LimitState) -> str:
+    limit = binding.limit
+    return f"Rate limit exceeded ({limit.amount} requests per {period_words(limit.period_s)})"

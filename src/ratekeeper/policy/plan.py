@@ -1,0 +1,194 @@
+"""A policy compiled once into a plan: what the hot path needs, as dicts and tuples.
+
+For each rule (and for requests no rule matches) the plan holds the ``(limit_set, scope)``
+pairs to enforce and to shadow, per plan tier, so a request only substitutes the caller's keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ratekeeper.algorithms import Algorithm
+from ratekeeper.clock import Clock, system_clock
+from ratekeeper.errors import PolicyError
+from ratekeeper.http.bodies import BodyFormat
+from ratekeeper.http.identity import Identifier, load_hook
+from ratekeeper.http.rules import RouteTable
+from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.policy.schema import LimitSpec, Policy
+from ratekeeper.rates import Rate
+
+__all__ = ["CompiledLockout", "CompiledRule", "Plan", "compile_policy", "compile_rule"]
+
+Pairs = tuple[tuple[LimitSet, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledRule:
+    """One rule ready for the hot path; ``tiers`` maps a plan name to its (enforced, shadow)."""
+
+    name: str
+    exempt: bool
+    cost: int
+    cache_ttl_s: float
+    enforced: Pairs
+    shadow: Pairs
+    in_flight: tuple[tuple[str, int], ...]
+    tiers: Mapping[str, tuple[Pairs, Pairs]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledLockout:
+    """Auth lockout: ``failures`` counts failed answers, ``lock`` holds the lock for its period."""
+
+    failures: LimitSet
+    lock: LimitSet
+    statuses: frozenset[int]
+    scope: str
+    routes: RouteTable[bool] | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A compiled policy: see :func:`compile_policy`."""
+
+    policy: Policy
+    identifier: Identifier
+    routes: RouteTable[CompiledRule]
+    status_of: Mapping[str, int]
+    body: BodyFormat
+    lockout: CompiledLockout | None
+    exempt_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _pairs(
+    names: list[str], limits: Mapping[str, LimitSpec], overrides: Mapping[str, LimitSet]
+) -> Pairs:
+    out: list[tuple[LimitSet, str]] = []
+    for name in dict.fromkeys(names):
+        spec = limits[name]
+        limit_set = overrides.get(name, spec.limit_set)
+        if limit_set is not None:
+            out.append((limit_set, spec.scope))
+    return tuple(out)
+
+
+def compile_rule(
+    policy: Policy, name: str, names: list[str], *, cost: int, cache_ttl_s: float, shadow_rule: bool
+) -> CompiledRule:
+    """The rule charging ``names`` (after the policy's ``apply`` limits) ``cost`` units."""
+    limits = policy.limits
+    all_names = [*policy.apply, *names]
+    shadow_names = [
+        n for n in all_names if policy.shadow or limits[n].shadow or (shadow_rule and n in names)
+    ]
+    enforced_names = [n for n in all_names if n not in shadow_names]
+    tiers = {
+        tier: (_pairs(enforced_names, limits, overrides), _pairs(shadow_names, limits, overrides))
+        for tier, overrides in policy.tiers.plans.items()
+    }
+    in_flight = tuple(
+        (n, limits[n].in_flight) for n in dict.fromkeys(enforced_names) if limits[n].in_flight
+    )
+    return CompiledRule(
+        name=name,
+        exempt=False,
+        cost=cost,
+        cache_ttl_s=cache_ttl_s,
+        enforced=_pairs(enforced_names, limits, {}),
+        shadow=_pairs(shadow_names, limits, {}),
+        in_flight=in_flight,
+        tiers=tiers,
+    )
+
+
+def compile_policy(policy: Policy, *, clock: Clock = system_clock) -> Plan:
+    """Compile a validated policy; imports its hooks (errors name the file and key)."""
+    source = policy.source
+    ident = policy.identity
+    scopes = {spec.scope for spec in policy.limits.values()}
+    if policy.lockout is not None:
+        scopes.add(policy.lockout.scope)
+    identifier = Identifier(
+        source=ident.source,
+        key_headers=ident.key_headers
+        if ident.source in ("api_key", "account")
+        or scopes & {"key", "account"}
+        or policy.tiers.keys
+        or policy.tiers.hook
+        else (),
+        anonymous=ident.anonymous,
+        trusted_proxies=ident.trusted_proxies,
+        scopes=scopes,
+        function=load_hook(ident.callable, f"{source}: identity.callable")
+        if ident.callable
+        else None,
+        accounts=ident.accounts,
+        account_hook=load_hook(ident.account_hook, f"{source}: identity.account_hook")
+        if ident.account_hook
+        else None,
+        account_ttl_s=ident.account_hook_ttl_s,
+        plan_keys=policy.tiers.keys,
+        plan_hook=load_hook(policy.tiers.hook, f"{source}: tiers.hook")
+        if policy.tiers.hook
+        else None,
+        plan_ttl_s=policy.tiers.hook_ttl_s,
+        clock=clock,
+    )
+    entries = []
+    for rule in policy.rules:
+        if rule.exempt:
+            compiled = CompiledRule(
+                name=rule.name,
+                exempt=True,
+                cost=1,
+                cache_ttl_s=0.0,
+                enforced=(),
+                shadow=(),
+                in_flight=(),
+            )
+        else:
+            compiled = compile_rule(
+                policy,
+                rule.name,
+                list(rule.limits),
+                cost=rule.cost,
+                cache_ttl_s=rule.cache_ttl_s,
+                shadow_rule=rule.shadow,
+            )
+        entries.append((rule.routes, rule.methods, compiled))
+    default = compile_rule(
+        policy, "default", list(policy.default), cost=1, cache_ttl_s=0.0, shadow_rule=False
+    )
+    lockout = None
+    spec = policy.lockout
+    if spec is not None:
+        failures = LimitSet(
+            "lockout-failures", Limit(rate=Rate(spec.failures, spec.window_s), name="failures")
+        )
+        lock = LimitSet(
+            "lockout",
+            Limit(rate=Rate(1, spec.duration_s), algorithm=Algorithm.FIRST_HIT_WINDOW, name="lock"),
+        )
+        lockout = CompiledLockout(
+            failures=failures,
+            lock=lock,
+            statuses=spec.statuses,
+            scope=spec.scope,
+            routes=RouteTable([(spec.routes, None, True)], False) if spec.routes else None,
+        )
+    status_of = {name: s.status for name, s in policy.limits.items()}
+    status_of["lockout"] = 429
+    if not policy.store:
+        raise PolicyError(f"{source}: store: expected a store URL such as 'memory://'")
+    return Plan(
+        policy=policy,
+        identifier=identifier,
+        routes=RouteTable(entries, default),
+        status_of=status_of,
+        body=BodyFormat(policy.body, policy.body_template, policy.body_content_type),
+        lockout=lockout,
+        exempt_networks=tuple(ipaddress.ip_network(n, strict=False) for n in policy.exempt_ips),
+    )
