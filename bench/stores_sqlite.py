@@ -1,6 +1,6 @@
 """SQLite store decisions per second on the 3-window policy, beside the memory store, in one run.
 
-Run ``.venv/bin/python bench/stores_sqlite.py`` (about 20 s) or ``--quick`` (about 5 s). Every row
+Run ``.venv/bin/python bench/stores_sqlite.py`` (about 70 s) or ``--quick`` (about 35 s). Every row
 decides ``100/minute; 1000/hour; 10000/day`` (fixed windows) per key, on the wall clock, for keys
 drawn in turn from a pool large enough that nearly every decision is allowed (a charge, the costly
 path). Each SQLite row uses a fresh file whose rows have been written once before timing, so the
@@ -33,7 +33,8 @@ from ratekeeper.stores.fallback import FallbackStore
 from ratekeeper.stores.sqlite import SQLiteStore
 
 POLICY = LimitSet("bench", "100/minute; 1000/hour; 10000/day")
-KEYS = 20_000
+KEYS = 50_000
+ROUNDS = 3
 
 
 def _run(limiter: Limiter, seconds: float, offset: int, start_at: float) -> tuple[int, int]:
@@ -118,7 +119,7 @@ def main() -> None:
         _worker(path, float(start_at), float(seconds), int(index))
         return
     seconds = 1.0 if args.quick else 3.0
-    rows: list[tuple[str, float, float]] = []
+    best: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
 
         def sqlite_limiter(
@@ -131,27 +132,33 @@ def main() -> None:
 
         memory = Limiter(MemoryStore())
         _warm(memory)
-        rows.append(("memory, 1 thread", *_threads(memory, 1, seconds)))
-        rows.append(("SQLite, 1 thread", *_threads(sqlite_limiter("one"), 1, seconds)))
-        rows.append(
-            ("SQLite, 4 threads of 1 process", *_threads(sqlite_limiter("threads"), 4, seconds))
-        )
-        rows.append(
-            (
-                "SQLite behind FallbackStore, 1 thread",
-                *_threads(sqlite_limiter("fallback", FallbackStore), 1, seconds),
-            )
-        )
+        one = sqlite_limiter("one")
+        threaded = sqlite_limiter("threads")
+        wrapped = sqlite_limiter("fallback", FallbackStore)
         shared = Path(tmp) / "processes.db"
-        store = SQLiteStore(shared)
-        _warm(Limiter(store))
-        store.close()
-        rows.append(("SQLite, 4 processes (total)", *_processes(shared, 4, seconds)))
+        sqlite_limiter("processes").store.close()
+        rows: dict[str, Callable[[], tuple[float, float]]] = {
+            "memory, 1 thread": lambda: _threads(memory, 1, seconds),
+            "SQLite, 1 thread": lambda: _threads(one, 1, seconds),
+            "SQLite, 4 threads of 1 process": lambda: _threads(threaded, 4, seconds),
+            "SQLite behind FallbackStore, 1 thread": lambda: _threads(wrapped, 1, seconds),
+            "SQLite, 4 processes (total)": lambda: _processes(shared, 4, seconds),
+        }
+        # Rows take turns, round after round, and each keeps its best round: other load on a
+        # shared machine only ever slows a row down.
+        for _ in range(ROUNDS):
+            for name, measure in rows.items():
+                rate, allowed = measure()
+                if rate > best.get(name, (0.0, 0.0))[0]:
+                    best[name] = (rate, allowed)
 
-    reference = rows[0][1]
-    print(f"policy {', '.join(str(lim.rate) for lim in POLICY.limits)} per key, {KEYS} keys")
+    reference = best["memory, 1 thread"][0]
+    print(
+        f"policy {', '.join(str(lim.rate) for lim in POLICY.limits)} per key, {KEYS} keys, "
+        f"best of {ROUNDS} rounds of {seconds:g} s"
+    )
     print(f"{'row':<40} {'decisions/s':>12} {'vs memory':>10} {'allowed':>8}")
-    for name, rate, allowed in rows:
+    for name, (rate, allowed) in best.items():
         print(f"{name:<40} {rate:>12,.0f} {rate / reference:>9.2f}x {allowed:>8.1%}")
 
 
