@@ -77,6 +77,20 @@ class Hints:
         return self.retry_after_s if self.retry_after_s is not None else self.body_retry_after_s
 
     @property
+    def sharp_wait_s(self) -> float | None:
+        """:attr:`wait_s`, sharpened by an exhausted quota's reset when ``Retry-After`` is that
+        reset rounded up to whole seconds (as the convention says): millisecond resets from
+        ``X-RateLimit-Reset`` beat a whole second of slack."""
+        wait = self.wait_s
+        binding = self.binding
+        if wait is None or binding is None or binding.remaining > 0:
+            return wait
+        reset = binding.reset_in_s
+        if reset is not None and wait == math.ceil(wait) and reset <= wait < reset + 1:
+            return reset
+        return wait
+
+    @property
     def binding(self) -> Quota | None:
         """The most restrictive quota: least remaining, on a tie the longest reset."""
         if not self.quotas:

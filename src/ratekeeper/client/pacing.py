@@ -248,7 +248,9 @@ class HostState:
             )
             wait = max(self.last_send + delay - now, self.blocked_until - now, 0.0)
             budget = self.budget
-            if budget is None or budget.reset_at is None:
+            # A known policy paces by itself: servers often report resets late (slowapi and
+            # Flask-Limiter add a second), and obeying them would halve short windows.
+            if budget is None or budget.reset_at is None or self.plan.limit_set is not None:
                 return wait
             if now >= budget.reset_at:
                 # The window the report described is over; the next answer says what is left.
@@ -284,7 +286,7 @@ class HostState:
             if hints.zone:
                 self.zone = hints.zone
             failed = status == 429 or status >= 500
-            wait = hints.wait_s
+            wait = hints.sharp_wait_s
             if failed and wait is not None and status in (429, 503):
                 self.blocked_until = max(self.blocked_until, now + wait)
             if failed:

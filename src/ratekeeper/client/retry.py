@@ -136,7 +136,7 @@ def plan_retry(
     if retries_done >= policy.max_retries:
         return RetryVerdict(False, 0.0, "retries exhausted")
     backoff = backoff_s(retries_done, policy, random)
-    hint = hints.wait_s
+    hint = hints.sharp_wait_s
     if hint is None:
         wait, why = backoff, f"backoff after {status}"
     elif status != 429 or hint == 0.0:

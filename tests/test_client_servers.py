@@ -1,0 +1,319 @@
+"""The client against real servers on loopback: ratekeeper's own limiter behind Starlette, and
+servers ratekeeper did not write (FastAPI + slowapi, Flask + Flask-Limiter)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ratekeeper import Limiter, LimitSet
+from ratekeeper.client import AsyncRateLimitTransport, HostPolicy, RateLimitTransport
+
+N = 40
+AMOUNT = 10  # per second in every server below
+
+
+class Counts:
+    """What a test server answered, by status."""
+
+    def __init__(self) -> None:
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.lock = threading.Lock()
+
+    def add(self, status: int) -> None:
+        with self.lock:
+            self.statuses[status] += 1
+
+
+def ratekeeper_app(rate: str, algorithm: str, counts: Counts, *, headers: bool = True) -> Starlette:
+    """A Starlette API limited by ratekeeper's Limiter, with fractional-epoch headers."""
+    limits = LimitSet("server", rate, algorithm=algorithm)
+    limiter = Limiter()
+
+    async def endpoint(request: Request) -> Response:
+        decision = limiter.hit(limits, "client")
+        status = 200 if decision.allowed else 429
+        counts.add(status)
+        out: dict[str, str] = {}
+        if headers:
+            out = {
+                "X-RateLimit-Limit": str(decision.limit),
+                "X-RateLimit-Remaining": str(decision.remaining),
+                "X-RateLimit-Reset": f"{decision.reset_at:.3f}",
+            }
+        if not decision.allowed:
+            out["Retry-After"] = str(max(math.ceil(decision.retry_after_s), 1))
+        return JSONResponse({"ok": decision.allowed}, status_code=status, headers=out)
+
+    return Starlette(routes=[Route("/items", endpoint)])
+
+
+def slowapi_app(rate: str, counts: Counts) -> Any:
+    """FastAPI limited by slowapi (limits' memory storage: windows start at the first hit)."""
+    from fastapi import FastAPI
+    from slowapi import Limiter as SlowLimiter
+    from slowapi import _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+    from slowapi.util import get_remote_address
+
+    limiter = SlowLimiter(key_func=get_remote_address, headers_enabled=True)
+    app = FastAPI()
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        counts.add(response.status_code)
+        return response
+
+    @app.get("/items")
+    @limiter.limit(rate)
+    async def items(request: Request, response: Response) -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def flask_app(rate: str, counts: Counts) -> Any:
+    """Flask limited by Flask-Limiter."""
+    from flask import Flask
+    from flask_limiter import Limiter as FlaskLimiter
+    from flask_limiter.util import get_remote_address
+
+    app = Flask("limited")
+    limiter = FlaskLimiter(
+        get_remote_address, app=app, headers_enabled=True, storage_uri="memory://"
+    )
+
+    @app.after_request
+    def count(response: Any) -> Any:
+        counts.add(response.status_code)
+        return response
+
+    @app.get("/items")
+    @limiter.limit(rate)
+    def items() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
+    sock = _socket()
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start within 10 s")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@contextlib.contextmanager
+def serve_wsgi(app: Any) -> Iterator[str]:
+    """Run a WSGI ``app`` under werkzeug in a thread on a free loopback port."""
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def run_sync(base: str, policy: HostPolicy, n: int = N) -> tuple[float, float]:
+    """Send ``n`` GETs one after another; returns (first send, last answer) times."""
+    transport = RateLimitTransport(default=policy)
+    with httpx.Client(transport=transport, timeout=10) as client:
+        start = time.time()
+        for _ in range(n):
+            assert client.get(f"{base}/items").status_code == 200
+        return start, time.time()
+
+
+def first_hit_minimum(n: int = N) -> float:
+    return (math.ceil(n / AMOUNT) - 1) * 1.0
+
+
+def aligned_minimum(start: float, n: int = N) -> float:
+    return math.floor(start) + 1 + (math.ceil(n / AMOUNT) - 2) - start
+
+
+SERVERS: dict[str, Callable[[Counts], Any]] = {
+    "ratekeeper-first-hit": lambda c: ratekeeper_app("10/second", "first_hit_window", c),
+    "slowapi": lambda c: slowapi_app("10/second", c),
+    "flask-limiter": lambda c: flask_app("10/second", c),
+}
+
+
+@contextlib.contextmanager
+def running(name: str, counts: Counts) -> Iterator[str]:
+    app = SERVERS[name](counts)
+    serve = serve_wsgi if name == "flask-limiter" else serve_asgi
+    with serve(app) as base:
+        yield base
+
+
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_known_first_hit_policy_zero_429_within_5_percent(name: str) -> None:
+    counts = Counts()
+    with running(name, counts) as base:
+        policy = HostPolicy(limits="10/second", algorithm="first_hit")
+        start, end = run_sync(base, policy)
+    assert counts.statuses[429] == 0
+    assert counts.statuses[200] == N
+    assert end - start <= first_hit_minimum() * 1.05
+
+
+def test_known_aligned_policy_zero_429_within_5_percent_async() -> None:
+    counts = Counts()
+    with serve_asgi(ratekeeper_app("10/second", "fixed_window", counts)) as base:
+
+        async def main() -> tuple[float, float]:
+            transport = AsyncRateLimitTransport(default=HostPolicy(limits="10/second"))
+            async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+                start = time.time()
+                answers = await asyncio.gather(*(client.get(f"{base}/items") for _ in range(N)))
+                assert all(a.status_code == 200 for a in answers)
+                return start, time.time()
+
+        start, end = asyncio.run(main())
+    assert counts.statuses[429] == 0
+    minimum = aligned_minimum(start)
+    assert end - start <= minimum * 1.05 + 0.02
+
+
+def test_unknown_policy_learns_at_most_one_429_per_window_within_15_percent() -> None:
+    counts = Counts()
+    with running("ratekeeper-first-hit", counts) as base:
+        start, end = run_sync(base, HostPolicy())
+    assert counts.statuses[429] <= math.ceil(N / AMOUNT)
+    assert end - start <= first_hit_minimum() * 1.15
+
+
+@pytest.mark.parametrize("name", ["slowapi", "flask-limiter"])
+def test_unknown_policy_against_other_servers_stays_polite(name: str) -> None:
+    """slowapi and Flask-Limiter report their resets a second late (``1 + reset``): waiting
+    for them is safe but slow at one-second windows, so politeness is what is asserted."""
+    counts = Counts()
+    with running(name, counts) as base:
+        start, end = run_sync(base, HostPolicy(), n=25)
+    windows = math.ceil(end - start) + 1
+    assert counts.statuses[429] <= windows
+    assert counts.statuses[200] == 25
+
+
+def test_unknown_policy_without_headers_one_429_per_window() -> None:
+    counts = Counts()
+    with serve_asgi(ratekeeper_app("10/second", "first_hit_window", counts, headers=False)) as base:
+        start, end = run_sync(base, HostPolicy(), n=30)
+    assert counts.statuses[429] <= 3
+    assert counts.statuses[200] == 30
+
+
+def scripted_app(answers: list[tuple[int, dict[str, str], bytes]], log: list[float]) -> Starlette:
+    """Answers in order, then 200s; records when each request arrived."""
+
+    async def endpoint(request: Request) -> Response:
+        log.append(time.time())
+        index = len(log) - 1
+        if index < len(answers):
+            status, headers, body = answers[index]
+            return Response(body, status_code=status, headers=headers)
+        return Response(b"ok")
+
+    return Starlette(routes=[Route("/items", endpoint)])
+
+
+def test_real_retry_after_forms_body_hints_and_garbage() -> None:
+    log: list[float] = []
+    when = time.time() + 1.2
+    answers = [
+        (429, {"Retry-After": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(when))}, b""),
+        (429, {"Content-Type": "application/json"}, b'{"error":{"retry_after_seconds":0.3}}'),
+        (429, {"Retry-After": "-7", "X-RateLimit-Reset": "yesterday"}, b"retry after 0.2 seconds"),
+        (503, {"Retry-After": "0"}, b""),
+    ]
+    with serve_asgi(scripted_app(answers, log)) as base:
+        transport = RateLimitTransport(default=HostPolicy(adaptive=False), random_fn=lambda: 0.1)
+        with httpx.Client(transport=transport, timeout=10) as client:
+            assert client.get(f"{base}/items").text == "ok"
+    gaps = [b - a for a, b in zip(log, log[1:], strict=False)]
+    assert len(gaps) == 4
+    assert log[1] >= math.floor(when)  # the HTTP-date has one-second resolution
+    assert gaps[1] == pytest.approx(0.3, abs=0.1)
+    assert gaps[2] == pytest.approx(0.2, abs=0.1)
+    assert gaps[3] == pytest.approx(0.8, abs=0.1)  # max(0, backoff 8 s x 0.1)
+
+
+SHARED_CLIENT = textwrap.dedent(
+    """
+    import sys, httpx
+    from ratekeeper.client import HostPolicy, RateLimitTransport
+    base, store, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    policy = HostPolicy(limits="10/second", key="shared-budget")
+    transport = RateLimitTransport(default=policy, store=store)
+    with httpx.Client(transport=transport, timeout=10) as client:
+        for _ in range(n):
+            client.get(base + "/items")
+    """
+)
+
+
+def test_two_processes_share_one_budget_through_sqlite(tmp_path: Path) -> None:
+    counts = Counts()
+    store = f"sqlite:///{tmp_path / 'budget.db'}"
+    with serve_asgi(ratekeeper_app("10/second", "fixed_window", counts)) as base:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", SHARED_CLIENT, base, store, "20"])
+            for _ in range(2)
+        ]
+        for proc in procs:
+            assert proc.wait(60) == 0
+    assert counts.statuses[200] == 40
+    assert counts.statuses[429] == 0
