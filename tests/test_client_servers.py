@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import math
 import socket
 import subprocess
@@ -20,10 +21,19 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
+from flask import Flask
+from flask_limiter import Limiter as FlaskLimiter
+from flask_limiter.util import get_remote_address as flask_remote_address
+from slowapi import Limiter as SlowLimiter
+from slowapi import _rate_limit_exceeded_handler
+from slowapi.errors import RateLimitExceeded
+from slowapi.util import get_remote_address
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ratekeeper import Limiter, LimitSet
 from ratekeeper.client import AsyncRateLimitTransport, HostPolicy, RateLimitTransport
@@ -69,11 +79,6 @@ def ratekeeper_app(rate: str, algorithm: str, counts: Counts, *, headers: bool =
 
 def slowapi_app(rate: str, counts: Counts) -> Any:
     """FastAPI limited by slowapi (limits' memory storage: windows start at the first hit)."""
-    from fastapi import FastAPI
-    from slowapi import Limiter as SlowLimiter
-    from slowapi import _rate_limit_exceeded_handler
-    from slowapi.errors import RateLimitExceeded
-    from slowapi.util import get_remote_address
 
     limiter = SlowLimiter(key_func=get_remote_address, headers_enabled=True)
     app = FastAPI()
@@ -96,13 +101,10 @@ def slowapi_app(rate: str, counts: Counts) -> Any:
 
 def flask_app(rate: str, counts: Counts) -> Any:
     """Flask limited by Flask-Limiter."""
-    from flask import Flask
-    from flask_limiter import Limiter as FlaskLimiter
-    from flask_limiter.util import get_remote_address
 
     app = Flask("limited")
     limiter = FlaskLimiter(
-        get_remote_address, app=app, headers_enabled=True, storage_uri="memory://"
+        flask_remote_address, app=app, headers_enabled=True, storage_uri="memory://"
     )
 
     @app.after_request
@@ -150,7 +152,6 @@ def serve_asgi(app: Any) -> Iterator[str]:
 @contextlib.contextmanager
 def serve_wsgi(app: Any) -> Iterator[str]:
     """Run a WSGI ``app`` under werkzeug in a thread on a free loopback port."""
-    from werkzeug.serving import WSGIRequestHandler, make_server
 
     class Quiet(WSGIRequestHandler):
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -251,7 +252,7 @@ def test_unknown_policy_against_other_servers_stays_polite(name: str) -> None:
 def test_unknown_policy_without_headers_one_429_per_window() -> None:
     counts = Counts()
     with serve_asgi(ratekeeper_app("10/second", "first_hit_window", counts, headers=False)) as base:
-        start, end = run_sync(base, HostPolicy(), n=30)
+        run_sync(base, HostPolicy(), n=30)
     assert counts.statuses[429] <= 3
     assert counts.statuses[200] == 30
 
@@ -283,7 +284,7 @@ def test_real_retry_after_forms_body_hints_and_garbage() -> None:
         transport = RateLimitTransport(default=HostPolicy(adaptive=False), random_fn=lambda: 0.1)
         with httpx.Client(transport=transport, timeout=10) as client:
             assert client.get(f"{base}/items").text == "ok"
-    gaps = [b - a for a, b in zip(log, log[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(log)]
     assert len(gaps) == 4
     assert log[1] >= math.floor(when)  # the HTTP-date has one-second resolution
     assert gaps[1] == pytest.approx(0.3, abs=0.1)
