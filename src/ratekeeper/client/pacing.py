@@ -68,6 +68,8 @@ class HostPolicy:
             raise ClientConfigError(
                 f"HostPolicy.max_in_flight must be a whole number >= 1, got {self.max_in_flight!r}"
             )
+        # Read the limits now, so a bad rate fails where it is configured, not at first use.
+        client_limit_set(self)
 
 
 def client_limit_set(policy: HostPolicy) -> tuple[LimitSet, float] | None:
