@@ -1,0 +1,46 @@
+"""The ``ratekeeper`` command: ``ratekeeper serve ...`` (see ``ratekeeper serve --help``).
+
+Subcommands import their modules only when run, so ``ratekeeper --help`` works without the
+optional extras installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_USAGE = """usage: ratekeeper COMMAND [options]
+
+commands:
+  serve   enforce a policy's rate limits in front of an HTTP API (or a demo API)
+
+'ratekeeper COMMAND --help' describes a command's options.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        try:
+            from ratekeeper.gateway.server import serve_main  # noqa: PLC0415 (extras)
+        except ImportError as exc:
+            print(
+                f"ratekeeper serve needs the http extra ({exc.name} is missing): "
+                "pip install 'ratekeeper[http]'",
+                file=sys.stderr,
+            )
+            return 2
+        return serve_main(rest)
+    print(f"ratekeeper: unknown command {command!r}\n\n{_USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,263 @@
+"""The gateway app: a policy's limits in front of an upstream API (or a demo), as one ASGI app.
+
+Requests go through the same :class:`~ratekeeper.http.asgi.RateLimitMiddleware` as in-process
+users get, then to the :class:`~ratekeeper.gateway.proxy.UpstreamProxy` or the demo API. Beside
+them: ``/_ratekeeper/decide`` (for nginx, Traefik and Envoy), ``/healthz`` and ``/metrics``.
+
+Several worker processes build the app from :class:`ServeSettings` passed in the environment
+(:func:`app_from_environment`), each with its own connection to the shared store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+
+from ratekeeper.decision import Decision
+from ratekeeper.errors import PolicyError, StoreError
+from ratekeeper.gateway.decide import DECIDE_PATH, decide
+from ratekeeper.gateway.demo import DEMOS, demo_app
+from ratekeeper.gateway.proxy import UpstreamProxy, quiet_uvicorn_errors
+from ratekeeper.http.asgi import ASGIApp, RateLimitMiddleware, Receive, Scope, Send
+from ratekeeper.http.engine import Enforcer
+from ratekeeper.http.metrics import metrics_asgi_app
+from ratekeeper.policy import load_policy, preset_path
+from ratekeeper.policy.schema import Policy
+from ratekeeper.stores.base import AsyncStore, Items, Store
+from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.sqlite import SQLiteStore
+from ratekeeper.stores.url import mask_url, store_from_url
+
+__all__ = [
+    "ENVIRONMENT_VARIABLE",
+    "Gateway",
+    "ServeSettings",
+    "app_from_environment",
+    "build_gateway",
+    "open_store",
+]
+
+log = logging.getLogger("ratekeeper.gateway")
+
+ENVIRONMENT_VARIABLE = "RATEKEEPER_SERVE_SETTINGS"
+DEFAULT_STORE = "sqlite:///ratekeeper.db"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeSettings:
+    """What ``ratekeeper serve`` was asked to run; plain values, so workers can rebuild it."""
+
+    preset: str | None = None
+    config: str | None = None
+    upstream: str | None = None
+    store: str = DEFAULT_STORE
+    trusted_proxies: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+
+    def to_json(self) -> str:
+        """The settings as JSON (for the environment of worker processes)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        """The inverse of :meth:`to_json`."""
+        data = json.loads(text)
+        data["trusted_proxies"] = tuple(data.get("trusted_proxies", ()))
+        return cls(**data)
+
+    @property
+    def policy_path(self) -> Path:
+        """The policy file: the preset's or the ``--config`` one."""
+        if self.preset:
+            return preset_path(self.preset)
+        if self.config:
+            return Path(self.config)
+        raise PolicyError("no policy: give --preset NAME or --config FILE")
+
+    def load_policy(self) -> Policy:
+        """The validated policy, with ``trusted_proxies`` added to its identity."""
+        policy = load_policy(self.policy_path)
+        if self.trusted_proxies:
+            identity = policy.identity
+            trusted = tuple(dict.fromkeys((*identity.trusted_proxies, *self.trusted_proxies)))
+            policy = replace(policy, identity=replace(identity, trusted_proxies=trusted))
+        return policy
+
+    @property
+    def demo_names(self) -> tuple[str, ...]:
+        """The demo APIs served when there is no upstream: the preset's, or all of them."""
+        if self.preset in DEMOS:
+            return (self.preset,)
+        return tuple(DEMOS)
+
+
+class _OnTheLoop:
+    """Shows only the synchronous face of a local store (SQLite, memory).
+
+    A decision on a local store takes tens of microseconds, less than the hop to a worker
+    thread that the store's async twin would take, so the enforcer runs it on the event loop.
+    """
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return repr(self.store)
+
+    def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
+        """Decide on the wrapped store."""
+        return self.store.decide(items, cost, now, peek=peek)
+
+    def reset(self, items: Items) -> None:
+        """Reset keys on the wrapped store."""
+        self.store.reset(items)
+
+    def close(self) -> None:
+        """Close the wrapped store."""
+        self.store.close()
+
+
+def open_store(url: str) -> Store | AsyncStore:
+    """The store a URL names; local stores decide on the event loop (see ``_OnTheLoop``)."""
+    try:
+        store = store_from_url(url)
+    except ImportError as exc:
+        raise StoreError(
+            f"--store {mask_url(url)}: a driver is missing ({exc.name}); "
+            "install ratekeeper[redis] for redis:// and valkey:// stores"
+        ) from None
+    if isinstance(store, SQLiteStore | MemoryStore):
+        return _OnTheLoop(store)
+    return store  # type: ignore[no-any-return]
+
+
+async def _close_store(store: object) -> None:
+    if isinstance(store, AsyncStore):
+        await store.close_async()
+    elif isinstance(store, Store):
+        store.close()
+
+
+def _plain(status: int, body: bytes, content_type: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+class Gateway:
+    """The ``serve`` app: ``enforcer`` in front of ``target`` (proxy or demo), plus the
+    decision endpoint, ``/healthz`` and ``/metrics``. ``on_start``/``on_stop`` run in the
+    ASGI lifespan; the store is closed after the last request."""
+
+    def __init__(
+        self,
+        enforcer: Enforcer,
+        target: ASGIApp,
+        *,
+        on_start: Sequence[Callable[[], Any]] = (),
+        on_stop: Sequence[Callable[[], Any]] = (),
+    ) -> None:
+        self.enforcer = enforcer
+        self.limited = RateLimitMiddleware(target, enforcer)
+        self._wanted = enforcer.header_names
+        self._on_start = on_start
+        self._on_stop = on_stop
+        metrics = enforcer.metrics
+        self._metrics = metrics_asgi_app(metrics) if metrics.enabled else None
+        self._healthy = _plain(200, b'{"status":"ok"}', b"application/json")
+
+    def __repr__(self) -> str:
+        return f"<Gateway {self.enforcer!r} -> {self.limited.app!r}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/_ratekeeper/") and (
+                path == DECIDE_PATH or path.startswith(DECIDE_PATH + "/")
+            ):
+                await decide(self.enforcer, scope, send, self._wanted)
+            elif path == "/healthz":
+                start, body = self._healthy
+                await send(start)
+                await send(body)
+            elif path == "/metrics" and self._metrics is not None:
+                await self._metrics(scope, receive, send)
+            else:
+                await self.limited(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self._on_start:
+                        await hook()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self._on_stop:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.warning("shutdown step %r failed", hook, exc_info=True)
+                try:
+                    await _close_store(self.enforcer.store)
+                except Exception:
+                    log.warning("closing the store failed", exc_info=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _upstream_counter(enforcer: Enforcer) -> Callable[[str], None] | None:
+    registry = enforcer.metrics.registry
+    if registry is None:
+        return None
+    counter = prometheus_client.Counter(
+        "ratekeeper_upstream_errors",
+        "Requests the upstream could not answer, by kind",
+        ("kind",),
+        registry=registry,
+    )
+    return lambda kind: counter.labels(kind).inc()
+
+
+def build_gateway(settings: ServeSettings) -> Gateway:
+    """The gateway app for ``settings``: opens the store and, if any, prepares the upstream."""
+    policy = settings.load_policy()
+    enforcer = Enforcer(policy, store=open_store(settings.store))
+    if settings.upstream:
+        proxy = UpstreamProxy(
+            settings.upstream,
+            timeout_s=settings.timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            on_error=_upstream_counter(enforcer),
+        )
+        return Gateway(enforcer, proxy, on_start=[proxy.start], on_stop=[proxy.close])
+    return Gateway(enforcer, demo_app(settings.demo_names))
+
+
+def app_from_environment() -> Gateway:
+    """The uvicorn factory of ``ratekeeper serve`` workers (settings in the environment)."""
+    text = os.environ.get(ENVIRONMENT_VARIABLE)
+    if not text:
+        raise RuntimeError(
+            f"{ENVIRONMENT_VARIABLE} is not set: start workers with ratekeeper serve"
+        )
+    quiet_uvicorn_errors()
+    return build_gateway(ServeSettings.from_json(text))

@@ -1,0 +1,290 @@
+"""``ratekeeper serve``: arguments, the start-up line, and uvicorn with one or more workers.
+
+The listening socket is bound before the start-up line is printed, so the line is true when it
+appears (and ``--port 0`` reports the port it got). uvicorn runs with ``proxy_headers=False``:
+who the caller is must never depend on uvicorn trusting ``X-Forwarded-For`` from 127.0.0.1,
+only on the policy's trusted proxies. SIGINT/SIGTERM stop accepting, let requests in flight
+finish (up to ``--graceful-timeout``), then close the upstream pool and the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from ratekeeper.errors import RatekeeperError
+from ratekeeper.gateway.app import (
+    DEFAULT_STORE,
+    ENVIRONMENT_VARIABLE,
+    ServeSettings,
+    build_gateway,
+)
+from ratekeeper.gateway.decide import DECIDE_PATH
+from ratekeeper.gateway.demo import try_paths
+from ratekeeper.policy.schema import Policy
+from ratekeeper.stores.base import Store
+from ratekeeper.stores.url import mask_url
+
+__all__ = ["describe_policy", "run_app", "serve_main"]
+
+_SCOPE_WORDS = {
+    "api_key": "API key",
+    "key": "API key",
+    "account": "account",
+    "ip": "IP",
+    "ip_ua": "IP + User-Agent",
+    "global": "whole service",
+    "callable": "caller",
+}
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def describe_policy(policy: Policy) -> str:
+    """What a policy enforces, in one line: each limit's rates and what it counts per."""
+    parts = []
+    for name, spec in policy.limits.items():
+        per = _SCOPE_WORDS.get(policy.identity.source if spec.scope == "caller" else spec.scope)
+        if spec.limit_set is None:
+            text = f"{name} {spec.in_flight} in flight"
+        else:
+            limits = spec.limit_set.limits
+            rates = " + ".join(str(limit.rate) for limit in limits)
+            text = f"{name} {rates} per {per}, {limits[0].algorithm.value.replace('_', ' ')}"
+        if spec.status != 429:
+            text += f" -> {spec.status}"
+        if spec.shadow or policy.shadow:
+            text += " [shadow]"
+        parts.append(text)
+    extras = []
+    if policy.tiers.plans:
+        extras.append("plans " + "/".join(policy.tiers.plans))
+    if policy.lockout is not None:
+        lock = policy.lockout
+        extras.append(f"lockout after {lock.failures} failures in {lock.window_s:g}s")
+    if policy.usage_path:
+        extras.append(f"usage at {policy.usage_path}")
+    if policy.user_agent_required:
+        extras.append("User-Agent required")
+    return "; ".join([*parts, *extras])
+
+
+def _store_words(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :].split("?", 1)[0])
+        return f"SQLite {path.resolve()}"
+    return mask_url(url)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn_config(app: Any, workers: int, log_level: str, graceful_s: float) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        workers=workers,
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=max(1, round(graceful_s)),
+        lifespan="on",
+    )
+
+
+def run_app(
+    app: Any,
+    host: str,
+    port: int,
+    describe: Callable[[str], str],
+    *,
+    workers: int = 1,
+    log_level: str = "warning",
+    graceful_s: float = 30.0,
+) -> int:
+    """Bind, print ``describe(url)``, serve ``app`` (an app or a factory's import string)
+    until SIGINT/SIGTERM."""
+    try:
+        sock = _bind(host, port)
+    except OSError as exc:
+        print(f"ratekeeper: {exc}", file=sys.stderr)
+        return 1
+    config = _uvicorn_config(app, workers, log_level, graceful_s)
+    print(describe(_url(sock)), flush=True)
+    if workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IP address or CIDR network such as 127.0.0.1 or 10.0.0.0/8, got {text!r}"
+        ) from None
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ratekeeper serve",
+        description=(
+            "Enforce a policy's rate limits in front of an HTTP API (a streaming reverse "
+            "proxy), or in front of a built-in demo API when no --upstream is given. Also "
+            f"answers {DECIDE_PATH} for nginx auth_request, Traefik ForwardAuth and Envoy "
+            "ext_authz, /healthz and /metrics."
+        ),
+    )
+    policy = parser.add_mutually_exclusive_group(required=True)
+    policy.add_argument(
+        "--preset", help="a shipped policy: musique, beatpass, radio, musicbrainz, aisoule"
+    )
+    policy.add_argument("--config", metavar="FILE", help="a policy TOML file")
+    parser.add_argument(
+        "--upstream", metavar="URL", help="the API to forward to (default: the demo API)"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help=f"where counters live (default: the policy's store if it names one, else "
+        f"{DEFAULT_STORE}, a file in the current directory); redis://host:6379/0 for several "
+        "machines",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="default: 8080; 0 picks a free one")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the store (default: 1)"
+    )
+    parser.add_argument(
+        "--trust-proxy",
+        action="append",
+        default=[],
+        type=_network,
+        metavar="CIDR",
+        help="a proxy in front (e.g. nginx on 127.0.0.1) whose X-Forwarded-For names the "
+        "client; repeatable; added to the policy's identity.trusted_proxies",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the upstream's answer before 504 (default: 30)",
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on shutdown, how long requests in flight may take to finish (default: 30)",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    return parser
+
+
+def _store_of(args: argparse.Namespace, settings: ServeSettings) -> str:
+    if args.store:
+        return str(args.store)
+    # A policy file that names a store keeps it; the schema's default (memory://) does not
+    # survive restarts or span workers, so serve falls back to the SQLite file instead.
+    try:
+        data = tomllib.loads(settings.policy_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return DEFAULT_STORE
+    store = data.get("store")
+    return store if isinstance(store, str) and store else DEFAULT_STORE
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """The ``ratekeeper serve`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be 1 or more, got {args.workers}")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, got {args.port}")
+    if args.timeout <= 0:
+        parser.error(f"--timeout must be above 0 seconds, got {args.timeout}")
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    settings = ServeSettings(
+        preset=args.preset,
+        config=args.config,
+        upstream=args.upstream,
+        trusted_proxies=tuple(args.trust_proxy),
+        timeout_s=args.timeout,
+    )
+    try:
+        settings = replace(settings, store=_store_of(args, settings))
+        if args.workers > 1 and settings.store.startswith("memory://"):
+            parser.error(
+                "--workers > 1 needs a shared store: memory:// counts per process; use "
+                f"{DEFAULT_STORE} or redis://"
+            )
+        # Build once here so a bad policy, store or upstream fails now, with its message,
+        # rather than inside every worker.
+        gateway = build_gateway(settings)
+        policy = gateway.enforcer.plan.policy
+        store = gateway.enforcer.store
+        if isinstance(store, Store):
+            store.close()
+    except (RatekeeperError, ValueError, OSError) as exc:
+        print(f"ratekeeper serve: {exc}", file=sys.stderr)
+        return 2
+    os.environ[ENVIRONMENT_VARIABLE] = settings.to_json()
+    what = f"preset {args.preset}" if args.preset else f"policy {args.config}"
+    target = f"upstream {settings.upstream}" if settings.upstream else "demo API"
+    hints = try_paths(settings.demo_names) if not settings.upstream else []
+    workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
+
+    def describe(url: str) -> str:
+        line = (
+            f"ratekeeper serve: {what}: {describe_policy(policy)} | store "
+            f"{_store_words(settings.store)} | {target} | listening on {url} ({workers}; "
+            f"decisions at {DECIDE_PATH}, /healthz, /metrics)"
+        )
+        for options, path in hints[:1]:
+            line += f"\n  try: curl -i {options} {url}{path}"
+        return line
+
+    return run_app(
+        "ratekeeper.gateway.app:app_from_environment",
+        args.host,
+        args.port,
+        describe,
+        workers=args.workers,
+        log_level=args.log_level,
+        graceful_s=args.graceful_timeout,
+    )
