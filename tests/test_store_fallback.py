@@ -299,6 +299,6 @@ def test_requests_return_to_the_primary_within_a_second_in_real_time(tmp_path: P
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown fail mode 'ignore'"):
         FallbackStore(MemoryStore(), "ignore")
-    with pytest.raises(ValueError, match="probe_interval_s must be > 0"):
+    with pytest.raises(ValueError, match="probe_interval_s must be a finite number > 0"):
         FallbackStore(MemoryStore(), probe_interval_s=0)
     assert "fallback healthy" in repr(FallbackStore(MemoryStore()))

@@ -391,6 +391,7 @@ def test_a_read_only_file_is_an_error_naming_it(tmp_path: Path) -> None:
         ("sqlite:///", "expected sqlite:///relative/file.db"),
         ("sqlite:///rk.db?journal=off", "unknown option"),
         ("sqlite:///rk.db?busy_timeout_s=soon", "busy_timeout_s must be a number"),
+        ("sqlite:///rk.db?purge_interval_s=inf", "purge_interval_s must be a finite number"),
     ],
 )
 def test_bad_urls_are_refused(url: str, message: str) -> None:

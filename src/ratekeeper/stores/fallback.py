@@ -19,6 +19,7 @@ line per outage and one per recovery, never one per request; ``degraded``, ``out
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -134,12 +135,14 @@ class FallbackStore:
         local: DualStore | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(probe_interval_s, int | float) or not probe_interval_s > 0:
+        if not isinstance(probe_interval_s, int | float) or not 0 < probe_interval_s < math.inf:
             raise LimitConfigError(
-                f"probe_interval_s must be > 0 seconds, got {probe_interval_s!r}"
+                f"probe_interval_s must be a finite number > 0 of seconds, got {probe_interval_s!r}"
             )
-        if not isinstance(retry_after_s, int | float) or not retry_after_s > 0:
-            raise LimitConfigError(f"retry_after_s must be > 0 seconds, got {retry_after_s!r}")
+        if not isinstance(retry_after_s, int | float) or not 0 < retry_after_s < math.inf:
+            raise LimitConfigError(
+                f"retry_after_s must be a finite number > 0 of seconds, got {retry_after_s!r}"
+            )
         self.primary = primary
         self.mode = FailMode.parse(mode)
         self.probe_interval_s = float(probe_interval_s)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import sqlite3
 import struct
@@ -127,11 +128,13 @@ class SQLiteStore:
         busy_timeout_s: float = 5.0,
         purge_interval_s: float = 30.0,
     ) -> None:
-        if not isinstance(busy_timeout_s, int | float) or not busy_timeout_s >= 0:
-            raise LimitConfigError(f"busy_timeout_s must be >= 0 seconds, got {busy_timeout_s!r}")
-        if not isinstance(purge_interval_s, int | float) or not purge_interval_s > 0:
+        if not isinstance(busy_timeout_s, int | float) or not 0 <= busy_timeout_s < math.inf:
             raise LimitConfigError(
-                f"purge_interval_s must be > 0 seconds, got {purge_interval_s!r}"
+                f"busy_timeout_s must be a finite number >= 0 of seconds, got {busy_timeout_s!r}"
+            )
+        if not isinstance(purge_interval_s, int | float) or not 0 < purge_interval_s < math.inf:
+            raise LimitConfigError(
+                f"purge_interval_s must be a finite number > 0 of seconds, got {purge_interval_s!r}"
             )
         self.path = Path(path)
         if str(path) == ":memory:" or str(path).startswith("file:"):
@@ -173,7 +176,10 @@ class SQLiteStore:
                 raise StoreURLError(
                     f"{name} must be a number of seconds in {url!r}, got {values[-1]!r}"
                 ) from None
-        return cls(unquote(parts.path[1:]), **options)
+        try:
+            return cls(unquote(parts.path[1:]), **options)
+        except LimitConfigError as exc:
+            raise StoreURLError(f"{exc}, in store URL {url!r}") from None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
