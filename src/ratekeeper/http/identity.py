@@ -213,9 +213,11 @@ class Identifier:
         self._account_cache = TTLCache(account_ttl_s, clock)
         self._plan_cache = TTLCache(plan_ttl_s, clock)
         self._ip_cache: dict[tuple[str | None, str | None, str | None], str] = {}
-        wanted = {"user-agent"} | set(key_headers)
+        # X-Forwarded-For is read even without trusted proxies, to warn about servers that
+        # rewrite the peer address from it.
+        wanted = {"user-agent", "x-forwarded-for"} | set(key_headers)
         if self.trusted:
-            wanted |= {"x-forwarded-for", "forwarded"}
+            wanted.add("forwarded")
         self.header_names: frozenset[str] | None = None if function else frozenset(wanted)
 
     def api_key(self, headers: Mapping[str, str]) -> str | None:
