@@ -58,6 +58,7 @@ _DURATION_UNITS = {
     "day": 86400.0,
     "days": 86400.0,
 }
+_RESERVED_LIMIT_NAMES = frozenset({"lockout", "lockout-failures"})
 _HOOK_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -325,6 +326,10 @@ def _read_limit(source: str, name: str, table: object) -> LimitSpec:
     reader = _Reader(source, f"limits.{name}", table)
     if not name or any(c in name for c in ':{}\n"'):
         raise PolicyError(f"{source}: limits.{name}: expected a name without ':{{}}\" characters")
+    if name in _RESERVED_LIMIT_NAMES:
+        raise PolicyError(
+            f"{source}: limits.{name}: expected another name ({name!r} is the lockout's)"
+        )
     algorithm = reader.text("algorithm", "fixed_window")
     try:
         Algorithm.parse(algorithm)
