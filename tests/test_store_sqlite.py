@@ -353,7 +353,7 @@ def _in_unprivileged_child(action: Callable[[], str]) -> str:
     return text
 
 
-def test_a_read_only_file_is_an_error_naming_it(tmp_path: Path) -> None:
+def test_a_read_only_file_is_an_error_naming_it() -> None:
     directory = Path(tempfile.mkdtemp(prefix="rk-readonly-"))
     path = directory / "rk.db"
     limits = LimitSet("api", "5/minute")
