@@ -281,13 +281,15 @@ def read_hints(
     """Every hint of one answer. ``headers`` is case-insensitive (``httpx.Headers``) or has
     lower-case keys; ``now`` is the local epoch clock; the answer's ``Date`` header, when
     readable, anchors epochs and HTTP-dates so clock skew does not distort waits."""
-    date = headers.get("date")
+    retry_after = headers.get("retry-after")
+    reset_text = headers.get("x-ratelimit-reset")
+    # Date matters only to read an epoch or an HTTP-date: most answers have neither.
+    date = headers.get("date") if retry_after or reset_text else None
     server_now = parse_http_date(date) if date else None
     # Date has one-second resolution: trust it only when it disagrees by more than that.
     if server_now is not None and abs(server_now - now) <= 1.5:
         server_now = None
 
-    retry_after = headers.get("retry-after")
     retry_after_s = parse_retry_after(retry_after, now, server_now) if retry_after else None
     body_s = parse_body_hint(body) if body else None
 
@@ -306,7 +308,6 @@ def read_hints(
     remaining_text = headers.get("x-ratelimit-remaining")
     x_remaining = _int(remaining_text) if remaining_text else None
     if x_remaining is not None:
-        reset_text = headers.get("x-ratelimit-reset")
         limit_text = headers.get("x-ratelimit-limit")
         quotas.append(
             Quota(
