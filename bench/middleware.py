@@ -1,5 +1,5 @@
 """Middleware overhead per request: ratekeeper beside slowapi (Starlette) and Flask-Limiter
-(Flask), in one run, memory stores.
+(Flask), in one run, memory stores (and Redis with ``--redis URL``).
 
 Each app is called in-process by a minimal driver (an ASGI scope and no-op ``send``; a WSGI
 environ and ``start_response``), so what is timed is the server's CPU for the request, not a
@@ -11,6 +11,7 @@ says otherwise.
 
     .venv/bin/python bench/middleware.py            # about a minute on 2 cores
     .venv/bin/python bench/middleware.py --quick    # a few seconds
+    .venv/bin/python bench/middleware.py --redis redis://127.0.0.1:6390/0   # and with Redis
 """
 
 # Peers are optional (bench extra): each is imported when its row is built.
@@ -104,12 +105,13 @@ def asgi_cpu(app: Any, n: int) -> tuple[float, int]:
     return asyncio.run(drive()) / n, status
 
 
-def asgi_rows(rates: str) -> dict[str, Callable[[], Any]]:
+def asgi_rows(rates: str, storage: str) -> dict[str, Callable[[], Any]]:
     def bare() -> Any:
         return starlette_app()
 
     def ratekeeper() -> Any:
-        return RateLimitMiddleware(starlette_app(), Enforcer(loads_policy(rk_policy(rates))))
+        enforcer = Enforcer(loads_policy(rk_policy(rates)), store=storage)
+        return RateLimitMiddleware(starlette_app(), enforcer)
 
     def slowapi(middleware: str, headers: bool) -> Callable[[], Any]:
         def build() -> Any:
@@ -123,7 +125,7 @@ def asgi_rows(rates: str) -> dict[str, Callable[[], Any]]:
                 key_func=get_remote_address,
                 default_limits=[peer_rates(rates)],
                 headers_enabled=headers,
-                storage_uri="memory://",
+                storage_uri=storage,
             )
             app.state.limiter = limiter
             app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
@@ -203,13 +205,13 @@ def wsgi_cpu(app: Any, n: int) -> tuple[float, int]:
     return (time.process_time() - started) / n, int(status[0][:3])
 
 
-def wsgi_rows(rates: str) -> dict[str, Callable[[], Any]]:
+def wsgi_rows(rates: str, storage: str) -> dict[str, Callable[[], Any]]:
     def bare() -> Any:
         return flask_app().wsgi_app
 
     def ratekeeper() -> Any:
         app = flask_app()
-        enforcer = Enforcer(loads_policy(rk_policy(rates)))
+        enforcer = Enforcer(loads_policy(rk_policy(rates)), store=storage)
         return RateLimitWSGIMiddleware(app.wsgi_app, enforcer)
 
     def flask_limiter() -> Any:
@@ -222,7 +224,7 @@ def wsgi_rows(rates: str) -> dict[str, Callable[[], Any]]:
             app=app,
             default_limits=[peer_rates(rates)],
             headers_enabled=True,
-            storage_uri="memory://",
+            storage_uri=storage,
         )
         return app.wsgi_app
 
@@ -296,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--requests", type=int, default=0, help="requests per pass")
     parser.add_argument("--repeat", type=int, default=0, help="passes per row (best is kept)")
+    parser.add_argument(
+        "--redis", default="", help="also run every table against this Redis URL (redis://...)"
+    )
     args = parser.parse_args(argv)
     n = args.requests or (300 if args.quick else 5000)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -304,17 +309,20 @@ def main(argv: list[str] | None = None) -> None:
         "overhead = CPU per request minus the bare app's; ratio = overhead / ratekeeper's "
         "overhead; total ratio = CPU per request / ratekeeper's"
     )
-    for verdict, rates in (("allowed", ALLOW), ("rejected", REJECT)):
-        report(
-            f"Starlette (ASGI), every request {verdict}",
-            measure(asgi_rows(rates), asgi_cpu, n, repeat),
-            "ratekeeper RateLimitMiddleware",
-        )
-        report(
-            f"Flask (WSGI), every request {verdict}",
-            measure(wsgi_rows(rates), wsgi_cpu, n, repeat),
-            "ratekeeper RateLimitWSGIMiddleware",
-        )
+    storages = ["memory://", *([args.redis] if args.redis else [])]
+    for storage in storages:
+        where = "memory" if storage == "memory://" else "Redis"
+        for verdict, rates in (("allowed", ALLOW), ("rejected", REJECT)):
+            report(
+                f"Starlette (ASGI), {where}, every request {verdict}",
+                measure(asgi_rows(rates, storage), asgi_cpu, n, repeat),
+                "ratekeeper RateLimitMiddleware",
+            )
+            report(
+                f"Flask (WSGI), {where}, every request {verdict}",
+                measure(wsgi_rows(rates, storage), wsgi_cpu, n, repeat),
+                "ratekeeper RateLimitWSGIMiddleware",
+            )
 
 
 if __name__ == "__main__":
