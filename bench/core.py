@@ -1,6 +1,6 @@
 """Decision speed and memory of ratekeeper beside `limits` and `pyrate-limiter`, in one run.
 
-Run ``.venv/bin/python bench/core.py`` (about 3-5 minutes on 2 cores) or ``--quick`` (a few
+Run ``.venv/bin/python bench/core.py`` (5-10 minutes on 2 shared cores) or ``--quick`` (a few
 seconds, smaller sizes, for a smoke test). Every row enforces the same policy per key,
 ``100/minute; 1000/hour; 10000/day``, and prints one table with ratios against the ratekeeper
 row of the same algorithm family. bench/README.md explains each scenario and column.
@@ -15,7 +15,6 @@ import argparse
 import functools
 import gc
 import json
-import operator
 import os
 import platform
 import statistics
@@ -43,15 +42,15 @@ Decide = Callable[[str], bool]
 class SimClock:
     """Simulated time moved by the harness between batches.
 
-    Reads are C-level calls (``partial(getitem, box, 0)``), as cheap as ``time.time``, so the
+    Reads are C-level calls (``partial(box.__getitem__, 0)``), as cheap as ``time.time``, so the
     clock adds no Python frame to any library's hot path.
     """
 
     def __init__(self, start_s: float = START_S) -> None:
         self._s = [start_s]
         self._ms = [round(start_s * 1000)]
-        self.seconds: Callable[[], float] = functools.partial(operator.getitem, self._s, 0)
-        self.millis: Callable[[], int] = functools.partial(operator.getitem, self._ms, 0)
+        self.seconds: Callable[[], float] = functools.partial(self._s.__getitem__, 0)
+        self.millis: Callable[[], int] = functools.partial(self._ms.__getitem__, 0)
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``."""
@@ -109,10 +108,10 @@ def _limits(strategy: str, all_or_nothing: bool) -> Callable[[SimClock | None], 
         from limits.storage import MemoryStorage
         from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-        real_time = memory_module.time
+        real_time = memory_module.time  # type: ignore[attr-defined]
         if clock is not None:
             # limits reads time.time() inside its memory storage module; this is its only clock.
-            memory_module.time = types.SimpleNamespace(time=clock.seconds)  # type: ignore[assignment]
+            memory_module.time = types.SimpleNamespace(time=clock.seconds)  # type: ignore[attr-defined,assignment]
         storage = MemoryStorage()
         strategy_cls = FixedWindowRateLimiter if strategy == "fixed" else MovingWindowRateLimiter
         limiter = strategy_cls(storage)
@@ -135,9 +134,11 @@ def _limits(strategy: str, all_or_nothing: bool) -> Callable[[SimClock | None], 
                 return hit(minute, key) and hit(hour, key) and hit(day, key)
 
         def close() -> None:
+            # The expiry timer iterates the storage's dicts: let it finish before clearing them.
             storage.timer.cancel()
+            storage.timer.join()
             storage.reset()
-            memory_module.time = real_time
+            memory_module.time = real_time  # type: ignore[attr-defined]
 
         return Built(decide, close)
 
@@ -358,6 +359,11 @@ def measure_memory(memory_id: str, key_count: int, method: str) -> dict[str, Any
             f"memory run for {memory_id!r} failed (exit {done.returncode}): {done.stderr[-2000:]}"
         )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["allowed"] != key_count:
+        raise RuntimeError(
+            f"memory run for {memory_id!r} allowed {result['allowed']} of {key_count} fresh keys,"
+            " expected all: its state would not be what the column claims"
+        )
     return result
 
 
@@ -386,13 +392,12 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render(rows: list[Row], rr_keys: int, memory_note: str) -> str:
+def render(rows: list[Row], memory_title: str) -> str:
     """The one table: latency per scenario, memory, and ratios to the same-family baseline."""
     baseline = {r.contender.family: r for r in rows if r.contender.baseline and not r.missing}
-    rr_title = f"{rr_keys:,} keys round-robin"
     header = (
-        f"{'row':<32} {'fam':<7}|{'hot key, allowed':^21}|{rr_title:^21}|"
-        f"{'hot key, over limit':^14}|{memory_note:^24}| allowed %"
+        f"{'row':<32} {'fam':<7}|{'hot key, allowed':^21}|{'keys round-robin':^21}|"
+        f"{'over limit':^14}|{memory_title:^23}| allowed %"
     )
     sub = (
         f"{'':<32} {'':<7}|{'p50':>6} {'p99':>6} {'x rk':>7}|{'p50':>6} {'p99':>6} {'x rk':>7}|"
@@ -528,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         row.over.add(measure_over(row.contender, over_batches // repeat))
     for row in _alternating(rows, repeat):
         row.rr.add(measure_round_robin(row.contender, rr_keys, rr_rounds))
-    memory_note = "no memory run"
+    memory_title, memory_note = "memory: not run", "memory: not run (--no-memory)"
     if not args.no_memory:
         measured: dict[str, float] = {}
         for row in rows:
@@ -540,17 +545,23 @@ def main(argv: list[str] | None = None) -> int:
                     "bytes_per_key"
                 ]
             row.bytes_per_key = measured[memory_id]
-        memory_note = f"{method}, {memory_keys:,} keys"
+        memory_title = f"memory ({method})"
+        memory_note = (
+            f"memory: {method}, {memory_keys:,} keys each decided once, frozen clock, a fresh"
+            " process per storage layout."
+        )
     elapsed = time.perf_counter() - started
 
     print(f"policy per key: {POLICY} -- {_versions()}")
     print(
-        f"us per decision (p50, p99 of {BATCH}-call batch means); hot allowed: simulated clock"
-        f" +{HOT_STEP_S:g} s per batch; round-robin: {rr_keys:,} keys, real clock; over limit:"
-        " frozen clock. x rk = this row / the ratekeeper row of the same family (>1: slower or"
-        " bigger)."
+        f"latency: us per decision, p50 and p99 of {BATCH}-call batch means, {repeat} pass(es)\n"
+        f"  hot key, allowed: one key, simulated clock +{HOT_STEP_S:g} s after each batch\n"
+        f"  keys round-robin: {rr_keys:,} keys in turn, real clock, first round not timed\n"
+        "  over limit: one key, frozen clock: rejected after its first 100\n"
+        f"{memory_note}\n"
+        "x rk = this row / the ratekeeper row of the same family (>1: slower or bigger)"
     )
-    print(render(rows, rr_keys, memory_note))
+    print(render(rows, memory_title))
     for line in verdicts(rows):
         print(line)
     print(f"done in {elapsed:.0f} s")
