@@ -3,6 +3,9 @@
 Everything public is exported here; submodules are implementation detail.
 """
 
+import importlib
+from typing import Any
+
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.clock import Clock, ManualClock, system_clock
 from ratekeeper.core import decide
@@ -19,10 +22,20 @@ from ratekeeper.limit import Limit, LimitSet
 from ratekeeper.limiter import AsyncLimiter, Limiter
 from ratekeeper.rates import Rate, parse_rate, parse_rates
 from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.fallback import DegradedDecision, FailMode, FallbackStore
 from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.sqlite import SQLiteStore
 from ratekeeper.stores.url import store_from_url
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis store needs the optional redis-py: import it only when asked for.
+    if name in {"RedisStore", "RedisStoreError"}:
+        return getattr(importlib.import_module("ratekeeper.stores.redis"), name)
+    raise AttributeError(f"module 'ratekeeper' has no attribute {name!r}")
+
 
 __all__ = [
     "Algorithm",
@@ -30,6 +43,9 @@ __all__ = [
     "AsyncStore",
     "Clock",
     "Decision",
+    "DegradedDecision",
+    "FailMode",
+    "FallbackStore",
     "Limit",
     "LimitConfigError",
     "LimitSet",
@@ -41,6 +57,9 @@ __all__ = [
     "Rate",
     "RateSyntaxError",
     "RatekeeperError",
+    "RedisStore",
+    "RedisStoreError",
+    "SQLiteStore",
     "Store",
     "StoreError",
     "StoreURLError",
