@@ -116,3 +116,14 @@ def test_cost_zero_peeks_without_charging(algorithm: Algorithm) -> None:
     assert ok
     ok, peeked, remaining, _, _ = limit.step(state, 10.0, limit, 0)
     assert ok and remaining == 3 and peeked == state
+
+
+def test_gcra_burst_at_epoch_scale_times() -> None:
+    # At ~1.8e9 s a float carries ~2.4e-7 s of rounding: the whole burst must still pass and
+    # remaining must count down exactly.
+    limit = lim("300/minute", "gcra", burst=5)
+    state = None
+    for expected_remaining in (4, 3, 2, 1, 0):
+        ok, state, remaining, _, _ = gcra(state, 1_795_370_380.123, limit, 1)
+        assert ok and remaining == expected_remaining
+    assert not gcra(state, 1_795_370_380.123, limit, 1)[0]

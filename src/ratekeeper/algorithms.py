@@ -40,8 +40,10 @@ Step: TypeAlias = tuple[bool, State | None, float, float, float]
 StepFn: TypeAlias = Callable[[State | None, float, "Limit", int], Step]
 
 _INF = math.inf
-# Float slack so that exact arithmetic edges (5 x 0.2 s == 1 s) are not lost to rounding.
-_EPS = 1e-9
+# Float slack so that exact edges (5 x 0.2 s == 1 s) are not lost to rounding. Epoch-scale
+# times (~1.8e9 s) carry about 2.4e-7 s of rounding per operation, so the slack is 1 us in time
+# and a millionth of a request in counts: far above the rounding, far below anything real.
+_EPS = 1e-6
 # A rejected request always waits a little: "retry now" would be a busy loop.
 _MIN_RETRY_S = 1e-6
 
@@ -171,9 +173,9 @@ def gcra(state: State | None, now: float, limit: Limit, cost: int) -> Step:
         tat = now
     new_tat = tat + cost * interval
     if new_tat - now <= capacity_s + _EPS:
-        remaining = int((capacity_s - (new_tat - now)) / interval + _EPS)
+        remaining = int((capacity_s - (new_tat - now) + _EPS) / interval)
         return (True, (new_tat,), remaining, new_tat, 0.0)
-    remaining = max(int((capacity_s - (tat - now)) / interval + _EPS), 0)
+    remaining = max(int((capacity_s - (tat - now) + _EPS) / interval), 0)
     if cost > limit.burst:
         return (False, state, remaining, tat, _INF)
     return (False, state, remaining, tat, max(new_tat - capacity_s - now, _MIN_RETRY_S))
