@@ -82,38 +82,31 @@ _ALIASES = {a.value: a for a in Algorithm} | {
 
 def fixed_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
     """Fixed window aligned to the clock: windows ``[k*P, (k+1)*P)``."""
-    period = limit.period_s
-    start = now - now % period
-    if state is not None and state[0] >= start:
-        start, count = state
-        if now < start:
-            now = start
-    else:
-        count = 0
-    amount = limit.amount
-    if count + cost <= amount:
-        count += cost
-        return (True, (start, count), amount - count, start + period, 0.0)
-    retry = start + period - now if cost <= amount else _INF
-    return (False, state, amount - count, start + period, retry)
+    start = now - now % limit.period_s
+    if state is None or state[0] < start:
+        return _charge_window(state, start, 0, now, limit, cost)
+    start = state[0]
+    return _charge_window(state, start, state[1], now if now > start else start, limit, cost)
 
 
 def first_hit_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
     """Fixed window that starts at the key's first request and lasts ``P``."""
-    period = limit.period_s
-    if state is None or now >= state[0] + period:
-        start = now
-        count: float = 0
-    else:
-        start, count = state
-        if now < start:
-            now = start
+    if state is None or now >= state[0] + limit.period_s:
+        return _charge_window(state, now, 0, now, limit, cost)
+    start = state[0]
+    return _charge_window(state, start, state[1], now if now > start else start, limit, cost)
+
+
+def _charge_window(
+    state: State | None, start: float, count: float, now: float, limit: Limit, cost: int
+) -> Step:
+    """Charge ``cost`` to the window opened at ``start`` that holds ``count`` (both fixed kinds)."""
     amount = limit.amount
+    end = start + limit.period_s
     if count + cost <= amount:
         count += cost
-        return (True, (start, count), amount - count, start + period, 0.0)
-    retry = start + period - now if cost <= amount else _INF
-    return (False, state, amount - count, start + period, retry)
+        return (True, (start, count), amount - count, end, 0.0)
+    return (False, state, amount - count, end, end - now if cost <= amount else _INF)
 
 
 def sliding_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
