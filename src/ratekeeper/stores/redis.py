@@ -86,6 +86,7 @@ _CONNECTION_ERRORS = (RedisError, RedisClusterException, OSError)
 _LEASE_MS = 5000
 # Wait suggested when a decision lost its reservation: another attempt will settle at once.
 _LOST_RETRY_S = 0.001
+_ASYNC_CONNECTIONS = 64
 
 
 class RedisStoreError(StoreError):
@@ -134,7 +135,7 @@ class RedisStore:
         self._target = target
         self._password = password
         self._timeout_s = timeout_s
-        self._plans: dict[str, tuple[tuple[str, ...], int]] = {}
+        self._plans: dict[str, tuple[str, int]] = {}
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._batcher: _Batcher | None = None
@@ -257,41 +258,29 @@ class RedisStore:
         digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
         return f"{self.prefix}:{{{digest}}}:{limit_set.id}"
 
-    def _plan(self, limit_set: LimitSet) -> tuple[tuple[str, ...], int]:
+    def _plan(self, limit_set: LimitSet) -> tuple[str, int]:
         plan = self._plans.get(limit_set.id)
         if plan is None:
             # A key lives as long as its longest-lived limit; +1 ms covers rounding to ms.
-            args = [str(math.ceil(limit_set.ttl_s * 1000) + 1), str(len(limit_set.limits))]
+            words = [str(math.ceil(limit_set.ttl_s * 1000) + 1)]
             for limit in limit_set.limits:
-                args += [
-                    _ALGORITHM_CODES[limit.algorithm],
-                    str(limit.amount),
-                    repr(limit.period_s),
-                    repr(limit.interval_s),
-                    repr(limit.capacity_s),
-                    str(limit.burst),
-                ]
-            plan = self._plans[limit_set.id] = (tuple(args), len(limit_set.limits))
+                code = _ALGORITHM_CODES[limit.algorithm]
+                words.append(f"{code}{limit.amount}/{limit.period_s!r}/{limit.burst}")
+            plan = self._plans[limit_set.id] = (" ".join(words), len(limit_set.limits))
         return plan
 
     def _marshal(
-        self, items: Items, cost: int, now: float, peek: bool, *, op: str, token: str = ""
+        self, items: Items, cost: int, now: float, peek: bool, *, op: str, token: str = "-"
     ) -> tuple[Call, int]:
+        clock = "-" if self.use_server_time else repr(now)
+        pend = "1" if self.cluster else "0"
+        peeks = "1" if peek else "0"
+        args = [f"{op} {cost} {peeks} {pend} {_LEASE_MS} {len(items)} {clock} {token}"]
         keys = []
-        args = [
-            op,
-            "" if self.use_server_time else repr(now),
-            str(cost),
-            "1" if peek else "0",
-            "1" if self.cluster else "0",
-            token,
-            str(_LEASE_MS),
-            str(len(items)),
-        ]
         n_limits = 0
         for limit_set, key in items:
             plan, n = self._plan(limit_set)
-            args.extend(plan)
+            args.append(plan)
             n_limits += n
             keys.append(self._key(limit_set, key))
         if self.cluster:
@@ -357,7 +346,12 @@ class RedisStore:
             # closed; a replayed script can only over-count, never admit more.
             if asynchronous:
                 common["retry"] = AsyncRetry(NoBackoff(), 1)
-                return redis.asyncio.Redis.from_url(url, **common)
+                # Unbatched callers beyond the pool's size wait for a connection instead of
+                # failing with "too many connections".
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    url, max_connections=_ASYNC_CONNECTIONS, timeout=self._timeout_s, **common
+                )
+                return redis.asyncio.Redis(connection_pool=pool)
             common["retry"] = Retry(NoBackoff(), 1)
             return redis.Redis.from_url(url, **common)
         if asynchronous:

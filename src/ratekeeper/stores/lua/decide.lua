@@ -5,39 +5,45 @@
 -- int() truncation), so both give bit-identical results; tests/test_store_redis_lua.py checks it.
 -- Numbers leave the script as "%.17g" strings: Redis would truncate Lua numbers to integers.
 --
--- KEYS: one state key per item; in cluster mode (ARGV[5] == '1') followed by one pending key
+-- KEYS: one state key per item; in cluster mode (pend = '1') followed by one pending key
 --       per item (a sorted set of reservations of cross-slot decisions, see redis.py).
--- ARGV: op, now, cost, peek, pend, token, lease_ms, n_items, then per item:
---       ttl_ms, n_limits, then per limit: algorithm, amount, period, interval, capacity, burst.
+-- ARGV[1]: "op cost peek pend lease_ms n_items now token" (now '-': the server clock, TIME;
+--       otherwise the caller's clock, for tests only; token '-': none);
 --   op  'd' decide (charge unless peek), 'r' reserve (check, record cost as pending),
---       'c' commit (charge reserved cost, drop reservation), 'a' abort (drop reservation)
---   now ''  -> the Redis server clock (TIME); otherwise the caller's clock (tests only)
+--       'c' commit (charge reserved cost, drop reservation), 'a' abort (drop reservation).
+-- ARGV[1 + i]: item i's limits, "ttl_ms" then per limit " <algorithm><amount>/<period>/<burst>".
 -- Reply for 'd'/'r': "<allowed> <now> { <allowed> <remaining> <reset_at> <retry_after> }",
 --       for 'c': "1" when every reservation was still held, else "0"; for 'a': "1".
 -- State value: one segment per limit, each ended by ';', numbers separated by spaces; an empty
 -- segment is a fresh limit.
 
-local EPS = 1e-9
+local EPS = 1e-6
 local MIN_RETRY = 1e-6
 local INF = math.huge
 
-local op = ARGV[1]
-local cost = tonumber(ARGV[3])
-local peek = ARGV[4] == '1'
-local pend = ARGV[5] == '1'
-local token = ARGV[6]
-local lease_ms = tonumber(ARGV[7])
-local n_items = tonumber(ARGV[8])
+-- Few, long arguments: redis-py encodes every argument separately, at a cost per argument.
+local header = {}
+for word in string.gmatch(ARGV[1], '%S+') do
+  header[#header + 1] = word
+end
+local op = header[1]
+local cost = tonumber(header[2])
+local peek = header[3] == '1'
+local pend = header[4] == '1'
+local lease_ms = tonumber(header[5])
+local n_items = tonumber(header[6])
+local clock = header[7]
+local token = header[8]
 
 local server_ms
 local now
-if ARGV[2] == '' or pend then
+if clock == '-' or pend then
   local t = redis.call('TIME')
   server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-if ARGV[2] ~= '' then
-  now = tonumber(ARGV[2])
+if clock ~= '-' then
+  now = tonumber(clock)
 end
 
 -- Python's float.__mod__ (Objects/floatobject.c): fmod, moved to the divisor's sign.
@@ -141,7 +147,7 @@ local function sliding_window(state, t, lim, c, force)
       reset_at = start + 2 * period
     end
     local remaining = trunc(amount - estimate - c + EPS)
-    return true, { start, prev, cur }, math.max(remaining, 0), reset_at, 0.0
+    return true, { start, prev, cur }, remaining, reset_at, 0.0
   end
   local reset_at = start + period
   if cur ~= 0 then
@@ -173,10 +179,10 @@ local function gcra(state, t, lim, c, force)
   end
   local new_tat = tat + c * interval
   if force or new_tat - t <= capacity + EPS then
-    local remaining = trunc((capacity - (new_tat - t)) / interval + EPS)
+    local remaining = trunc((capacity - (new_tat - t) + EPS) / interval)
     return true, { new_tat }, remaining, new_tat, 0.0
   end
-  local remaining = math.max(trunc((capacity - (tat - t)) / interval + EPS), 0)
+  local remaining = math.max(trunc((capacity - (tat - t) + EPS) / interval), 0)
   if c > lim.burst then
     return false, state, remaining, tat, INF
   end
@@ -188,6 +194,10 @@ local STEPS = { f = fixed_window, h = first_hit_window, s = sliding_window, g = 
 local function num(x)
   if x == INF then
     return 'inf'
+  end
+  -- Whole numbers (counts, aligned window starts) print faster as integers, and exactly.
+  if x == math.floor(x) and x > -1e15 and x < 1e15 then
+    return string.format('%d', x)
   end
   return string.format('%.17g', x)
 end
@@ -240,23 +250,23 @@ local function pending_units(pkey)
   return total
 end
 
--- Read the items' limits from ARGV once.
+-- Read the items' limits from ARGV once. interval and capacity are derived exactly as
+-- limit.py derives them (one IEEE division, one product), so they need not travel.
 local items = {}
-local a = 9
 for i = 1, n_items do
-  local item = { ttl_ms = tonumber(ARGV[a]), limits = {} }
-  local n_limits = tonumber(ARGV[a + 1])
-  a = a + 2
-  for j = 1, n_limits do
-    item.limits[j] = {
-      step = STEPS[ARGV[a]],
-      amount = tonumber(ARGV[a + 1]),
-      period = tonumber(ARGV[a + 2]),
-      interval = tonumber(ARGV[a + 3]),
-      capacity = tonumber(ARGV[a + 4]),
-      burst = tonumber(ARGV[a + 5]),
+  local plan = ARGV[1 + i]
+  local ttl_ms, rest = string.match(plan, '^(%d+)(.*)$')
+  local item = { ttl_ms = tonumber(ttl_ms), limits = {} }
+  for code, amount, period, burst in string.gmatch(rest, ' (%a)(%d+)/(%S+)/(%d+)') do
+    local lim = {
+      step = STEPS[code],
+      amount = tonumber(amount),
+      period = tonumber(period),
+      burst = tonumber(burst),
     }
-    a = a + 6
+    lim.interval = lim.period / lim.amount
+    lim.capacity = lim.burst * lim.interval
+    item.limits[#item.limits + 1] = lim
   end
   items[i] = item
 end
