@@ -137,7 +137,8 @@ class FakeUpstream:
 
     ``/ok`` a small JSON answer; ``/echo`` the request head it received, as the body;
     ``/slow`` answers after 3 s; ``/garbage`` writes something that is not HTTP and closes;
-    ``/cut`` promises 1000 bytes, sends 10 and closes; ``/drip`` sends a chunk, waits 1 s,
+    ``/cut`` promises 1000 bytes, sends 10 and closes; ``/cutbig`` the same with 1 MB promised
+    and 128 KiB sent; ``/drip`` sends a chunk, waits 1 s,
     sends another; ``/hop`` answers with hop-by-hop headers that must not reach the client.
     """
 
@@ -209,6 +210,9 @@ class FakeUpstream:
             reply(b'{"slow":true}')
         elif path.startswith("/garbage"):
             conn.sendall(b"this is not HTTP at all\r\n\r\n")
+            return False
+        elif path.startswith("/cutbig"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 131072)
             return False
         elif path.startswith("/cut"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
