@@ -33,3 +33,18 @@ ensure_redis() {
     return 1
   fi
 }
+
+# ensure_nginx: make Debian's nginx available (the gateway tests run it on free loopback ports
+# with a config generated from examples/nginx/ratekeeper.conf; the package's own site is unused).
+ensure_nginx() {
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing nginx (Debian package) for the gateway tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+  else
+    echo "nginx is missing and cannot be installed here (need root + apt-get)" >&2
+    return 1
+  fi
+}

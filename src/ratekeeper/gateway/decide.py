@@ -102,7 +102,7 @@ async def decide(
     status = answer.status
     out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
     body = answer.body
-    if deny_as.isdigit():
+    if deny_as.isdigit() and 400 <= int(deny_as) <= 599:
         out.append((b"x-ratekeeper-status", str(status).encode()))
         text = body.strip()
         if all(b in _PRINTABLE for b in text):

@@ -1,0 +1,244 @@
+"""The decision endpoint, asked the way nginx ``auth_request``, Traefik ForwardAuth and Envoy
+ext_authz ask, and the shipped nginx example (``examples/nginx/ratekeeper.conf``) run by a real
+Debian nginx on free loopback ports: nginx proxies, ratekeeper decides."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway_servers import Process, client, demo_upstream, free_port, serve
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nginx" / "ratekeeper.conf"
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+POLICY = """
+body = "musique"
+apply = ["caller"]
+
+[identity]
+source = "api_key"
+key_headers = ["X-API-Key"]
+anonymous = "ip"
+
+[limits.caller]
+rates = "5/minute"
+
+[limits.busy]
+rates = "1/minute"
+scope = "global"
+status = 503
+
+[limits.envoy]
+rates = "1/minute"
+scope = "global"
+status = 503
+
+[[rules]]
+routes = ["/api/integration/busy"]
+limits = ["busy"]
+
+[[rules]]
+routes = ["/envoy/*"]
+limits = ["envoy"]
+"""
+
+MUSIQUE_429 = re.compile(
+    r'\{"error":\{"code":"rate_limit_exceeded","message":"Rate limit exceeded\. Please retry '
+    r'after (\d+) seconds\.","type":"rate_limit_error","retryAfter":(\d+)\}\}'
+)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("decide")
+
+
+@pytest.fixture(scope="module")
+def upstream(root: Path) -> Iterator[Process]:
+    with demo_upstream("musique", cwd=root) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def ratekeeper(root: Path, upstream: Process) -> Iterator[Process]:
+    policy = root / "policy.toml"
+    policy.write_text(POLICY)
+    with serve(
+        "--config",
+        str(policy),
+        "--trust-proxy",
+        "127.0.0.1",
+        "--upstream",
+        upstream.url,
+        "--store",
+        f"sqlite:///{root / 'decide.db'}",
+        cwd=root,
+    ) as process:
+        yield process
+    assert "Traceback" not in process.output()
+
+
+def port_of(url: str) -> str:
+    return url.rsplit(":", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def nginx(root: Path, ratekeeper: Process, upstream: Process) -> Iterator[str]:
+    if NGINX is None:
+        pytest.skip("nginx is not installed (scripts/test.sh installs Debian's nginx)")
+    port = free_port()
+    site = EXAMPLE.read_text()
+    for default, actual in (
+        ("127.0.0.1:8000", f"127.0.0.1:{port}"),
+        ("127.0.0.1:8080", f"127.0.0.1:{port_of(ratekeeper.url)}"),
+        ("127.0.0.1:9000", f"127.0.0.1:{port_of(upstream.url)}"),
+    ):
+        assert default in site
+        site = site.replace(default, actual)
+    (root / "ratekeeper.conf").write_text(site)
+    temp = "".join(
+        f"    {kind}_temp_path {root / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (root / "nginx.conf").write_text(
+        f"{user}daemon off;\nworker_processes 1;\npid {root / 'nginx.pid'};\n"
+        f"error_log {root / 'error.log'} warn;\nevents {{ worker_connections 512; }}\n"
+        f"http {{\n    access_log off;\n{temp}    include {root / 'ratekeeper.conf'};\n}}\n"
+    )
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.get(url + "/", timeout=1)
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log = (root / "error.log").read_text() if (root / "error.log").exists() else ""
+                raise RuntimeError(
+                    f"nginx did not start: {proc.stdout and proc.stdout.read()}{log}"
+                ) from None
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_nginx_forwards_allowed_requests_with_the_headers(nginx: str) -> None:
+    headers = {"X-API-Key": uuid.uuid4().hex}
+    with client() as http:
+        for n in range(5):
+            r = http.get(nginx + "/api/integration/tracks", headers=headers)
+            assert r.status_code == 200
+            assert r.json()["data"][0]["id"] == "trk_1"
+            assert r.headers["X-RateLimit-Limit"] == "5"
+            assert r.headers["X-RateLimit-Remaining"] == str(4 - n)
+            assert int(r.headers["X-RateLimit-Reset"]) % 60 == 0
+        r = http.get(nginx + "/api/integration/tracks", headers=headers)
+    assert r.status_code == 429
+    assert r.headers["Content-Type"] == "application/json"
+    match = MUSIQUE_429.fullmatch(r.text)
+    assert match is not None, r.text
+    assert match[1] == match[2] == r.headers["Retry-After"]
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_nginx_client_address_comes_from_its_x_forwarded_for(nginx: str) -> None:
+    # No API key: counted per client address, which only nginx (a trusted proxy) can tell.
+    with client("127.0.7.1") as first, client("127.0.7.2") as second:
+        spoof = {"X-Forwarded-For": "198.51.100.1"}
+        codes = [first.get(nginx + "/api/integration/locations").status_code for _ in range(6)]
+        assert codes == [200] * 5 + [429]
+        # A forged X-Forwarded-For from the client does not buy a fresh budget: nginx appends
+        # the real address and ratekeeper takes the rightmost untrusted one.
+        r = first.get(nginx + "/api/integration/locations", headers=spoof)
+        assert r.status_code == 429
+        assert second.get(nginx + "/api/integration/locations").status_code == 200
+
+
+def test_nginx_passes_a_503_refusal_on(nginx: str) -> None:
+    with client() as http:
+        first = http.post(nginx + "/api/integration/busy", headers={"X-API-Key": "b"})
+        second = http.post(nginx + "/api/integration/busy", headers={"X-API-Key": "c"})
+    assert first.status_code == 404  # allowed: the demo has no such endpoint
+    assert second.status_code == 503
+    assert MUSIQUE_429.fullmatch(second.text) is not None
+    assert int(second.headers["Retry-After"]) >= 1
+
+
+def test_traefik_forward_auth_style(ratekeeper: Process) -> None:
+    headers = {
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Uri": "/api/integration/tracks?page=2",
+        "X-Forwarded-Proto": "https",
+        "X-API-Key": uuid.uuid4().hex,
+    }
+    with client() as http:
+        for n in range(5):
+            r = http.get(ratekeeper.url + "/_ratekeeper/decide", headers=headers)
+            assert r.status_code == 200
+            assert r.content == b""
+            assert r.headers["X-RateLimit-Remaining"] == str(4 - n)
+        r = http.get(ratekeeper.url + "/_ratekeeper/decide", headers=headers)
+    # Traefik returns a refusal to the client as it is: status, headers and body.
+    assert r.status_code == 429
+    assert r.headers["Content-Type"] == "application/json"
+    assert MUSIQUE_429.fullmatch(r.text) is not None
+    assert "X-Ratekeeper-Status" not in r.headers
+
+
+def test_envoy_ext_authz_style_path_prefix(ratekeeper: Process) -> None:
+    with client() as http:
+        # Envoy sends the original method and the original path after its path_prefix.
+        first = http.post(ratekeeper.url + "/_ratekeeper/decide/envoy/busy?x=1")
+        second = http.post(ratekeeper.url + "/_ratekeeper/decide/envoy/busy")
+        other = http.get(ratekeeper.url + "/_ratekeeper/decide/envoy/other")
+    assert first.status_code == 200
+    assert second.status_code == 503
+    assert other.status_code == 503  # the rule has no method filter
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored(ratekeeper: Process) -> None:
+    with client("127.0.8.1") as http:
+        codes = [
+            http.get(
+                ratekeeper.url + "/_ratekeeper/decide",
+                headers={"X-Original-URI": "/x", "X-Forwarded-For": f"203.0.113.{n}"},
+            ).status_code
+            for n in range(7)
+        ]
+    assert codes == [200] * 5 + [429] * 2
+
+
+def test_deny_status_for_nginx_carries_the_real_answer(ratekeeper: Process) -> None:
+    headers = {
+        "X-Original-URI": "/api/integration/tracks",
+        "X-Original-Method": "GET",
+        "X-Ratekeeper-Deny-Status": "403",
+        "X-API-Key": uuid.uuid4().hex,
+    }
+    with client() as http:
+        for _ in range(5):
+            assert http.get(ratekeeper.url + "/_ratekeeper/decide", headers=headers).is_success
+        r = http.get(ratekeeper.url + "/_ratekeeper/decide", headers=headers)
+    assert r.status_code == 403
+    assert r.headers["X-Ratekeeper-Status"] == "429"
+    assert MUSIQUE_429.fullmatch(r.headers["X-Ratekeeper-Body"]) is not None
+    assert r.headers["Retry-After"]
