@@ -292,7 +292,7 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, args: list[str], message:
     assert "Traceback" not in result.stderr
 
 
-def test_cli_help_lists_serve() -> None:
+def test_cli_help_lists_serve_and_fetch() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ratekeeper.cli", "--help"],
         check=False,
@@ -300,4 +300,4 @@ def test_cli_help_lists_serve() -> None:
         text=True,
     )
     assert result.returncode == 0
-    assert "serve" in result.stdout
+    assert "serve" in result.stdout and "fetch" in result.stdout

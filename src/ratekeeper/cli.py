@@ -1,4 +1,5 @@
-"""The ``ratekeeper`` command: ``ratekeeper serve ...`` (see ``ratekeeper serve --help``).
+"""The ``ratekeeper`` command: ``ratekeeper serve ...`` and ``ratekeeper fetch ...`` (see
+``ratekeeper COMMAND --help``).
 
 Subcommands import their modules only when run, so ``ratekeeper --help`` works without the
 optional extras installed.
@@ -15,6 +16,7 @@ _USAGE = """usage: ratekeeper COMMAND [options]
 
 commands:
   serve   enforce a policy's rate limits in front of an HTTP API (or a demo API)
+  fetch   fetch URLs politely: paced and retried within the server's rate limits
 
 'ratekeeper COMMAND --help' describes a command's options.
 """
@@ -38,6 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return serve_main(rest)
+    if command == "fetch":
+        try:
+            from ratekeeper.client.fetch import fetch_main  # noqa: PLC0415 (extras)
+        except ImportError as exc:
+            print(
+                f"ratekeeper fetch needs the client extra ({exc.name} is missing): "
+                "pip install 'ratekeeper[client]'",
+                file=sys.stderr,
+            )
+            return 2
+        return fetch_main(rest)
     print(f"ratekeeper: unknown command {command!r}\n\n{_USAGE}", end="", file=sys.stderr)
     return 2
 
