@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,8 +93,13 @@ def _stored(store: RedisStore, limit_set: LimitSet, key: str) -> EntryState | No
     raw = store._client.get(store._key(limit_set, key))
     if raw is None:
         return None
-    segments = raw.decode().split(";")[:-1]
-    return tuple(tuple(float(v) for v in seg.split()) if seg else None for seg in segments)
+    _, state_format, _ = store._plan(limit_set)
+    values = iter(struct.unpack(state_format.decode(), raw))
+    widths = {Algorithm.SLIDING_WINDOW: 3, Algorithm.GCRA: 1}
+    return tuple(
+        tuple(next(values) for _ in range(widths.get(limit.algorithm, 2)))
+        for limit in limit_set.limits
+    )
 
 
 @settings(max_examples=250, deadline=None)

@@ -35,8 +35,10 @@ decision is rejected, so a slow client never over-admits either.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
+import struct
 import uuid
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -66,17 +68,23 @@ __all__ = ["RedisStore", "RedisStoreError"]
 
 Items: TypeAlias = Sequence[tuple[LimitSet, str]]
 # One script call: its keys and its arguments.
-Call: TypeAlias = tuple[list[str], list[str]]
+Call: TypeAlias = tuple[list[str], list[bytes | str]]
 
 SCRIPT = (Path(__file__).parent / "lua" / "decide.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 _ALGORITHM_CODES = {
-    Algorithm.FIXED_WINDOW: "f",
-    Algorithm.FIRST_HIT_WINDOW: "h",
-    Algorithm.SLIDING_WINDOW: "s",
-    Algorithm.GCRA: "g",
+    Algorithm.FIXED_WINDOW: b"f",
+    Algorithm.FIRST_HIT_WINDOW: b"h",
+    Algorithm.SLIDING_WINDOW: b"s",
+    Algorithm.GCRA: b"g",
 }
+# Numbers a limit keeps in its state, by algorithm code (lua/decide.lua's WIDTH).
+_STATE_WIDTH = {b"f": 2, b"h": 2, b"s": 3, b"g": 1}
+# The script's binary arguments; see the top of lua/decide.lua.
+_HEADER = struct.Struct("<cBBHddd")
+_PLAN_HEAD = struct.Struct("<dB")
+_PLAN_LIMIT = struct.Struct("<cddddd")
 _STANDALONE = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
 _CLUSTER = {"redis+cluster": "redis", "valkey+cluster": "redis"}
 _OWN_OPTIONS = {"prefix", "timeout"}
@@ -135,7 +143,7 @@ class RedisStore:
         self._target = target
         self._password = password
         self._timeout_s = timeout_s
-        self._plans: dict[str, tuple[str, int]] = {}
+        self._plans: dict[str, tuple[bytes, bytes, int]] = {}
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._batcher: _Batcher | None = None
@@ -163,7 +171,7 @@ class RedisStore:
             except StopIteration as stop:
                 decision: Decision = stop.value
                 return decision
-        call, n_limits = self._marshal(items, cost, now, peek, op="d")
+        call, n_limits = self._marshal(items, cost, now, peek, op=b"d")
         return _decision(self._eval(call), items, n_limits)
 
     def reset(self, items: Items) -> None:
@@ -207,7 +215,7 @@ class RedisStore:
             except StopIteration as stop:
                 decision: Decision = stop.value
                 return decision
-        call, n_limits = self._marshal(items, cost, now, peek, op="d")
+        call, n_limits = self._marshal(items, cost, now, peek, op=b"d")
         return _decision(await self._eval_async(call), items, n_limits)
 
     async def reset_async(self, items: Items) -> None:
@@ -258,29 +266,43 @@ class RedisStore:
         digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
         return f"{self.prefix}:{{{digest}}}:{limit_set.id}"
 
-    def _plan(self, limit_set: LimitSet) -> tuple[str, int]:
+    def _plan(self, limit_set: LimitSet) -> tuple[bytes, bytes, int]:
         plan = self._plans.get(limit_set.id)
         if plan is None:
             # A key lives as long as its longest-lived limit; +1 ms covers rounding to ms.
-            words = [str(math.ceil(limit_set.ttl_s * 1000) + 1)]
+            ttl_ms = math.ceil(limit_set.ttl_s * 1000) + 1
+            packed = [_PLAN_HEAD.pack(ttl_ms, len(limit_set.limits))]
+            state_format = "<"
             for limit in limit_set.limits:
                 code = _ALGORITHM_CODES[limit.algorithm]
-                words.append(f"{code}{limit.amount}/{limit.period_s!r}/{limit.burst}")
-            plan = self._plans[limit_set.id] = (" ".join(words), len(limit_set.limits))
+                packed.append(
+                    _PLAN_LIMIT.pack(
+                        code,
+                        limit.amount,
+                        limit.period_s,
+                        limit.burst,
+                        limit.interval_s,
+                        limit.capacity_s,
+                    )
+                )
+                state_format += "d" * _STATE_WIDTH[code]
+            plan = (b"".join(packed), state_format.encode(), len(limit_set.limits))
+            self._plans[limit_set.id] = plan
         return plan
 
     def _marshal(
-        self, items: Items, cost: int, now: float, peek: bool, *, op: str, token: str = "-"
+        self, items: Items, cost: int, now: float, peek: bool, *, op: bytes, token: str = "-"
     ) -> tuple[Call, int]:
-        clock = "-" if self.use_server_time else repr(now)
-        pend = "1" if self.cluster else "0"
-        peeks = "1" if peek else "0"
-        args = [f"{op} {cost} {peeks} {pend} {_LEASE_MS} {len(items)} {clock} {token}"]
+        clock = math.nan if self.use_server_time else now
+        args: list[bytes | str] = [
+            _HEADER.pack(op, peek, self.cluster, len(items), cost, _LEASE_MS, clock),
+            token,
+        ]
         keys = []
         n_limits = 0
         for limit_set, key in items:
-            plan, n = self._plan(limit_set)
-            args.append(plan)
+            plan, state_format, n = self._plan(limit_set)
+            args += (plan, state_format)
             n_limits += n
             keys.append(self._key(limit_set, key))
         if self.cluster:
@@ -297,11 +319,11 @@ class RedisStore:
             slots.setdefault(key_slot(self._key(limit_set, key).encode()), []).append(index)
         groups = list(slots.values())
         if len(groups) == 1:
-            call, n_limits = self._marshal(items, cost, now, peek, op="d")
+            call, n_limits = self._marshal(items, cost, now, peek, op=b"d")
             (reply,) = yield [call]
             return _decision(reply, items, n_limits)
         token = uuid.uuid4().hex
-        op = "d" if peek else "r"
+        op = b"d" if peek else b"r"
         parts = [[items[i] for i in group] for group in groups]
         marshalled = [self._marshal(part, cost, now, peek, op=op, token=token) for part in parts]
         replies = yield [call for call, _ in marshalled]
@@ -310,11 +332,11 @@ class RedisStore:
         if not peek:
             if allowed:
                 ops = [
-                    self._marshal(part, cost, now, False, op="c", token=token)[0] for part in parts
+                    self._marshal(part, cost, now, False, op=b"c", token=token)[0] for part in parts
                 ]
             else:
                 ops = [
-                    self._marshal(part, cost, now, False, op="a", token=token)[0]
+                    self._marshal(part, cost, now, False, op=b"a", token=token)[0]
                     for part, p in zip(parts, parsed, strict=True)
                     if p[0]
                 ]
@@ -434,16 +456,21 @@ class _Batcher:
 
 def _parse(reply: bytes, n_limits: int) -> tuple[bool, float, list[Step], float]:
     """A script reply -> (allowed, server now, per-limit steps, largest rejecting wait)."""
-    parts = reply.split(b" ")
+    values = _reply_struct(n_limits).unpack(reply)
     results: list[Step] = []
     retry = 0.0
     for i in range(2, 2 + 4 * n_limits, 4):
-        ok = parts[i] == b"1"
-        wait = float(parts[i + 3])
+        ok = values[i] == 1.0
+        wait = values[i + 3]
         if not ok and wait > retry:
             retry = wait
-        results.append((ok, None, int(parts[i + 1]), float(parts[i + 2]), wait))
-    return parts[0] == b"1", float(parts[1]), results, retry
+        results.append((ok, None, values[i + 1], values[i + 2], wait))
+    return values[0] == 1.0, values[1], results, retry
+
+
+@functools.cache
+def _reply_struct(n_limits: int) -> struct.Struct:
+    return struct.Struct(f"<{2 + 4 * n_limits}d")
 
 
 def _decision(reply: bytes, items: Items, n_limits: int) -> Decision:

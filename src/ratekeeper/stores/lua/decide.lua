@@ -3,47 +3,45 @@
 -- This is the second home of src/ratekeeper/algorithms.py: every step below mirrors its Python
 -- twin operation for operation (same order of float operations, Python's float modulo,
 -- int() truncation), so both give bit-identical results; tests/test_store_redis_lua.py checks it.
--- Numbers leave the script as "%.17g" strings: Redis would truncate Lua numbers to integers.
+-- Numbers travel and rest as little-endian IEEE doubles (struct): exact both ways, and far
+-- cheaper than formatting and parsing text (Redis would truncate Lua numbers in a reply).
 --
--- KEYS: one state key per item; in cluster mode (pend = '1') followed by one pending key
+-- KEYS: one state key per item; in cluster mode (pend = 1) followed by one pending key
 --       per item (a sorted set of reservations of cross-slot decisions, see redis.py).
--- ARGV[1]: "op cost peek pend lease_ms n_items now token" (now '-': the server clock, TIME;
---       otherwise the caller's clock, for tests only; token '-': none);
+-- ARGV[1]: header "<c1 B B H d d d": op, peek, pend, n_items, cost, lease_ms, now (NaN: the
+--       server clock, TIME; otherwise the caller's clock, for tests only);
 --   op  'd' decide (charge unless peek), 'r' reserve (check, record cost as pending),
 --       'c' commit (charge reserved cost, drop reservation), 'a' abort (drop reservation).
--- ARGV[1 + i]: item i's limits, "ttl_ms" then per limit " <algorithm><amount>/<period>/<burst>".
--- Reply for 'd'/'r': "<allowed> <now> { <allowed> <remaining> <reset_at> <retry_after> }",
---       for 'c': "1" when every reservation was still held, else "0"; for 'a': "1".
--- State value: one segment per limit, each ended by ';', numbers separated by spaces; an empty
--- segment is a fresh limit.
+-- ARGV[2]: the reservation token ('-': none).
+-- ARGV[1 + 2i]: item i's plan "<d B" ttl_ms, n_limits, then per limit "<c1 d d d d d":
+--       algorithm code, amount, period, burst, interval, capacity (as limit.py derived them);
+-- ARGV[2 + 2i]: item i's state format, e.g. "<ddd" (2 numbers per fixed window, 3 per sliding
+--       window, 1 per GCRA, in the order of the limits).
+-- State value: the struct of all limits' numbers in that format; no key means every limit is
+-- fresh (a decision charges all limits of an item or none, so there is no partial state).
+-- Reply for 'd'/'r': "<d d" allowed, now, then per limit "<d d d d" allowed, remaining,
+--       reset_at, retry_after; for 'c': "1" when every reservation was still held, else "0";
+--       for 'a': "1".
 
 local EPS = 1e-6
 local MIN_RETRY = 1e-6
 local INF = math.huge
+local spack = struct.pack
+local sunpack = struct.unpack
+local call = redis.call
 
--- Few, long arguments: redis-py encodes every argument separately, at a cost per argument.
-local header = {}
-for word in string.gmatch(ARGV[1], '%S+') do
-  header[#header + 1] = word
-end
-local op = header[1]
-local cost = tonumber(header[2])
-local peek = header[3] == '1'
-local pend = header[4] == '1'
-local lease_ms = tonumber(header[5])
-local n_items = tonumber(header[6])
-local clock = header[7]
-local token = header[8]
+local op, peek, pend, n_items, cost, lease_ms, now = sunpack('<c1BBHddd', ARGV[1])
+peek = peek == 1
+pend = pend == 1
+local token = ARGV[2]
 
 local server_ms
-local now
-if clock == '-' or pend then
-  local t = redis.call('TIME')
+if now ~= now or pend then
+  local t = call('TIME')
   server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-if clock ~= '-' then
-  now = tonumber(clock)
+  if now ~= now then
+    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
 end
 
 -- Python's float.__mod__ (Objects/floatobject.c): fmod, moved to the divisor's sign.
@@ -65,79 +63,66 @@ local function trunc(x)
   return math.ceil(x)
 end
 
--- Each step returns allowed, new_state (the state as charged; set even when rejected if
--- force is true, for commits), remaining, reset_at, retry_after.
+-- Every step takes the limit's stored numbers (s1, s2, s3; nil when fresh, unused ones
+-- ignored), the time, the limit and the cost, and returns allowed, the new numbers (as
+-- charged; even on rejection when force is true, for commits), remaining, reset_at,
+-- retry_after. Plain values, not tables: a decision allocates next to nothing.
 
-local function fixed_window(state, t, lim, c, force)
-  local period = lim.period
+local function window_charge(start, count, t, amount, period, c, force)
+  local reset_at = start + period
+  if force or count + c <= amount then
+    count = count + c
+    return true, start, count, nil, amount - count, reset_at, 0.0
+  end
+  local retry = INF
+  if c <= amount then
+    retry = reset_at - t
+  end
+  return false, nil, nil, nil, amount - count, reset_at, retry
+end
+
+local function fixed_window(s1, s2, _, t, amount, period, _, _, _, c, force)
   local start = t - pymod(t, period)
   local count = 0.0
-  if state ~= nil and state[1] >= start then
-    start = state[1]
-    count = state[2]
+  if s1 ~= nil and s1 >= start then
+    start = s1
+    count = s2
     if t < start then
       t = start
     end
   end
-  local amount = lim.amount
-  local reset_at = start + period
-  if force or count + c <= amount then
-    count = count + c
-    return true, { start, count }, amount - count, reset_at, 0.0
-  end
-  local retry = INF
-  if c <= amount then
-    retry = reset_at - t
-  end
-  return false, state, amount - count, reset_at, retry
+  return window_charge(start, count, t, amount, period, c, force)
 end
 
-local function first_hit_window(state, t, lim, c, force)
-  local period = lim.period
-  local start
-  local count
-  if state == nil or t >= state[1] + period then
-    start = t
-    count = 0.0
-  else
-    start = state[1]
-    count = state[2]
+local function first_hit_window(s1, s2, _, t, amount, period, _, _, _, c, force)
+  local start = t
+  local count = 0.0
+  if s1 ~= nil and t < s1 + period then
+    start = s1
+    count = s2
     if t < start then
       t = start
     end
   end
-  local amount = lim.amount
-  local reset_at = start + period
-  if force or count + c <= amount then
-    count = count + c
-    return true, { start, count }, amount - count, reset_at, 0.0
-  end
-  local retry = INF
-  if c <= amount then
-    retry = reset_at - t
-  end
-  return false, state, amount - count, reset_at, retry
+  return window_charge(start, count, t, amount, period, c, force)
 end
 
-local function sliding_window(state, t, lim, c, force)
-  local period = lim.period
+local function sliding_window(s1, s2, s3, t, amount, period, _, _, _, c, force)
   local start = t - pymod(t, period)
   local prev = 0.0
   local cur = 0.0
-  if state ~= nil then
-    local stored = state[1]
-    if stored >= start then
-      start = stored
-      prev = state[2]
-      cur = state[3]
+  if s1 ~= nil then
+    if s1 >= start then
+      start = s1
+      prev = s2
+      cur = s3
       if t < start then
         t = start
       end
-    elseif start - stored < 1.5 * period then
-      prev = state[3]
+    elseif start - s1 < 1.5 * period then
+      prev = s3
     end
   end
-  local amount = lim.amount
   local elapsed = t - start
   local estimate = prev * (period - elapsed) / period + cur
   if force or estimate + c <= amount + EPS then
@@ -146,8 +131,7 @@ local function sliding_window(state, t, lim, c, force)
     if cur ~= 0 then
       reset_at = start + 2 * period
     end
-    local remaining = trunc(amount - estimate - c + EPS)
-    return true, { start, prev, cur }, remaining, reset_at, 0.0
+    return true, start, prev, cur, trunc(amount - estimate - c + EPS), reset_at, 0.0
   end
   local reset_at = start + period
   if cur ~= 0 then
@@ -155,7 +139,7 @@ local function sliding_window(state, t, lim, c, force)
   end
   local remaining = math.max(trunc(amount - estimate + EPS), 0)
   if c > amount then
-    return false, state, remaining, reset_at, INF
+    return false, nil, nil, nil, remaining, reset_at, INF
   end
   local room = amount - c - cur
   local retry
@@ -164,120 +148,106 @@ local function sliding_window(state, t, lim, c, force)
   else
     retry = period - elapsed + period * (1.0 - (amount - c) / cur)
   end
-  return false, state, remaining, reset_at, math.max(retry, MIN_RETRY)
+  return false, nil, nil, nil, remaining, reset_at, math.max(retry, MIN_RETRY)
 end
 
-local function gcra(state, t, lim, c, force)
-  local interval = lim.interval
-  local capacity = lim.capacity
+local function gcra(s1, _, _, t, _, _, burst, interval, capacity, c, force)
   local tat = t
-  if state ~= nil then
-    tat = state[1]
-  end
-  if tat < t then
-    tat = t
+  if s1 ~= nil and s1 > t then
+    tat = s1
   end
   local new_tat = tat + c * interval
   if force or new_tat - t <= capacity + EPS then
     local remaining = trunc((capacity - (new_tat - t) + EPS) / interval)
-    return true, { new_tat }, remaining, new_tat, 0.0
+    return true, new_tat, nil, nil, remaining, new_tat, 0.0
   end
   local remaining = math.max(trunc((capacity - (tat - t) + EPS) / interval), 0)
-  if c > lim.burst then
-    return false, state, remaining, tat, INF
+  if c > burst then
+    return false, nil, nil, nil, remaining, tat, INF
   end
-  return false, state, remaining, tat, math.max(new_tat - capacity - t, MIN_RETRY)
+  return false, nil, nil, nil, remaining, tat, math.max(new_tat - capacity - t, MIN_RETRY)
 end
 
 local STEPS = { f = fixed_window, h = first_hit_window, s = sliding_window, g = gcra }
-
-local function num(x)
-  if x == INF then
-    return 'inf'
-  end
-  -- Whole numbers (counts, aligned window starts) print faster as integers, and exactly.
-  if x == math.floor(x) and x > -1e15 and x < 1e15 then
-    return string.format('%d', x)
-  end
-  return string.format('%.17g', x)
-end
-
-local function parse_state(raw)
-  local states = {}
-  if raw then
-    local i = 0
-    for segment in string.gmatch(raw, '([^;]*);') do
-      i = i + 1
-      if segment ~= '' then
-        local values = {}
-        for v in string.gmatch(segment, '%S+') do
-          values[#values + 1] = tonumber(v)
-        end
-        states[i] = values
-      end
-    end
-  end
-  return states
-end
-
-local function format_state(states, n)
-  local out = {}
-  for i = 1, n do
-    local st = states[i]
-    if st then
-      local parts = {}
-      for j = 1, #st do
-        parts[j] = num(st[j])
-      end
-      out[i] = table.concat(parts, ' ') .. ';'
-    else
-      out[i] = ';'
-    end
-  end
-  return table.concat(out)
-end
+local WIDTH = { f = 2, h = 2, s = 3, g = 1 }
 
 -- Pending (reserved, not yet committed) units of an item; drops expired reservations.
 local function pending_units(pkey)
-  if redis.call('EXISTS', pkey) == 0 then
+  if call('EXISTS', pkey) == 0 then
     return 0
   end
-  redis.call('ZREMRANGEBYSCORE', pkey, '-inf', server_ms)
+  call('ZREMRANGEBYSCORE', pkey, '-inf', server_ms)
   local total = 0
-  for _, member in ipairs(redis.call('ZRANGE', pkey, 0, -1)) do
+  for _, member in ipairs(call('ZRANGE', pkey, 0, -1)) do
     total = total + tonumber(string.match(member, '^(%d+):'))
   end
   return total
-end
-
--- Read the items' limits from ARGV once. interval and capacity are derived exactly as
--- limit.py derives them (one IEEE division, one product), so they need not travel.
-local items = {}
-for i = 1, n_items do
-  local plan = ARGV[1 + i]
-  local ttl_ms, rest = string.match(plan, '^(%d+)(.*)$')
-  local item = { ttl_ms = tonumber(ttl_ms), limits = {} }
-  for code, amount, period, burst in string.gmatch(rest, ' (%a)(%d+)/(%S+)/(%d+)') do
-    local lim = {
-      step = STEPS[code],
-      amount = tonumber(amount),
-      period = tonumber(period),
-      burst = tonumber(burst),
-    }
-    lim.interval = lim.period / lim.amount
-    lim.capacity = lim.burst * lim.interval
-    item.limits[#item.limits + 1] = lim
-  end
-  items[i] = item
 end
 
 local member = cost .. ':' .. token
 
 if op == 'a' then
   for i = 1, n_items do
-    redis.call('ZREM', KEYS[n_items + i], member)
+    call('ZREM', KEYS[n_items + i], member)
   end
   return '1'
+end
+
+-- Steps every limit of item i on its stored state with cost c (plus extra pending units for
+-- the verdict), appends the reply to out, and returns whether all allowed and the new state.
+local function step_item(i, c, extra, force, out)
+  local plan = ARGV[1 + 2 * i]
+  local fmt = ARGV[2 + 2 * i]
+  local raw = call('GET', KEYS[i])
+  local state = {}
+  if raw then
+    state = { sunpack(fmt, raw) }
+  end
+  local ttl_ms, n_limits, pos = sunpack('<dB', plan)
+  local at = 0
+  local new = {}
+  local all_ok = true
+  for _ = 1, n_limits do
+    local code, amount, period, burst, interval, capacity
+    code, amount, period, burst, interval, capacity, pos = sunpack('<c1ddddd', plan, pos)
+    local step = STEPS[code]
+    local s1, s2, s3 = state[at + 1], state[at + 2], state[at + 3]
+    local ok, n1, n2, n3, remaining, reset_at, retry =
+      step(s1, s2, s3, now, amount, period, burst, interval, capacity, c + extra, force)
+    if extra > 0 then
+      if ok then
+        -- The verdict counts the pending units; the state is charged with this cost only.
+        ok, n1, n2, n3 = step(s1, s2, s3, now, amount, period, burst, interval, capacity, c)
+      elseif retry == INF then
+        -- Only the pending units make it impossible; they settle within a round trip.
+        local plain_ok, _, _, _, _, _, plain_retry =
+          step(s1, s2, s3, now, amount, period, burst, interval, capacity, c)
+        if plain_ok or plain_retry ~= INF then
+          retry = math.max(plain_retry, 0.001)
+        end
+      end
+    end
+    local width = WIDTH[code]
+    at = at + width
+    if ok then
+      new[#new + 1] = n1
+      if width > 1 then
+        new[#new + 1] = n2
+        if width > 2 then
+          new[#new + 1] = n3
+        end
+      end
+    else
+      all_ok = false
+    end
+    if out then
+      out[#out + 1] = spack('<dddd', ok and 1 or 0, remaining, reset_at, retry)
+    end
+  end
+  if all_ok then
+    return true, spack(fmt, unpack(new)), ttl_ms
+  end
+  return false
 end
 
 if op == 'c' then
@@ -288,18 +258,12 @@ if op == 'c' then
     local key = KEYS[i]
     if not done[key] then
       done[key] = true
-      if redis.call('ZREM', KEYS[n_items + i], member) == 0 then
+      if call('ZREM', KEYS[n_items + i], member) == 0 then
         held = false
       end
       -- Charge even a lost reservation: over-counting is the safe side.
-      local states = parse_state(redis.call('GET', key))
-      local limits = items[i].limits
-      local new_states = {}
-      for j = 1, #limits do
-        local _, charged = limits[j].step(states[j], now, limits[j], cost, true)
-        new_states[j] = charged
-      end
-      redis.call('SET', key, format_state(new_states, #limits), 'PX', items[i].ttl_ms)
+      local _, value, ttl_ms = step_item(i, cost, 0, true, nil)
+      call('SET', key, value, 'PX', ttl_ms)
     end
   end
   if held then
@@ -311,62 +275,34 @@ end
 -- 'd' and 'r': every verdict on the old states, then charge all or nothing.
 local out = {}
 local allowed = true
-local entries = {}
+local values = {}
+local ttls = {}
 for i = 1, n_items do
-  local states = parse_state(redis.call('GET', KEYS[i]))
   local extra = 0
   if pend then
     extra = pending_units(KEYS[n_items + i])
   end
-  local limits = items[i].limits
-  local new_states = {}
-  for j = 1, #limits do
-    local lim = limits[j]
-    local ok, new_state, remaining, reset_at, retry = lim.step(states[j], now, lim, cost + extra)
-    if extra > 0 then
-      if ok then
-        -- The verdict counts the pending units; the state is charged with this cost only.
-        local _, charged = lim.step(states[j], now, lim, cost)
-        new_state = charged
-      elseif retry == INF then
-        -- Only the pending units make it impossible; they settle within a round trip.
-        local plain_ok, _, _, _, plain_retry = lim.step(states[j], now, lim, cost)
-        if plain_ok or plain_retry ~= INF then
-          retry = math.max(plain_retry, 0.001)
-        end
-      end
-    end
-    if ok then
-      out[#out + 1] = '1'
-      new_states[j] = new_state
-    else
-      out[#out + 1] = '0'
-      allowed = false
-    end
-    out[#out + 1] = num(remaining)
-    out[#out + 1] = num(reset_at)
-    out[#out + 1] = num(retry)
+  local ok, value, ttl_ms = step_item(i, cost, extra, false, out)
+  if ok then
+    values[i] = value
+    ttls[i] = ttl_ms
+  else
+    allowed = false
   end
-  entries[i] = new_states
 end
 
 if allowed and not peek then
   if op == 'd' then
     for i = 1, n_items do
-      local n = #items[i].limits
-      redis.call('SET', KEYS[i], format_state(entries[i], n), 'PX', items[i].ttl_ms)
+      call('SET', KEYS[i], values[i], 'PX', ttls[i])
     end
   else
     for i = 1, n_items do
       local pkey = KEYS[n_items + i]
-      redis.call('ZADD', pkey, server_ms + lease_ms, member)
-      redis.call('PEXPIRE', pkey, lease_ms)
+      call('ZADD', pkey, server_ms + lease_ms, member)
+      call('PEXPIRE', pkey, lease_ms)
     end
   end
 end
 
-local head = '0 '
-if allowed then
-  head = '1 '
-end
-return head .. num(now) .. ' ' .. table.concat(out, ' ')
+return spack('<dd', allowed and 1 or 0, now) .. table.concat(out)
