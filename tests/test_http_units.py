@@ -111,16 +111,28 @@ class BrokenStore:
         pass
 
 
-@pytest.mark.parametrize(("mode", "status"), [("allow", None), ("reject", 503), ("memory", None)])
+@pytest.mark.parametrize(
+    ("mode", "status"),
+    [
+        ("allow", None),
+        ("reject", 503),
+        ("memory", None),
+        ("fail_open", None),
+        ("fail-closed", 503),
+        ("fallback", None),
+    ],
+)
 def test_store_failure_modes(mode: str, status: int | None) -> None:
     text = f'on_store_error = "{mode}"\n' + AISOULE
     enforcer = Enforcer(loads_policy(text), store=BrokenStore(), clock=ManualClock())
     ticket = enforcer.admit(view({"authorization": "Bearer sk"}))
     assert (ticket.answer.status if ticket.answer else None) == status
     assert enforcer.metrics.value("ratekeeper_store_errors_total") == 1
-    fallback = enforcer.metrics.value("ratekeeper_fallback_active")
-    assert fallback == (1.0 if mode == "memory" else 0.0)
-    if mode == "memory":
+    assert enforcer.metrics.value("ratekeeper_store_outages_total") == 1
+    assert enforcer.metrics.value("ratekeeper_fallback_active") == 1
+    if status is None and mode not in ("memory", "fallback"):
+        assert ticket.headers == []  # failing open: no invented counts
+    if mode in ("memory", "fallback"):
         assert ticket.headers[0] == ("X-RateLimit-Limit", "2")
         enforcer.admit(view({"authorization": "Bearer sk"}))
         third = enforcer.admit(view({"authorization": "Bearer sk"}))

@@ -8,6 +8,10 @@ all-or-nothing decision and returns a :class:`Ticket`: either a finished :class:
 (rejection, usage document, cached response) or the headers to add to the app's own answer.
 After the app has answered, :meth:`Enforcer.complete` records failed authentications for the
 lockout and stores cacheable responses.
+
+The store is wrapped in a :class:`~ratekeeper.stores.fallback.FallbackStore`, which applies the
+policy's ``on_store_error`` while the store is down, logs one line per outage and per recovery,
+and probes for the store's return; the flow only has to tell its degraded decisions apart.
 """
 
 from __future__ import annotations
@@ -23,33 +27,29 @@ from typing import Any, TypeAlias
 
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
-from ratekeeper.errors import PolicyError, RatekeeperError, StoreError
+from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.http.cache import CachedResponse, ResponseCache, cacheable_headers
 from ratekeeper.http.headers import limit_names, rate_headers, retry_after_headers, retry_after_s
 from ratekeeper.http.identity import RequestView
 from ratekeeper.http.metrics import Metrics
 from ratekeeper.http.usage import usage_document
 from ratekeeper.limit import LimitSet
-from ratekeeper.limiter import AsyncLimiter, Limiter
 from ratekeeper.policy import compile_policy, load_policy
 from ratekeeper.policy.plan import CompiledRule, Plan
 from ratekeeper.policy.schema import Policy
-from ratekeeper.stores.base import AsyncStore, Store
-from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.base import AsyncStore, Items, Store
+from ratekeeper.stores.fallback import DegradedDecision, DualStore, FailMode, FallbackStore
 from ratekeeper.stores.url import mask_url, store_from_url
 
 __all__ = ["Answer", "Enforcer", "Ticket"]
 
 log = logging.getLogger("ratekeeper.http")
 
-Items: TypeAlias = tuple[tuple[LimitSet, str], ...]
+Pairs: TypeAlias = tuple[tuple[LimitSet, str], ...]
 # (peek?, items, cost): what the flow asks a driver to run against the store.
-Op: TypeAlias = tuple[bool, Items, int]
-Flow: TypeAlias = Generator[Op, Decision | None, "Ticket"]
-After: TypeAlias = Generator[Op, Decision | None, None]
-
-# How long decisions stay on the in-memory fallback before the real store is tried again.
-_FALLBACK_RETRY_S = 5.0
+Op: TypeAlias = tuple[bool, Pairs, int]
+Flow: TypeAlias = Generator[Op, Decision, "Ticket"]
+After: TypeAlias = Generator[Op, Decision, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,11 @@ class Enforcer:
     """A compiled policy bound to a store, a clock and metrics.
 
     ``policy`` may be a path, a :class:`Policy` or a compiled :class:`Plan`. ``store`` (an
-    instance or URL) overrides the policy's ``store``.
+    instance or URL) overrides the policy's ``store``; ``fallback`` is the
+    :class:`FallbackStore` that decisions go through (``.degraded``, ``.outages``).
     """
+
+    store: Store | AsyncStore
 
     def __init__(
         self,
@@ -105,21 +108,19 @@ class Enforcer:
         if store is None or isinstance(store, str):
             url = store or spec.store
             try:
-                store = store_from_url(url)
+                self.store = store_from_url(url)
             except (StoreError, ImportError) as exc:
                 raise PolicyError(
                     f"{spec.source}: store: expected a usable store URL: {exc}"
                 ) from (None)
             log.debug("policy %s uses store %s", spec.source, mask_url(url))
-        self.store = store
+        else:
+            self.store = store
         self.clock = clock
-        self.limiter = Limiter(store, clock=clock) if isinstance(store, Store) else None
-        self.async_limiter = (
-            AsyncLimiter(store, clock=clock) if isinstance(store, AsyncStore) else None
-        )
+        self._synchronous = isinstance(self.store, Store)
+        self.fallback = FallbackStore(_both_faces(self.store), spec.on_store_error)
         self.metrics = Metrics(spec.metrics)
-        self._fallback: Limiter | None = None
-        self._fallback_until = 0.0
+        self.metrics.watch_store(self.fallback)
         self._in_flight: dict[str, int] = {}
         self._in_flight_lock = threading.Lock()
         self.cache = ResponseCache(
@@ -136,7 +137,6 @@ class Enforcer:
         self._routes = plan.routes
         self._identify = plan.identifier.identify
         self._status_of = plan.status_of
-        self._on_store_error = spec.on_store_error
         self._key_names = " or ".join(
             "Authorization: Bearer" if h == "authorization" else h
             for h in plan.identifier.key_headers
@@ -181,8 +181,8 @@ class Enforcer:
         ):
             lock_key = caller.keys[lockout.scope]
             ticket.lock_key = lock_key
-            locked = yield (True, ((lockout.lock, lock_key),), 1)
-            if locked is not None and locked.states[0].remaining == 0:
+            locked = yield (True, ((lockout.lock, lock_key),), 0)
+            if locked.states[0].remaining == 0 and _counted(locked):
                 self.metrics.count(rule.name, "lockout", "rejected")
                 wait = max(1, int(-(-(locked.states[0].reset_at - locked.now) // 1)))
                 return _answer(
@@ -207,7 +207,7 @@ class Enforcer:
         cost = rule.cost
         if shadow:
             shadowed = yield (False, tuple([(ls, keys[scope]) for ls, scope in shadow]), cost)
-            if shadowed is not None and not shadowed.allowed:
+            if not shadowed.allowed and _counted(shadowed):
                 zone = shadowed.binding.limit_set
                 self.metrics.count(rule.name, zone, "shadow_rejected")
                 log.info(
@@ -218,19 +218,23 @@ class Enforcer:
                     zone,
                     shadowed.retry_after_s,
                 )
-        decision = None
+        decision: Decision | None = None
         if enforced:
             decision = yield (False, tuple([(ls, keys[scope]) for ls, scope in enforced]), cost)
-            if decision is None:
-                if self._on_store_error == "reject":
+            if not _counted(decision):
+                if not decision.allowed:
                     self._leave(ticket.held)
+                    self.metrics.count(rule.name, "", "store_unavailable")
                     return _answer(
                         503,
-                        [("Retry-After", "1")],
+                        retry_after_headers(retry_after_s(decision)),
                         self.plan.body.error(
                             503, "store_unavailable", "Rate limiting is unavailable; retry shortly."
                         ),
                     )
+                # Failing open: the counts of a fresh key would be made up, so no headers.
+                self.metrics.count(rule.name, "", "unchecked")
+                decision = None
             elif not decision.allowed:
                 self._leave(ticket.held)
                 return self._rejected(rule, decision)
@@ -313,7 +317,7 @@ class Enforcer:
         if lockout is None or ticket.lock_key is None or status not in lockout.statuses:
             return
         failed = yield (False, ((lockout.failures, ticket.lock_key),), 1)
-        if failed is not None and (not failed.allowed or failed.remaining == 0):
+        if _counted(failed) and (not failed.allowed or failed.remaining == 0):
             yield (False, ((lockout.lock, ticket.lock_key),), 1)
 
     def store_response(
@@ -326,48 +330,23 @@ class Enforcer:
 
     # -- drivers ---------------------------------------------------------------------------
 
-    def _failed(self, op: Op, exc: Exception) -> Decision | None:
-        if isinstance(exc, RatekeeperError) and not isinstance(exc, StoreError):
-            raise exc
-        self.metrics.store_error()
-        log.warning("store %r failed: %s", self.store, exc)
-        if self._on_store_error != "memory":
-            return None
-        if self._fallback is None:
-            self._fallback = Limiter(MemoryStore(), clock=self.clock)
-        self._fallback_until = time.monotonic() + _FALLBACK_RETRY_S
-        self.metrics.fallback(True)
-        return _run(self._fallback, op)
-
-    def _run_sync(self, op: Op) -> Decision | None:
-        if self._fallback is not None:
-            if time.monotonic() < self._fallback_until:
-                return _run(self._fallback, op)
-            self.metrics.fallback(False)
-            self._fallback = None
+    def _run_sync(self, op: Op) -> Decision:
+        if not self._synchronous:
+            raise PolicyError(
+                f"store {self.store!r} has no synchronous interface: use the ASGI middleware"
+            )
+        peek, items, cost = op
         started = time.perf_counter()
-        try:
-            if self.limiter is not None:
-                result = _run(self.limiter, op)
-            else:
-                raise PolicyError(f"store {self.store!r} has no synchronous interface")
-        except Exception as exc:
-            return self._failed(op, exc)
+        decision = self.fallback.decide(items, cost, self.clock(), peek=peek)
         self.metrics.store_latency(time.perf_counter() - started)
-        return result
+        return decision
 
-    async def _run_async(self, op: Op) -> Decision | None:
-        limiter = self.async_limiter
-        if limiter is None or self._fallback is not None:
-            return self._run_sync(op)
+    async def _run_async(self, op: Op) -> Decision:
+        peek, items, cost = op
         started = time.perf_counter()
-        try:
-            peek, items, cost = op
-            result = await (limiter.peek_many(items) if peek else limiter.hit_many(items, cost))
-        except Exception as exc:
-            return self._failed(op, exc)
+        decision = await self.fallback.decide_async(items, cost, self.clock(), peek=peek)
         self.metrics.store_latency(time.perf_counter() - started)
-        return result
+        return decision
 
     def admit(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
         """Run admission synchronously (WSGI); ``rule`` replaces route matching."""
@@ -416,9 +395,71 @@ class Enforcer:
             return
 
 
-def _run(limiter: Limiter, op: Op) -> Decision:
-    peek, items, cost = op
-    return limiter.peek_many(items) if peek else limiter.hit_many(items, cost)
+def _counted(decision: Decision) -> bool:
+    """Whether the decision counted anything: not one a failing-open or -closed store made up."""
+    return type(decision) is not DegradedDecision or decision.fail_mode is FailMode.FALLBACK
+
+
+class _BothFaces:
+    """A store with one face (sync or async) given the other, as :class:`FallbackStore` needs.
+
+    A synchronous store's async face decides on the event loop, as the ASGI middleware did
+    before: the gateway wraps local stores so precisely because a thread hop costs more.
+    """
+
+    __slots__ = ("_async", "_sync")
+
+    def __init__(self, store: Store | AsyncStore) -> None:
+        self._sync = store if isinstance(store, Store) else None
+        self._async = store if isinstance(store, AsyncStore) else None
+
+    def __repr__(self) -> str:
+        return repr(self._sync or self._async)
+
+    def _sync_face(self) -> Store:
+        if self._sync is None:
+            raise PolicyError(f"store {self!r} has no synchronous interface")
+        return self._sync
+
+    def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
+        """Decide on the synchronous face."""
+        return self._sync_face().decide(items, cost, now, peek=peek)
+
+    async def decide_async(
+        self, items: Items, cost: int, now: float, *, peek: bool = False
+    ) -> Decision:
+        """Decide on the async face, or on the synchronous one when there is none."""
+        if self._async is None:
+            return self.decide(items, cost, now, peek=peek)
+        return await self._async.decide_async(items, cost, now, peek=peek)
+
+    def reset(self, items: Items) -> None:
+        """Reset on the synchronous face."""
+        self._sync_face().reset(items)
+
+    async def reset_async(self, items: Items) -> None:
+        """Reset on the async face, or on the synchronous one."""
+        if self._async is None:
+            self.reset(items)
+        else:
+            await self._async.reset_async(items)
+
+    def close(self) -> None:
+        """Close the synchronous face."""
+        self._sync_face().close()
+
+    async def close_async(self) -> None:
+        """Close the async face, or the synchronous one."""
+        if self._async is None:
+            self.close()
+        else:
+            await self._async.close_async()
+
+
+def _both_faces(store: Store | AsyncStore) -> DualStore:
+    if isinstance(store, Store) and isinstance(store, AsyncStore):
+        return store
+    return _BothFaces(store)
 
 
 def _exempt(ip: str, networks: Sequence[Any]) -> bool:

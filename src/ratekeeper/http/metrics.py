@@ -1,20 +1,25 @@
 """Prometheus metrics of one enforcer, in a registry of its own, and apps that serve them.
 
 ``ratekeeper_requests_total{rule,zone,outcome}`` (outcome: allowed, rejected, shadow_rejected,
-refused), ``ratekeeper_store_seconds`` (latency of store calls), ``ratekeeper_store_errors_total``
-and ``ratekeeper_fallback_active`` (1 while decisions go to the in-memory fallback store).
+refused, unchecked, store_unavailable), ``ratekeeper_store_seconds`` (latency of store calls),
+and, read from the enforcer's :class:`~ratekeeper.stores.fallback.FallbackStore` when scraped,
+``ratekeeper_store_errors_total``, ``ratekeeper_store_outages_total`` and
+``ratekeeper_fallback_active`` (1 while the store is down and ``on_store_error`` decides).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from ratekeeper.stores.fallback import FallbackStore
 
 __all__ = ["Metrics", "metrics_asgi_app", "metrics_wsgi_app"]
 
 prometheus_client: Any
 try:
     import prometheus_client
+    import prometheus_client.core
 except ImportError:  # pragma: no cover - exercised only without the http extra
     prometheus_client = None
 
@@ -43,14 +48,6 @@ class Metrics:
             buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
-        self._store_errors = pc.Counter(
-            "ratekeeper_store_errors", "Store calls that failed", registry=self.registry
-        )
-        self._fallback = pc.Gauge(
-            "ratekeeper_fallback_active",
-            "1 while decisions use the in-memory fallback store",
-            registry=self.registry,
-        )
 
     def count(self, rule: str, zone: str, outcome: str) -> None:
         """Count one request."""
@@ -67,15 +64,10 @@ class Metrics:
         if self.enabled:
             self._store_seconds.observe(seconds)
 
-    def store_error(self) -> None:
-        """Count one failed store call."""
-        if self.enabled:
-            self._store_errors.inc()
-
-    def fallback(self, active: bool) -> None:
-        """Set the fallback gauge."""
-        if self.enabled:
-            self._fallback.set(1 if active else 0)
+    def watch_store(self, store: FallbackStore) -> None:
+        """Export the store's failures, outages and health, read when scraped."""
+        if self.registry is not None:
+            self.registry.register(_StoreCollector(store))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when absent), for tests and status pages."""
@@ -89,6 +81,28 @@ class Metrics:
         if self.registry is None:
             return b""
         return bytes(prometheus_client.generate_latest(self.registry))
+
+
+class _StoreCollector:
+    """Reads a FallbackStore's counters at scrape time: nothing to do per request."""
+
+    def __init__(self, store: FallbackStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Any]:
+        pc: Any = prometheus_client
+        store = self.store
+        yield pc.core.CounterMetricFamily(
+            "ratekeeper_store_errors", "Store calls that failed", value=store.failures
+        )
+        yield pc.core.CounterMetricFamily(
+            "ratekeeper_store_outages", "Times the store went down", value=store.outages
+        )
+        yield pc.core.GaugeMetricFamily(
+            "ratekeeper_fallback_active",
+            f"1 while the store is down and decisions follow on_store_error ({store.mode.value})",
+            value=1 if store.degraded else 0,
+        )
 
 
 def _need(metrics: Metrics) -> Any:

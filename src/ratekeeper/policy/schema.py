@@ -17,6 +17,7 @@ from ratekeeper.algorithms import Algorithm
 from ratekeeper.errors import LimitConfigError, PolicyError, RateSyntaxError
 from ratekeeper.limit import Limit, LimitSet
 from ratekeeper.rates import parse_rates
+from ratekeeper.stores.fallback import FailMode
 
 __all__ = [
     "BODY_STYLES",
@@ -37,7 +38,15 @@ IDENTITY_SOURCES = ("api_key", "ip", "ip_ua", "account", "global", "callable")
 # A limit counts per one of these; "caller" means whatever [identity].source says.
 SCOPES = ("caller", "key", "ip", "ip_ua", "account", "global")
 BODY_STYLES = ("plain", "musique", "aisoule", "radio", "problem", "template")
-ON_STORE_ERROR = ("allow", "reject", "memory")
+# on_store_error values -> what the FallbackStore does; allow, reject and memory are the older
+# spellings, still read.
+ON_STORE_ERROR = {
+    **{mode.value: mode for mode in FailMode},
+    **{mode.value.replace("_", "-"): mode for mode in FailMode},
+    "allow": FailMode.FAIL_OPEN,
+    "reject": FailMode.FAIL_CLOSED,
+    "memory": FailMode.FALLBACK,
+}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -151,7 +160,7 @@ class Policy:
     usage_path: str = ""
     apply: tuple[str, ...] = ()
     default: tuple[str, ...] = ()
-    on_store_error: str = "allow"
+    on_store_error: FailMode = FailMode.FAIL_OPEN
     exempt_ips: tuple[str, ...] = ()
     metrics: bool = True
     identity: IdentitySpec = field(default_factory=IdentitySpec)
@@ -595,7 +604,9 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         usage_path=usage_path,
         apply=applied,
         default=default,
-        on_store_error=top.text("on_store_error", "allow", ON_STORE_ERROR),
+        on_store_error=ON_STORE_ERROR[
+            top.text("on_store_error", "fail_open", tuple(ON_STORE_ERROR))
+        ],
         exempt_ips=exempt_ips,
         metrics=top.flag("metrics", True),
         identity=identity,
