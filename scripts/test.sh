@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-ensure_venv dev
+# The bench extra (dev + the peers) so the benchmark smoke test measures the peers too.
+ensure_venv bench
 ensure_redis
 ensure_nginx
 .venv/bin/ruff check src tests bench
