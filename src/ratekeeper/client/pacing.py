@@ -186,13 +186,17 @@ class Adaptive:
 
 @dataclass(slots=True)
 class _Budget:
-    """The binding quota the server last reported, with the sends since that report."""
+    """The binding quota of the server's current window: the lowest remaining reported in it
+    (answers to concurrent requests arrive in any order; the lowest is the freshest count)."""
 
     remaining: int
     reset_at: float | None
-    limit: int | None
-    seq: int
     name: str
+
+
+# Reports whose resets differ by less than this describe the same window: whole-second deltas
+# ("Reset: 3") read at different moments of one window differ by up to a second.
+_SAME_WINDOW_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +212,12 @@ class HostPlan:
 
 
 class HostState:
-    """What the client knows about one host; thread-safe, updated on each send and answer."""
+    """What the client knows about one host; thread-safe, updated on each send and answer.
+
+    A learned budget is reserved across concurrent requests: every request in flight may still
+    be uncounted by the server, so the estimate is the lowest remaining reported in the window
+    less the requests in flight, which never exceeds what the server has left.
+    """
 
     def __init__(self, plan: HostPlan, *, backoff_base_s: float = 1.0) -> None:
         policy = plan.policy
@@ -227,18 +236,36 @@ class HostState:
         self.sent = 0
         self.blocked_until = -math.inf
         self.budget: _Budget | None = None
+        # A window's size: X-RateLimit-Limit, else one more than the most ever reported left.
+        self.window_limit: int | None = None
+        # Requests sent up to this count were in flight when the last failure was counted:
+        # their answers echo that failure, they are not news (TCP's one cut per round trip).
+        self._failure_mark = 0
         self.zone: str | None = None
 
     def can_start(self) -> bool:
-        """Whether another request may be in flight now (the congestion window)."""
-        return self.in_flight < max(int(self.adaptive.window), 1)
+        """Whether another request may be in flight now: the congestion window has room, and
+        a learned budget whose reset is unknown (a new window being probed) is not spent by
+        the requests already in flight."""
+        in_flight = self.in_flight
+        if in_flight >= max(int(self.adaptive.window), 1):
+            return False
+        budget = self.budget
+        return (
+            in_flight == 0
+            or budget is None
+            or budget.reset_at is not None
+            or self.plan.limit_set is not None
+            or budget.remaining > in_flight
+        )
 
     def estimated_remaining(self) -> int | None:
-        """The server's last reported remaining, less the requests sent after that one."""
+        """What the server has left at least: the lowest remaining it reported in this window,
+        less the requests in flight."""
         budget = self.budget
         if budget is None:
             return None
-        return budget.remaining - (self.sent - budget.seq)
+        return budget.remaining - self.in_flight
 
     def wait_s(self, now: float) -> float:
         """Seconds until the next request may go, from everything but a known policy."""
@@ -255,10 +282,12 @@ class HostState:
             if budget is None or budget.reset_at is None or self.plan.limit_set is not None:
                 return wait
             if now >= budget.reset_at:
-                # The window the report described is over; the next answer says what is left.
-                self.budget = None
+                # The window the report described is over: a new one holds a window's size,
+                # or, when that is unknown, one request probes it.
+                limit = self.window_limit
+                self.budget = _Budget(limit if limit is not None else 1, None, budget.name)
                 return wait
-            remaining = budget.remaining - (self.sent - budget.seq)
+            remaining = budget.remaining - self.in_flight
             # No margin on the reset: a request sent at it arrives after it.
             if remaining <= 0:
                 return max(wait, budget.reset_at - now)
@@ -282,7 +311,6 @@ class HostState:
     def on_answer(self, seq: int, now: float, status: int, hints: Hints) -> Quota | None:
         """Learn from an answer; returns the binding quota when it fell under the host's
         ``low_remaining`` threshold with this answer (warn once per crossing)."""
-        policy = self.plan.policy
         with self._lock:
             self.in_flight -= 1
             if hints.zone:
@@ -291,40 +319,43 @@ class HostState:
             wait = hints.sharp_wait_s
             if failed and wait is not None and status in (429, 503):
                 self.blocked_until = max(self.blocked_until, now + wait)
-            if failed:
-                self.adaptive.failure(hinted=wait is not None or hints.binding is not None)
-            else:
-                self.adaptive.success()
+            if seq > self._failure_mark:
+                if failed:
+                    self.adaptive.failure(hinted=wait is not None or hints.binding is not None)
+                    self._failure_mark = self.sent
+                else:
+                    self.adaptive.success()
             binding = hints.binding
             if binding is None:
                 return None
-            reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
-            before = self.budget
-            if (
-                before is not None
-                and seq < before.seq
-                and (
-                    reset_at is None
-                    or before.reset_at is None
-                    or abs(reset_at - before.reset_at) < 1.0
-                )
-            ):
-                # An older request's report, overtaken by a newer one from the same window.
-                return None
-            new_window = (
-                before is None
-                or reset_at is None
-                or before.reset_at is None
-                or abs(reset_at - before.reset_at) >= 1.0
-            )
-            self.budget = _Budget(binding.remaining, reset_at, binding.limit, seq, binding.name)
-            threshold = policy.low_remaining
-            crossed = binding.remaining < threshold and (
-                new_window or (before is not None and before.remaining >= threshold)
-            )
-            if failed and binding.remaining <= 0 and reset_at is not None:
-                self.blocked_until = max(self.blocked_until, reset_at)
-            return binding if crossed else None
+            return self._learn(binding, now, failed)
+
+    def _learn(self, binding: Quota, now: float, failed: bool) -> Quota | None:
+        reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
+        if binding.limit is not None:
+            self.window_limit = binding.limit
+        elif self.window_limit is None or binding.remaining >= self.window_limit:
+            self.window_limit = binding.remaining + 1
+        if reset_at is not None and reset_at <= now:
+            # A report from a window that is already over says nothing about the next one.
+            return None
+        before = self.budget
+        if before is not None and before.reset_at is not None and now < before.reset_at:
+            if reset_at is not None and reset_at <= before.reset_at - _SAME_WINDOW_S:
+                return None  # a late answer from an earlier window
+            same = reset_at is None or reset_at < before.reset_at + _SAME_WINDOW_S
+            if same and binding.remaining >= before.remaining:
+                return None  # counted before the report already held
+        else:
+            same = False
+        self.budget = _Budget(binding.remaining, reset_at, binding.name)
+        threshold = self.plan.policy.low_remaining
+        crossed = binding.remaining < threshold and (
+            not same or (before is not None and before.remaining >= threshold)
+        )
+        if failed and binding.remaining <= 0 and reset_at is not None:
+            self.blocked_until = max(self.blocked_until, reset_at)
+        return binding if crossed else None
 
     def __repr__(self) -> str:
         return (

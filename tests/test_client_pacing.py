@@ -1,0 +1,78 @@
+"""HostState's learned budget: out-of-order answers, echoes of one failure, new windows."""
+
+from __future__ import annotations
+
+import httpx
+
+from ratekeeper.client import HostPolicy
+from ratekeeper.client.hints import Hints, Quota
+from ratekeeper.client.pacing import Pacer
+
+T0 = 1_700_000_000.0
+
+
+def state_for(policy: HostPolicy):
+    return Pacer(default=policy).state_for(httpx.URL("http://api.test/"))
+
+
+def report(remaining: int, reset_in_s: float | None, limit: int | None = 20) -> Hints:
+    return Hints(quotas=(Quota(name="x", limit=limit, remaining=remaining, reset_in_s=reset_in_s),))
+
+
+def test_lowest_remaining_of_the_window_wins_and_requests_in_flight_are_reserved() -> None:
+    state = state_for(HostPolicy(max_in_flight=8))
+    seqs = [state.on_send(T0) for _ in range(3)]
+    # The server counted the second request before the first: its answer says more is left.
+    state.on_answer(seqs[1], T0, 200, report(5, 1.0))
+    assert state.estimated_remaining() == 5 - 2
+    state.on_answer(seqs[0], T0 + 0.001, 200, report(4, 0.999))
+    assert state.estimated_remaining() == 4 - 1
+    state.on_answer(seqs[2], T0 + 0.002, 200, report(3, 0.998))
+    assert state.estimated_remaining() == 3
+
+
+def test_spent_budget_waits_for_the_reset_then_assumes_a_whole_window() -> None:
+    state = state_for(HostPolicy(max_in_flight=8))
+    seq = state.on_send(T0)
+    state.on_answer(seq, T0, 200, report(2, 0.5))
+    state.on_send(T0)
+    state.on_send(T0)
+    assert state.wait_s(T0) == 0.5
+    assert state.wait_s(T0 + 0.5) == 0.0
+    assert state.estimated_remaining() == 20 - 2
+
+
+def test_new_window_of_unknown_size_is_probed_by_one_request() -> None:
+    state = state_for(HostPolicy(max_in_flight=8))
+    state.adaptive.window = 8.0
+    seq = state.on_send(T0)
+    state.on_answer(seq, T0, 200, report(0, 0.5, limit=None))
+    assert state.wait_s(T0 + 0.5) == 0.0
+    # The largest remaining seen (0) says the window holds at least one request.
+    assert state.can_start()
+    state.on_send(T0 + 0.5)
+    assert not state.can_start()
+
+
+def test_late_answers_from_an_earlier_window_are_ignored() -> None:
+    state = state_for(HostPolicy(max_in_flight=8))
+    first, second = state.on_send(T0), state.on_send(T0)
+    state.on_answer(second, T0 + 1.1, 200, report(18, 1.9))
+    state.on_answer(first, T0 + 1.2, 200, report(0, 0.001))
+    assert state.estimated_remaining() == 18
+
+
+def test_failures_of_requests_already_in_flight_count_once() -> None:
+    state = state_for(HostPolicy(max_in_flight=8))
+    state.adaptive.window = 8.0
+    seqs = [state.on_send(T0) for _ in range(4)]
+    hints = Hints(retry_after_s=1.0)
+    for seq in seqs:
+        state.on_answer(seq, T0, 429, hints)
+    # Four 429s for one burst are one failure: obey the hint, no exponential slowdown.
+    assert state.adaptive.streak == 1
+    assert state.adaptive.delay_s == 0.0
+    again = state.on_send(T0 + 1)
+    state.on_answer(again, T0 + 1, 429, hints)
+    assert state.adaptive.streak == 2
+    assert state.adaptive.delay_s == 1.0
