@@ -38,8 +38,10 @@ import asyncio
 import functools
 import hashlib
 import math
+import os
 import struct
 import uuid
+import weakref
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -59,7 +61,9 @@ try:
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.crc import key_slot
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise StoreError("the Redis store needs redis-py: pip install 'ratekeeper[redis]'") from exc
@@ -89,6 +93,7 @@ _STANDALONE = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys
 _CLUSTER = {"redis+cluster": "redis", "valkey+cluster": "redis"}
 _OWN_OPTIONS = {"prefix", "timeout"}
 _CONNECTION_ERRORS = (RedisError, RedisClusterException, OSError)
+_BROKEN_CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError)
 # A reservation left by a client that died between the two phases of a cross-slot decision
 # stops holding units after this long.
 _LEASE_MS = 5000
@@ -146,8 +151,13 @@ class RedisStore:
         self._plans: dict[str, tuple[bytes, bytes, int]] = {}
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        self._astarting: asyncio.Future[Any] | None = None
         self._batcher: _Batcher | None = None
+        # Idle connections of the synchronous standalone driver; list.pop and list.append are
+        # atomic, so threads share it without a lock.
+        self._idle: list[Any] = []
         self._client: Any = self._connect()
+        _STORES.add(self)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -184,9 +194,14 @@ class RedisStore:
 
     def close(self) -> None:
         """Close the synchronous connections (the async ones close with :meth:`close_async`)."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.disconnect()
         self._client.close()
 
     def _eval(self, call: Call) -> bytes:
+        if not self.cluster:
+            return self._eval_direct(call)
         keys, args = call
         client = self._client
         try:
@@ -200,6 +215,37 @@ class RedisStore:
             raise self._error("decide", exc) from exc
         return reply
 
+    def _eval_direct(self, call: Call) -> bytes:
+        """One script call on an idle connection of our own: redis-py's client and pool cost
+        more per command (a readiness poll, retry and metrics hooks) than the script itself."""
+        packed = _pack_evalsha(call)
+        idle = self._idle
+        try:
+            connection = idle.pop()
+        except IndexError:
+            connection = self._new_connection()
+        try:
+            reply = _send(connection, packed)
+        except _BROKEN_CONNECTION as exc:
+            # One retry on a fresh connection absorbs a pooled connection that a server restart
+            # closed; a replayed script can only over-count, never admit more.
+            connection.disconnect()
+            try:
+                reply = _send(connection, packed)
+            except _CONNECTION_ERRORS as again:
+                connection.disconnect()
+                raise self._error("decide", again) from exc
+        except _CONNECTION_ERRORS as exc:
+            # A refused command: its answer was read whole, the connection stays usable.
+            idle.append(connection)
+            raise self._error("decide", exc) from exc
+        idle.append(connection)
+        return reply
+
+    def _new_connection(self) -> Any:
+        pool = self._client.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
+
     # -- the asyncio driver -----------------------------------------------------------------
 
     async def decide_async(
@@ -211,7 +257,9 @@ class RedisStore:
             try:
                 calls = next(flow)
                 while True:
-                    calls = flow.send([await self._eval_async(call) for call in calls])
+                    # One phase's calls go out together: they share the next pipeline.
+                    replies = await asyncio.gather(*(self._eval_async(call) for call in calls))
+                    calls = flow.send(replies)
             except StopIteration as stop:
                 decision: Decision = stop.value
                 return decision
@@ -220,8 +268,8 @@ class RedisStore:
 
     async def reset_async(self, items: Items) -> None:
         """The asyncio twin of :meth:`reset`."""
-        client = self._async_client()
         try:
+            client = await self._async_client()
             for limit_set, key in items:
                 await client.delete(self._key(limit_set, key))
         except _CONNECTION_ERRORS as exc:
@@ -230,13 +278,16 @@ class RedisStore:
     async def close_async(self) -> None:
         """Close the asyncio connections of the running event loop's client."""
         client, self._aclient, self._aloop, self._batcher = self._aclient, None, None, None
+        self._astarting = None
         if client is not None:
             await client.aclose()
 
     async def _eval_async(self, call: Call) -> bytes:
-        client = self._async_client()
-        batcher = self._batcher
         try:
+            client = self._aclient
+            if client is None or self._aloop is not asyncio.get_running_loop() or self._astarting:
+                client = await self._async_client()
+            batcher = self._batcher
             if batcher is not None:
                 return await batcher.submit(call)
             keys, args = call
@@ -249,15 +300,28 @@ class RedisStore:
             raise self._error("decide", exc) from exc
         return reply
 
-    def _async_client(self) -> Any:
+    async def _async_client(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             # redis.asyncio connections belong to the loop that opened them.
-            self._aclient = self._new_client(asynchronous=True)
+            self._aclient = client = self._new_client(asynchronous=True)
             self._aloop = loop
-            self._batcher = (
-                _Batcher(self._aclient) if self.batch_async and not self.cluster else None
-            )
+            self._batcher = _Batcher(client) if self.batch_async else None
+            if self.cluster:
+                # Concurrent first commands on a fresh cluster client race in redis-py (one
+                # task's connection is closed while another sends on it): learn the topology
+                # once, before any command; other first callers wait for it.
+                self._astarting = asyncio.ensure_future(client.initialize())
+        starting = self._astarting
+        if starting is not None:
+            try:
+                await asyncio.shield(starting)
+            except BaseException:
+                if self._astarting is starting:
+                    # The next call builds a fresh client and tries again.
+                    self._aclient = self._astarting = None
+                raise
+            self._astarting = None
         return self._aclient
 
     # -- shared by both drivers -------------------------------------------------------------
@@ -395,6 +459,46 @@ class RedisStore:
         return RedisStoreError(f"Redis store {self.url} failed to {action}: {self._clean(exc)}")
 
 
+_STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    # A child process must not talk on its parent's sockets; dropping the objects closes only
+    # the child's copies of the file descriptors.
+    for store in _STORES:
+        store._idle = []
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
+def _send(connection: Any, packed: bytes) -> bytes:
+    connection.send_packed_command((packed,), check_health=False)
+    try:
+        reply: bytes = connection.read_response()
+    except NoScriptError:
+        # The server restarted or flushed its scripts: load it again, once.
+        connection.send_command("SCRIPT", "LOAD", SCRIPT, check_health=False)
+        connection.read_response()
+        connection.send_packed_command((packed,), check_health=False)
+        reply = connection.read_response()
+    return reply
+
+
+def _pack_evalsha(call: Call) -> bytes:
+    """The RESP bytes of ``EVALSHA sha numkeys keys... args...``."""
+    keys, args = call
+    words = [str(len(keys)).encode(), *(k.encode() for k in keys)]
+    words += [a.encode() if isinstance(a, str) else a for a in args]
+    out = [_EVALSHA_HEAD % (len(words) + 2)]
+    for word in words:
+        out.append(b"$%d\r\n%s\r\n" % (len(word), word))
+    return b"".join(out)
+
+
+_EVALSHA_HEAD = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode() + b"\r\n"
+
+
 class _Batcher:
     """Sends the script calls of concurrent tasks as pipelines: while one pipeline is in
     flight, new calls queue up and leave together in the next one."""
@@ -449,7 +553,8 @@ class _Batcher:
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+            # execute_command: the cluster pipeline refuses its evalsha method, not the command.
+            pipe.execute_command("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 

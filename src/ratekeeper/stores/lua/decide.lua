@@ -178,8 +178,12 @@ local function pending_units(pkey)
   end
   call('ZREMRANGEBYSCORE', pkey, '-inf', server_ms)
   local total = 0
-  for _, member in ipairs(call('ZRANGE', pkey, 0, -1)) do
-    total = total + tonumber(string.match(member, '^(%d+):'))
+  for _, entry in ipairs(call('ZRANGE', pkey, 0, -1)) do
+    -- Reservations are "cost:token"; commit marks ("+token", "-token") hold no units.
+    local units = string.match(entry, '^(%d+):')
+    if units then
+      total = total + tonumber(units)
+    end
   end
   return total
 end
@@ -251,19 +255,27 @@ local function step_item(i, c, extra, force, out)
 end
 
 if op == 'c' then
-  -- A reservation can appear twice when an item is repeated in one decision: charge it once.
+  -- The first commit of a reservation leaves a mark saying whether it was still held. A later
+  -- one with the same token (the client's cluster library retrying after a lost reply, or an
+  -- item repeated in one decision) finds the mark and charges nothing twice.
   local held = true
-  local done = {}
+  local held_mark = '+' .. token
+  local lost_mark = '-' .. token
   for i = 1, n_items do
-    local key = KEYS[i]
-    if not done[key] then
-      done[key] = true
-      if call('ZREM', KEYS[n_items + i], member) == 0 then
+    local pkey = KEYS[n_items + i]
+    if call('ZSCORE', pkey, lost_mark) then
+      held = false
+    elseif not call('ZSCORE', pkey, held_mark) then
+      local mark = held_mark
+      if call('ZREM', pkey, member) == 0 then
         held = false
+        mark = lost_mark
       end
       -- Charge even a lost reservation: over-counting is the safe side.
       local _, value, ttl_ms = step_item(i, cost, 0, true, nil)
-      call('SET', key, value, 'PX', ttl_ms)
+      call('SET', KEYS[i], value, 'PX', ttl_ms)
+      call('ZADD', pkey, server_ms + lease_ms, mark)
+      call('PEXPIRE', pkey, lease_ms)
     end
   end
   if held then
