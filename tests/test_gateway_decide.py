@@ -239,6 +239,9 @@ def test_deny_status_for_nginx_carries_the_real_answer(ratekeeper: Process) -> N
             assert http.get(ratekeeper.url + "/_ratekeeper/decide", headers=headers).is_success
         r = http.get(ratekeeper.url + "/_ratekeeper/decide", headers=headers)
     assert r.status_code == 403
+    # No body: nginx keeps its keepalive connection to ratekeeper only after an empty one.
+    assert r.content == b""
+    assert r.headers["Content-Length"] == "0"
     assert r.headers["X-Ratekeeper-Status"] == "429"
     assert MUSIQUE_429.fullmatch(r.headers["X-Ratekeeper-Body"]) is not None
     assert r.headers["Retry-After"]

@@ -13,8 +13,9 @@ The answer is 200 with the rate-limit headers to pass on when the request may go
 refusal itself (429 or 503, with ``Retry-After``, the headers and the policy's body), which
 Traefik and Envoy return to the client as is. nginx's ``auth_request`` understands only 2xx,
 401 and 403, so a request carrying ``X-Ratekeeper-Deny-Status: 403`` gets its refusals as that
-status, with the real one in ``X-Ratekeeper-Status`` and the body in ``X-Ratekeeper-Body`` for
-the configuration to answer with (``examples/nginx/ratekeeper.conf``).
+status, with the real one in ``X-Ratekeeper-Status``, the body in ``X-Ratekeeper-Body`` for the
+configuration to answer with (``examples/nginx/ratekeeper.conf``) and an empty body of its own,
+so that nginx keeps its keepalive connection to ratekeeper.
 
 The caller's address is the peer's (the proxy) unless the policy trusts it as a proxy
 (``identity.trusted_proxies`` or ``serve --trust-proxy``): then ``X-Forwarded-For`` decides.
@@ -108,6 +109,9 @@ async def decide(
         if all(b in _PRINTABLE for b in text):
             out.append((b"x-ratekeeper-body", text))
         status = int(deny_as)
+        # nginx discards an auth_request answer's body without reading it, and closes the
+        # keepalive connection unless the body is empty: the refusal travels in the header.
+        body = b""
     out.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body})
