@@ -43,7 +43,7 @@ _ORIGINAL = {
     "x-forwarded-method": 3,
     "x-ratekeeper-deny-status": 4,
 }
-_PRINTABLE = frozenset(range(0x20, 0x7F))
+_PRINTABLE = bytes(range(0x20, 0x7F))
 
 
 def _view(
@@ -106,7 +106,7 @@ async def decide(
     if deny_as.isdigit() and 400 <= int(deny_as) <= 599:
         out.append((b"x-ratekeeper-status", str(status).encode()))
         text = body.strip()
-        if all(b in _PRINTABLE for b in text):
+        if not text.translate(None, _PRINTABLE):
             out.append((b"x-ratekeeper-body", text))
         status = int(deny_as)
         # nginx discards an auth_request answer's body without reading it, and closes the
