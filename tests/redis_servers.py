@@ -34,26 +34,71 @@ def free_port() -> int:
             return port
 
 
-class RedisServer:
-    """One redis-server process; ``stop``/``start`` keep its port and data directory."""
+def make_tls_files(directory: Path) -> Path:
+    """A throw-away CA and a server certificate for 127.0.0.1 (``ca.crt``, ``server.crt``,
+    ``server.key`` in ``directory``); returns the CA file."""
+    directory.mkdir(parents=True, exist_ok=True)
 
-    def __init__(self, directory: Path, *, port: int | None = None, args: tuple[str, ...] = ()):
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rk-ca"),
+        *("-keyout", "ca.key", "-out", "ca.crt"),
+    )
+    openssl(
+        *("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"),
+        *("-keyout", "server.key", "-out", "server.csr"),
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        *("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
+        *("-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt"),
+    )
+    return directory / "ca.crt"
+
+
+class RedisServer:
+    """One redis-server process; ``stop``/``start`` keep its port and data directory. With
+    ``tls_dir`` (see :func:`make_tls_files`) it speaks TLS only."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        tls_dir: Path | None = None,
+    ):
         self.directory = directory
         self.port = port or free_port()
         self.args = args
+        self.tls_dir = tls_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls_dir is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls_dir / 'ca.crt'}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.tls_dir is None:
+            return ["--port", str(self.port)]
+        return [
+            *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", str(self.tls_dir / "server.crt")),
+            *("--tls-key-file", str(self.tls_dir / "server.key")),
+            *("--tls-ca-cert-file", str(self.tls_dir / "ca.crt")),
+            *("--tls-cluster", "yes"),
+        ]
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
-                "--port",
-                str(self.port),
+                *self._listen_args(),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -69,7 +114,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.client(socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -91,14 +136,16 @@ class RedisServer:
             self.process.wait()
             self.process = None
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+    def client(self, **options: Any) -> redis.Redis:
+        if self.tls_dir is not None:
+            options |= {"ssl": True, "ssl_ca_certs": str(self.tls_dir / "ca.crt")}
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
 
 
 @contextmanager
-def redis_server(directory: Path, *args: str) -> Iterator[RedisServer]:
+def redis_server(directory: Path, *args: str, tls_dir: Path | None = None) -> Iterator[RedisServer]:
     """A running standalone server, killed on exit."""
-    server = RedisServer(directory, args=args)
+    server = RedisServer(directory, args=args, tls_dir=tls_dir)
     server.start()
     try:
         yield server
@@ -107,7 +154,9 @@ def redis_server(directory: Path, *args: str) -> Iterator[RedisServer]:
 
 
 @contextmanager
-def redis_cluster(directory: Path, nodes: int = 3) -> Iterator[list[RedisServer]]:
+def redis_cluster(
+    directory: Path, nodes: int = 3, tls_dir: Path | None = None
+) -> Iterator[list[RedisServer]]:
     """A running cluster of ``nodes`` primaries (no replicas), killed on exit."""
     servers: list[RedisServer] = []
     try:
@@ -122,12 +171,15 @@ def redis_cluster(directory: Path, nodes: int = 3) -> Iterator[list[RedisServer]
                     "--cluster-node-timeout",
                     "2000",
                 ),
+                tls_dir=tls_dir,
             )
             server.start()
             servers.append(server)
+        tls = [] if tls_dir is None else ["--tls", "--cacert", str(tls_dir / "ca.crt")]
         subprocess.run(
             [
                 REDIS_CLI,
+                *tls,
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{s.port}" for s in servers),

@@ -15,7 +15,7 @@ from ratekeeper.errors import StoreError, StoreURLError
 from ratekeeper.stores.fallback import DegradedDecision, FallbackStore
 from ratekeeper.stores.redis import RedisStore, RedisStoreError
 from ratekeeper.stores.url import store_from_url
-from redis_servers import RedisServer, free_port, redis_server
+from redis_servers import RedisServer, free_port, make_tls_files, redis_cluster, redis_server
 
 API = LimitSet("api", "3/minute; 100/hour")
 DAILY = LimitSet("daily", [Limit.parse("5/day")])
@@ -216,3 +216,60 @@ def test_reset_forgets_a_key(tmp_path: Path) -> None:
         limiter.reset(API, "k")
         assert limiter.hit(API, "k").allowed
         limiter.store.close()
+
+
+def test_a_key_salt_changes_every_key_name_and_stays_secret(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        plain = RedisStore(server.url, prefix="s")
+        salted = store_from_url(server.url + "?prefix=s&key_salt=pepper-42")
+        same_salt = RedisStore(server.url, prefix="s", key_salt="pepper-42")
+        other_salt = RedisStore(server.url, prefix="s", key_salt="x" * 100)
+        names = {s._key(API, "203.0.113.7") for s in (plain, salted, other_salt)}
+        assert len(names) == 3
+        assert same_salt._key(API, "203.0.113.7") == salted._key(API, "203.0.113.7")
+        # Stores with the same salt share one budget; the unsalted one counts apart.
+        for _ in range(3):
+            assert salted.decide(((API, "203.0.113.7"),), 1, 0.0).allowed
+        assert not same_salt.decide(((API, "203.0.113.7"),), 1, 0.0).allowed
+        assert plain.decide(((API, "203.0.113.7"),), 1, 0.0).allowed
+        assert "pepper-42" not in repr(salted) and "key_salt=***" in salted.url
+        for store in (plain, salted, same_salt, other_salt):
+            store.close()
+    url = f"redis://:pw@127.0.0.1:{free_port()}/0?timeout=0.3&key_salt=pepper-42"
+    with pytest.raises(StoreError) as info:
+        RedisStore(url)
+    assert "pepper-42" not in str(info.value) and "pw@" not in str(info.value)
+
+
+def test_tls_standalone_and_cluster_urls(tmp_path: Path) -> None:
+    ca = make_tls_files(tmp_path / "tls")
+    with redis_server(tmp_path / "one", tls_dir=ca.parent) as server:
+        for scheme in ("rediss", "valkeys"):
+            store = store_from_url(server.url.replace("rediss", scheme, 1) + f"&prefix={scheme}")
+            assert [store.decide(((API, "k"),), 1, 0.0).allowed for _ in range(4)] == [
+                True,
+                True,
+                True,
+                False,
+            ]
+            store.close()
+    with redis_cluster(tmp_path / "cluster", tls_dir=ca.parent) as nodes:
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+        for scheme in ("rediss+cluster", "valkeys+cluster"):
+            store = store_from_url(f"{scheme}://{hosts}?ssl_ca_certs={ca}&prefix={scheme}")
+            assert store.cluster
+            items = ((API, "k"), (DAILY, "everyone"))
+            assert [store.decide(items, 1, 0.0).allowed for _ in range(4)] == [
+                True,
+                True,
+                True,
+                False,
+            ]
+
+            async def run(store: RedisStore = store) -> bool:
+                decision = await store.decide_async(((DAILY, "everyone"),), 1, 0.0)
+                await store.close_async()
+                return decision.allowed
+
+            assert asyncio.run(run())
+            store.close()

@@ -51,7 +51,6 @@ from ratekeeper.algorithms import Algorithm, Step
 from ratekeeper.decision import Decision
 from ratekeeper.errors import StoreError, StoreURLError
 from ratekeeper.limit import LimitSet
-from ratekeeper.stores.url import mask_url
 
 try:
     import redis
@@ -90,8 +89,13 @@ _HEADER = struct.Struct("<cBBHddd")
 _PLAN_HEAD = struct.Struct("<dB")
 _PLAN_LIMIT = struct.Struct("<cddddd")
 _STANDALONE = {"redis": "redis", "rediss": "rediss", "valkey": "redis", "valkeys": "rediss"}
-_CLUSTER = {"redis+cluster": "redis", "valkey+cluster": "redis"}
-_OWN_OPTIONS = {"prefix", "timeout"}
+_CLUSTER = {
+    "redis+cluster": "redis",
+    "rediss+cluster": "rediss",
+    "valkey+cluster": "redis",
+    "valkeys+cluster": "rediss",
+}
+_OWN_OPTIONS = {"prefix", "timeout", "key_salt"}
 _CONNECTION_ERRORS = (RedisError, RedisClusterException, OSError)
 _BROKEN_CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError)
 # A reservation left by a client that died between the two phases of a cross-slot decision
@@ -109,11 +113,14 @@ class RedisStoreError(StoreError):
 class RedisStore:
     """State in Redis or Valkey (standalone or Cluster), shared by every process that uses it.
 
-    ``url`` is a ``redis://``, ``rediss://``, ``redis+cluster://`` URL (or the ``valkey``
-    spellings), options ``?prefix=`` (key prefix, default ``rk``) and ``?timeout=`` (seconds per
-    command, default 2). The server is contacted at once: an unreachable one raises
-    :class:`StoreError` naming the URL (password masked). Decisions use the server's clock;
-    ``use_server_time=False`` makes them use the caller's ``now`` instead, for tests only.
+    ``url`` is a ``redis://``, ``rediss://`` (TLS), ``redis+cluster://`` or
+    ``rediss+cluster://`` URL (or the ``valkey`` spellings), options ``?prefix=`` (key prefix,
+    default ``rk``), ``?timeout=`` (seconds per command, default 2) and ``?key_salt=`` (a secret
+    mixed into the hash of every caller's key: without it, someone who can read Redis can test
+    guessed API keys or IPv4 addresses against the key names; every process sharing the state
+    needs the same salt). The server is contacted at once: an unreachable one raises
+    :class:`StoreError` naming the URL (password and salt masked). Decisions use the server's
+    clock; ``use_server_time=False`` makes them use the caller's ``now`` instead, for tests only.
     """
 
     def __init__(
@@ -122,11 +129,17 @@ class RedisStore:
         *,
         prefix: str | None = None,
         timeout_s: float | None = None,
+        key_salt: str | None = None,
         use_server_time: bool = True,
         batch_async: bool = True,
     ) -> None:
-        self.url = mask_url(url)
+        self.url = _mask(url)
         scheme, target, options, password = _parse_url(url)
+        key_salt = options.get("key_salt", "") if key_salt is None else key_salt
+        # blake2b's own keyed mode (a MAC): its key is at most 64 bytes, so longer salts are
+        # hashed down first.
+        salt = key_salt.encode()
+        self._hash_key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
         prefix = options.get("prefix", "rk") if prefix is None else prefix
         if not prefix or any(c in prefix for c in "{}"):
             raise StoreURLError(
@@ -166,7 +179,8 @@ class RedisStore:
 
     def __repr__(self) -> str:
         kind = "cluster" if self.cluster else "standalone"
-        return f"<RedisStore {self.url} {kind} prefix={self.prefix!r}>"
+        salted = ", salted keys" if self._hash_key else ""
+        return f"<RedisStore {self.url} {kind} prefix={self.prefix!r}{salted}>"
 
     # -- the synchronous driver -------------------------------------------------------------
 
@@ -327,7 +341,7 @@ class RedisStore:
     # -- shared by both drivers -------------------------------------------------------------
 
     def _key(self, limit_set: LimitSet, key: str) -> str:
-        digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+        digest = hashlib.blake2b(key.encode(), digest_size=12, key=self._hash_key).hexdigest()
         return f"{self.prefix}:{{{digest}}}:{limit_set.id}"
 
     def _plan(self, limit_set: LimitSet) -> tuple[bytes, bytes, int]:
@@ -605,10 +619,27 @@ def _merge(
     return Decision(allowed, retry, parsed[0][1], items, ordered)
 
 
+def _mask(url: str) -> str:
+    """The URL with the password and any ``key_salt`` value replaced by ``***``; unlike
+    :func:`mask_url` it accepts a cluster's list of ``host:port``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***{at}{hosts}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "key_salt" for k, _ in query):
+        masked = "&".join(f"{k}=***" if k == "key_salt" else urlencode([(k, v)]) for k, v in query)
+        parts = parts._replace(query=masked)
+    return urlunsplit(parts)
+
+
 def _parse_url(url: str) -> tuple[str, tuple[str, list[tuple[str, int]]], dict[str, str], str]:
     """Split a store URL into its scheme, the redis-py URL (+ extra cluster nodes), our own
     options and the password (to scrub it from error messages)."""
-    masked = mask_url(url)
+    masked = _mask(url)
     try:
         parts = urlsplit(url)
     except ValueError as exc:

@@ -20,9 +20,11 @@ _SCHEMES: dict[str, tuple[str, str]] = {
     "redis": ("ratekeeper.stores.redis", "RedisStore"),
     "rediss": ("ratekeeper.stores.redis", "RedisStore"),
     "redis+cluster": ("ratekeeper.stores.redis", "RedisStore"),
+    "rediss+cluster": ("ratekeeper.stores.redis", "RedisStore"),
     "valkey": ("ratekeeper.stores.redis", "RedisStore"),
     "valkeys": ("ratekeeper.stores.redis", "RedisStore"),
     "valkey+cluster": ("ratekeeper.stores.redis", "RedisStore"),
+    "valkeys+cluster": ("ratekeeper.stores.redis", "RedisStore"),
 }
 
 
