@@ -139,7 +139,9 @@ class FakeUpstream:
     ``/slow`` answers after 3 s; ``/garbage`` writes something that is not HTTP and closes;
     ``/cut`` promises 1000 bytes, sends 10 and closes; ``/cutbig`` the same with 1 MB promised
     and 128 KiB sent; ``/drip`` sends a chunk, waits 1 s,
-    sends another; ``/hop`` answers with hop-by-hop headers that must not reach the client.
+    sends another; ``/hop`` answers with hop-by-hop headers that must not reach the client;
+    ``/endless`` streams a chunk every 50 ms for up to 30 s and sets :attr:`abandoned` when its
+    reader closes the connection.
     """
 
     def __init__(self) -> None:
@@ -149,6 +151,7 @@ class FakeUpstream:
         self.sock.listen(64)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self._stop = threading.Event()
+        self.abandoned = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -221,6 +224,17 @@ class FakeUpstream:
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
             time.sleep(1)
             conn.sendall(b"6\r\nsecond\r\n0\r\n\r\n")
+        elif path.startswith("/endless"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    conn.sendall(b"4\r\ntick\r\n")
+                except OSError:
+                    self.abandoned.set()
+                    return False
+                time.sleep(0.05)
+            return False
         elif path.startswith("/hop"):
             reply(
                 b'{"hop":true}',

@@ -195,6 +195,17 @@ def test_response_streams_as_it_arrives(gateway: Process) -> None:
     assert rest == b"second"
 
 
+def test_client_gone_mid_stream_releases_the_upstream(gateway: Process, fake: FakeUpstream) -> None:
+    fake.abandoned.clear()
+    with client() as http, http.stream("GET", gateway.url + "/endless") as r:
+        assert next(r.iter_raw()).startswith(b"tick")
+    # The client closed its connection after one chunk: the gateway must stop reading the
+    # endless answer and close its upstream connection, not relay into the void for 30 s.
+    assert fake.abandoned.wait(5)
+    with client() as http:
+        assert http.get(gateway.url + "/ok").status_code == 200
+
+
 def test_graceful_shutdown_finishes_requests_in_flight(
     tmp_path: Path, policy_file: Path, fake: FakeUpstream
 ) -> None:
