@@ -7,9 +7,11 @@ import math
 import threading
 import time
 
+import http_sfv
 import httpx
 import pytest
 
+from ratekeeper.client.hints import parse_ietf_ratelimit
 from test_http_support import KINDS, plan_hook_calls, raw_request, serve
 
 START = 1_700_000_000.25
@@ -439,6 +441,43 @@ rates = "1/minute; 10/hour"
         assert r.status_code == 429
         assert r.headers["Content-Type"] == "application/problem+json"
         assert r.json()["violated-policies"] == ["api.minute"]
+
+
+def test_ietf_partition_key_is_a_digest_per_partition(kind: str) -> None:
+    text = """
+apply = ["api", "everyone"]
+ietf_headers = true
+ietf_partition_key = true
+[identity]
+source = "api_key"
+[limits.api]
+rates = "10/minute"
+[limits.everyone]
+rates = "1000/minute"
+scope = "global"
+"""
+    with serve(kind, text) as srv, srv.client() as client:
+
+        def partitions(key: str) -> dict[str, bytes]:
+            r = client.get("/a", headers={"X-API-Key": key})
+            field = http_sfv.List()
+            field.parse(r.headers["RateLimit"].encode())
+            assert [i.value for i in field] == ["api", "everyone"]
+            assert key not in r.headers["RateLimit"]
+            return {i.value: i.params["pk"] for i in field}
+
+        first = partitions("sk_live_alice")
+        assert partitions("sk_live_alice") == first
+        other = partitions("sk_live_bob")
+        assert len(first["api"]) == 12
+        assert first["api"] != other["api"]
+        assert first["everyone"] == other["everyone"]
+        # The client side still reads the field, the pk parameter beside r and t.
+        r = client.get("/a", headers={"X-API-Key": "sk_live_alice"})
+        assert [n for n, _, _ in parse_ietf_ratelimit(r.headers["RateLimit"])] == [
+            "api",
+            "everyone",
+        ]
 
 
 def test_metrics_endpoint_reports_requests_and_store_latency(kind: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import json
 import logging
@@ -14,6 +15,7 @@ from ratekeeper import Limit, LimitSet, ManualClock, MemoryStore
 from ratekeeper.errors import StoreError
 from ratekeeper.http.asgi import RateLimitMiddleware
 from ratekeeper.http.engine import Enforcer
+from ratekeeper.http.headers import PartitionKeys
 from ratekeeper.http.identity import RequestView, client_ip
 from ratekeeper.http.metrics import metrics_asgi_app
 from ratekeeper.http.rules import RouteTable
@@ -190,3 +192,15 @@ def test_rewritten_client_address_is_reported_once(caplog: pytest.LogCaptureFixt
             asyncio.run(middleware(dict(scope), noop, noop))
     warnings = [r for r in caplog.records if "proxy_headers" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_partition_keys_are_keyed_digests_as_byte_sequences() -> None:
+    plain, keyed, other = PartitionKeys(), PartitionKeys("s3cret"), PartitionKeys("other")
+    value = plain("ip:203.0.113.7")
+    assert value.startswith(";pk=:") and value.endswith(":")
+    digest = base64.b64decode(value[5:-1], validate=True)
+    assert len(digest) == 12
+    assert "203.0.113.7" not in value
+    assert plain("ip:203.0.113.7") == value
+    assert keyed("ip:203.0.113.7") not in (value, other("ip:203.0.113.7"))
+    assert "s3cret" not in repr(keyed)

@@ -109,6 +109,18 @@ def test_defaults() -> None:
         ),
         (BASE + "[cache]\nvary = 'user'", r"cache\.vary: expected one of caller, none"),
         ("[limits]\napi = 3", r"limits\.api: expected a table, got a number"),
+        (
+            "ietf_partition_key = true" + "\n" + BASE,
+            r"f\.toml: ietf_partition_key: expected ietf_headers = true as well",
+        ),
+        (
+            "ietf_headers = true\nietf_partition_key_secret = 's'" + "\n" + BASE,
+            r"ietf_partition_key_secret: expected ietf_partition_key = true as well",
+        ),
+        (
+            "on_store_error = 'ignore'" + "\n" + BASE,
+            r"on_store_error: expected one of fail_open, fail_closed, fallback, .*'ignore'",
+        ),
     ],
 )
 def test_errors_name_file_key_path_and_expectation(text: str, message: str) -> None:

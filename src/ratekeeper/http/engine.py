@@ -29,7 +29,13 @@ from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.http.cache import CachedResponse, ResponseCache, cacheable_headers
-from ratekeeper.http.headers import limit_names, rate_headers, retry_after_headers, retry_after_s
+from ratekeeper.http.headers import (
+    PartitionKeys,
+    limit_names,
+    rate_headers,
+    retry_after_headers,
+    retry_after_s,
+)
 from ratekeeper.http.identity import RequestView
 from ratekeeper.http.metrics import Metrics
 from ratekeeper.http.usage import usage_document
@@ -133,6 +139,9 @@ class Enforcer:
         self._usage_path = spec.usage_path
         self._zone = spec.zone_header
         self._ietf = spec.ietf_headers
+        self._pk = (
+            PartitionKeys(spec.ietf_partition_key_secret) if spec.ietf_partition_key else None
+        )
         self._exempt = plan.exempt_networks
         self._routes = plan.routes
         self._identify = plan.identifier.identify
@@ -239,7 +248,9 @@ class Enforcer:
                 self._leave(ticket.held)
                 return self._rejected(rule, decision)
             else:
-                ticket.headers = rate_headers(decision, zone=self._zone, ietf=self._ietf)
+                ticket.headers = rate_headers(
+                    decision, zone=self._zone, ietf=self._ietf, partition_keys=self._pk
+                )
                 self.metrics.count(rule.name, decision.binding.limit_set, "allowed")
         if self._usage_path and view.path == self._usage_path and decision is not None:
             self._leave(ticket.held)
@@ -277,7 +288,7 @@ class Enforcer:
             for name, state in zip(limit_names(decision), decision.states, strict=True)
             if not state.allowed
         ]
-        headers = rate_headers(decision, zone=self._zone, ietf=self._ietf)
+        headers = rate_headers(decision, zone=self._zone, ietf=self._ietf, partition_keys=self._pk)
         headers += retry_after_headers(wait)
         return _answer(status, headers, self.plan.body.rejection(decision, status, wait, violated))
 

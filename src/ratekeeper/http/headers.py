@@ -3,18 +3,63 @@
 ``X-RateLimit-*`` report the binding limit (see :class:`Decision`); ``X-RateLimit-Reset`` is
 the ceiling of its reset as Unix epoch seconds. ``Retry-After`` (ceil, at least 1) is added by
 :func:`retry_after_headers` on 429/503 answers only. The IETF fields follow
-draft-ietf-httpapi-ratelimit-headers-11 and list every limit of the decision.
+draft-ietf-httpapi-ratelimit-headers-11 and list every limit of the decision; with a
+:class:`PartitionKeys`, each ``RateLimit`` item carries ``pk``, a digest of the partition (the
+caller's key, address or account) that the limit counts for.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 
 from ratekeeper.decision import Decision
 
-__all__ = ["limit_names", "rate_headers", "retry_after_headers", "retry_after_s"]
+__all__ = [
+    "PartitionKeys",
+    "limit_names",
+    "rate_headers",
+    "retry_after_headers",
+    "retry_after_s",
+]
 
 _ceil = math.ceil
+
+
+class PartitionKeys:
+    """The ``pk`` parameter for store keys: a Structured Fields byte sequence (``:base64:``) of a
+    BLAKE2b digest, keyed with ``secret`` when given.
+
+    Store keys already hold API keys only as hashes; the digest also keeps client addresses and
+    account names out of the field. Every process with the same ``secret`` gives a caller the
+    same ``pk``, which is what lets a client tell partitions apart behind a load balancer.
+    """
+
+    __slots__ = ("_cache", "_secret")
+
+    # Recent callers only: the cache saves a digest per request, not memory per caller.
+    _MAX_CACHED = 4096
+
+    def __init__(self, secret: str = "") -> None:
+        self._secret = secret.encode()
+        self._cache: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<PartitionKeys keyed={bool(self._secret)}>"
+
+    def __call__(self, key: str) -> str:
+        """``;pk=:...:`` for a store key."""
+        found = self._cache.get(key)
+        if found is None:
+            digest = hashlib.blake2b(
+                key.encode("utf-8", "surrogateescape"), digest_size=12, key=self._secret
+            ).digest()
+            found = f";pk=:{base64.b64encode(digest).decode()}:"
+            if len(self._cache) >= self._MAX_CACHED:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
 
 
 def limit_names(decision: Decision) -> list[str]:
@@ -30,9 +75,14 @@ def limit_names(decision: Decision) -> list[str]:
 
 
 def rate_headers(
-    decision: Decision, *, zone: bool = False, ietf: bool = False
+    decision: Decision,
+    *,
+    zone: bool = False,
+    ietf: bool = False,
+    partition_keys: PartitionKeys | None = None,
 ) -> list[tuple[str, str]]:
-    """``X-RateLimit-Limit/Remaining/Reset`` (and ``-Zone``, IETF fields when asked)."""
+    """``X-RateLimit-Limit/Remaining/Reset`` (and ``-Zone``, IETF fields when asked, with
+    ``pk`` when given ``partition_keys``)."""
     binding = decision.binding
     headers = [
         ("X-RateLimit-Limit", str(binding.limit.amount)),
@@ -49,7 +99,8 @@ def rate_headers(
             limit = state.limit
             policies.append(f'"{name}";q={limit.amount};w={_ceil(limit.period_s)}')
             reset_in = max(0, _ceil(state.reset_at - now))
-            current.append(f'"{name}";r={state.remaining};t={reset_in}')
+            pk = partition_keys(state.key) if partition_keys is not None else ""
+            current.append(f'"{name}";r={state.remaining};t={reset_in}{pk}')
         headers.append(("RateLimit-Policy", ", ".join(policies)))
         headers.append(("RateLimit", ", ".join(current)))
     return headers

@@ -155,6 +155,8 @@ class Policy:
     body_content_type: str = "application/json"
     shadow: bool = False
     ietf_headers: bool = False
+    ietf_partition_key: bool = False
+    ietf_partition_key_secret: str = field(default="", repr=False)
     zone_header: bool = False
     user_agent_required: bool = False
     usage_path: str = ""
@@ -599,6 +601,8 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         body_content_type=top.text("body_content_type", "application/json"),
         shadow=top.flag("shadow", False),
         ietf_headers=top.flag("ietf_headers", False),
+        ietf_partition_key=top.flag("ietf_partition_key", False),
+        ietf_partition_key_secret=top.text("ietf_partition_key_secret", ""),
         zone_header=top.flag("zone_header", False),
         user_agent_required=top.flag("user_agent_required", False),
         usage_path=usage_path,
@@ -617,6 +621,12 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         cache=_read_cache(top.table_at("cache")),
     )
     top.done()
+    if policy.ietf_partition_key and not policy.ietf_headers:
+        raise top.error(
+            "ietf_partition_key", "ietf_headers = true as well (pk is part of RateLimit)"
+        )
+    if policy.ietf_partition_key_secret and not policy.ietf_partition_key:
+        raise top.error("ietf_partition_key_secret", "ietf_partition_key = true as well")
     if not applied and not default and not any(r.limits for r in rules):
         raise top.error("apply", "at least one limit in 'apply', 'default' or a rule's 'limits'")
     return policy
