@@ -291,7 +291,9 @@ def count_traffic(port: int, url: str, n: int) -> dict[str, tuple[float, float]]
 
         async def drive(abuild: Callable[[str], AsyncDecide] = abuild) -> tuple[int, int, int]:
             decide = abuild(url)
-            await decide("warm-up")
+            # As many warm-up decisions at once as there will be tasks: every pooled connection
+            # is open (its handshake commands are not a decision's) before counting starts.
+            await asyncio.gather(*(decide(f"warm-up-{i}") for i in range(CONCURRENCY)))
             monitor = Monitor(port)
             await asyncio.sleep(0.1)
             keys = iter(range(n))
