@@ -75,9 +75,7 @@ class RateLimitMiddleware:
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
-        self.enforcer = (
-            policy if isinstance(policy, Enforcer) else Enforcer(policy, store=store, clock=clock)
-        )
+        self.enforcer = Enforcer.of(policy, store=store, clock=clock)
         self._wanted = self.enforcer.header_names
         self._warned = False
 

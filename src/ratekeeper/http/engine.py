@@ -20,10 +20,10 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
@@ -56,6 +56,7 @@ Pairs: TypeAlias = tuple[tuple[LimitSet, str], ...]
 Op: TypeAlias = tuple[bool, Pairs, int]
 Flow: TypeAlias = Generator[Op, Decision, "Ticket"]
 After: TypeAlias = Generator[Op, Decision, None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,49 +362,56 @@ class Enforcer:
 
     def admit(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
         """Run admission synchronously (WSGI); ``rule`` replaces route matching."""
-        flow = self._admit(view, rule)
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(self._run_sync(op))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return _drive(self._admit(view, rule), self._run_sync)
 
     async def admit_async(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
         """Run admission on the event loop (ASGI); ``rule`` replaces route matching."""
-        flow = self._admit(view, rule)
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(await self._run_async(op))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return await _drive_async(self._admit(view, rule), self._run_async)
 
     def complete(self, ticket: Ticket, status: int) -> None:
         """After the app answered: release in-flight slots, count failed authentications."""
         self._leave(ticket.held)
-        if ticket.lock_key is None:
-            return
-        flow = self._after(ticket, status)
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(self._run_sync(op))
-        except StopIteration:
-            return
+        if ticket.lock_key is not None:
+            _drive(self._after(ticket, status), self._run_sync)
 
     async def complete_async(self, ticket: Ticket, status: int) -> None:
         """The asyncio twin of :meth:`complete`."""
         self._leave(ticket.held)
-        if ticket.lock_key is None:
-            return
-        flow = self._after(ticket, status)
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(await self._run_async(op))
-        except StopIteration:
-            return
+        if ticket.lock_key is not None:
+            await _drive_async(self._after(ticket, status), self._run_async)
+
+    @classmethod
+    def of(
+        cls,
+        policy: Enforcer | Plan | Policy | str | Path,
+        *,
+        store: Store | AsyncStore | str | None = None,
+        clock: Clock = system_clock,
+    ) -> Enforcer:
+        """``policy`` itself if it is an enforcer, else a new one (what the middlewares take)."""
+        return policy if isinstance(policy, Enforcer) else cls(policy, store=store, clock=clock)
+
+
+def _drive(flow: Generator[Op, Decision, T], run: Callable[[Op], Decision]) -> T:
+    try:
+        op = next(flow)
+        while True:
+            op = flow.send(run(op))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+async def _drive_async(
+    flow: Generator[Op, Decision, T], run: Callable[[Op], Awaitable[Decision]]
+) -> T:
+    try:
+        op = next(flow)
+        while True:
+            op = flow.send(await run(op))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
 
 
 def _counted(decision: Decision) -> bool:

@@ -114,9 +114,7 @@ class RateLimitWSGIMiddleware:
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
-        self.enforcer = (
-            policy if isinstance(policy, Enforcer) else Enforcer(policy, store=store, clock=clock)
-        )
+        self.enforcer = Enforcer.of(policy, store=store, clock=clock)
         self._wanted = self.enforcer.header_names
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
