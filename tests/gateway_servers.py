@@ -48,8 +48,10 @@ class Process:
             raise
 
 
-def _start(args: list[str], cwd: Path, timeout_s: float = 30.0) -> Process:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _start(
+    args: list[str], cwd: Path, timeout_s: float = 30.0, env: dict[str, str] | None = None
+) -> Process:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         args,
         cwd=cwd,
@@ -104,10 +106,11 @@ def _wait_ready(url: str, deadline: float) -> None:
 
 
 @contextmanager
-def serve(*args: str, cwd: Path) -> Iterator[Process]:
-    """``ratekeeper serve --port 0 ARGS`` in ``cwd``; stopped (SIGTERM) afterwards."""
+def serve(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[Process]:
+    """``ratekeeper serve --port 0 ARGS`` in ``cwd`` (``env`` added to the environment);
+    stopped (SIGTERM) afterwards."""
     process = _start(
-        [PYTHON, "-m", "ratekeeper.cli", "serve", "--port", "0", *args], cwd, timeout_s=60
+        [PYTHON, "-m", "ratekeeper.cli", "serve", "--port", "0", *args], cwd, timeout_s=60, env=env
     )
     try:
         yield process

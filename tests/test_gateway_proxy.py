@@ -264,6 +264,57 @@ def test_workers_share_the_sqlite_store(tmp_path: Path, policy_file: Path) -> No
     assert sorted(r for c, r in results if c == 404) == ["0", "1", "2", "3", "4"]
 
 
+def requests_total(metrics: str) -> dict[str, float]:
+    """``ratekeeper_requests_total`` by outcome, summed over the other labels."""
+    totals: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("ratekeeper_requests_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            totals[outcome] = totals.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+@pytest.mark.parametrize("own_dir", [False, True])
+def test_metrics_of_several_workers_add_up(
+    tmp_path: Path, policy_file: Path, own_dir: bool
+) -> None:
+    shared = tmp_path / "prometheus"
+    env = {}
+    if own_dir:
+        shared.mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+    with serve(
+        "--config",
+        str(policy_file),
+        "--workers",
+        "2",
+        "--store",
+        f"sqlite:///{tmp_path / 'metrics.db'}",
+        cwd=tmp_path,
+        env=env,
+    ) as process:
+        api_key = {"X-API-Key": uuid.uuid4().hex}
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: httpx.get(process.url + "/tight", headers=api_key).status_code,
+                    range(24),
+                )
+            )
+        assert codes.count(429) == 19
+        # Each scrape reaches one worker; every one of them must show the sums of both.
+        for _ in range(6):
+            metrics = httpx.get(process.url + "/metrics").text
+            assert requests_total(metrics) == {"allowed": 5.0, "rejected": 19.0}
+            assert "ratekeeper_store_seconds_count 24.0" in metrics
+            assert "ratekeeper_store_errors_total 0.0" in metrics
+            assert "ratekeeper_fallback_active 0.0" in metrics
+    if own_dir:
+        # Both workers counted, each in its own files.
+        assert len({path.stem.rsplit("_", 1)[1] for path in shared.glob("counter_*.db")}) == 2
+    assert "Traceback" not in process.output()
+
+
 def test_redis_store(tmp_path: Path, policy_file: Path) -> None:
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed (scripts/test.sh installs it)")

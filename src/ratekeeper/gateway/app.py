@@ -24,6 +24,7 @@ from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.gateway.decide import DECIDE_PATH, decide
 from ratekeeper.gateway.demo import DEMOS, demo_app
+from ratekeeper.gateway.metrics import StoreHealthExport, merged_metrics_app, multiprocess_dir
 from ratekeeper.gateway.proxy import UpstreamProxy, quiet_uvicorn_errors
 from ratekeeper.http.asgi import ASGIApp, RateLimitMiddleware, Receive, Scope, Send
 from ratekeeper.http.engine import Enforcer
@@ -159,8 +160,9 @@ def _plain(status: int, body: bytes, content_type: bytes) -> tuple[dict[str, Any
 
 class Gateway:
     """The ``serve`` app: ``enforcer`` in front of ``target`` (proxy or demo), plus the
-    decision endpoint, ``/healthz`` and ``/metrics``. ``on_start``/``on_stop`` run in the
-    ASGI lifespan; the store is closed after the last request."""
+    decision endpoint, ``/healthz`` and ``/metrics`` (the enforcer's own, unless ``metrics``
+    gives another app). ``on_start``/``on_stop`` run in the ASGI lifespan; the store is closed
+    after the last request."""
 
     def __init__(
         self,
@@ -169,14 +171,16 @@ class Gateway:
         *,
         on_start: Sequence[Callable[[], Any]] = (),
         on_stop: Sequence[Callable[[], Any]] = (),
+        metrics: ASGIApp | None = None,
     ) -> None:
         self.enforcer = enforcer
         self.limited = RateLimitMiddleware(target, enforcer)
         self._wanted = enforcer.header_names
         self._on_start = on_start
         self._on_stop = on_stop
-        metrics = enforcer.metrics
-        self._metrics = metrics_asgi_app(metrics) if metrics.enabled else None
+        if metrics is None and enforcer.metrics.enabled:
+            metrics = metrics_asgi_app(enforcer.metrics)
+        self._metrics = metrics
         self._healthy = _plain(200, b'{"status":"ok"}', b"application/json")
 
     def __repr__(self) -> str:
@@ -242,6 +246,16 @@ def build_gateway(settings: ServeSettings) -> Gateway:
     """The gateway app for ``settings``: opens the store and, if any, prepares the upstream."""
     policy = settings.load_policy()
     enforcer = Enforcer(policy, store=open_store(settings.store))
+    on_start: list[Callable[[], Any]] = []
+    on_stop: list[Callable[[], Any]] = []
+    metrics: ASGIApp | None = None
+    shared = multiprocess_dir()
+    if shared is not None and enforcer.metrics.enabled:
+        health = StoreHealthExport(enforcer.fallback)
+        metrics = merged_metrics_app(shared, health.refresh)
+        on_start.append(health.start)
+        on_stop.append(health.stop)
+    target: ASGIApp
     if settings.upstream:
         proxy = UpstreamProxy(
             settings.upstream,
@@ -249,8 +263,12 @@ def build_gateway(settings: ServeSettings) -> Gateway:
             connect_timeout_s=settings.connect_timeout_s,
             on_error=_upstream_counter(enforcer),
         )
-        return Gateway(enforcer, proxy, on_start=[proxy.start], on_stop=[proxy.close])
-    return Gateway(enforcer, demo_app(settings.demo_names))
+        target = proxy
+        on_start.append(proxy.start)
+        on_stop.append(proxy.close)
+    else:
+        target = demo_app(settings.demo_names)
+    return Gateway(enforcer, target, on_start=on_start, on_stop=on_stop, metrics=metrics)
 
 
 def app_from_environment() -> Gateway:

@@ -4,7 +4,8 @@ The listening socket is bound before the start-up line is printed, so the line i
 appears (and ``--port 0`` reports the port it got). uvicorn runs with ``proxy_headers=False``:
 who the caller is must never depend on uvicorn trusting ``X-Forwarded-For`` from 127.0.0.1,
 only on the policy's trusted proxies. SIGINT/SIGTERM stop accepting, let requests in flight
-finish (up to ``--graceful-timeout``), then close the upstream pool and the store.
+finish (up to ``--graceful-timeout``), then close the upstream pool and the store. With
+``--workers`` above 1, ``/metrics`` sums every worker's counts (``ratekeeper.gateway.metrics``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -34,6 +37,7 @@ from ratekeeper.gateway.app import (
 )
 from ratekeeper.gateway.decide import DECIDE_PATH
 from ratekeeper.gateway.demo import try_paths
+from ratekeeper.gateway.metrics import MULTIPROCESS_VARIABLE, multiprocess_dir
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import Store
 from ratekeeper.stores.url import mask_url
@@ -298,12 +302,20 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
             line += f"\n  try: curl -i {options} {url}{path}"
         return line
 
-    return run_app(
-        "ratekeeper.gateway.app:app_from_environment",
-        args.host,
-        args.port,
-        describe,
-        workers=args.workers,
-        log_level=args.log_level,
-        graceful_s=args.graceful_timeout,
-    )
+    made = None
+    if args.workers > 1 and multiprocess_dir() is None:
+        # Before the workers start: prometheus-client picks its mode when first imported.
+        made = os.environ[MULTIPROCESS_VARIABLE] = tempfile.mkdtemp(prefix="ratekeeper-metrics-")
+    try:
+        return run_app(
+            "ratekeeper.gateway.app:app_from_environment",
+            args.host,
+            args.port,
+            describe,
+            workers=args.workers,
+            log_level=args.log_level,
+            graceful_s=args.graceful_timeout,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
