@@ -1,6 +1,6 @@
 """Redis decisions beside `limits`' RedisStorage and pyrate-limiter's RedisBucket, in one run.
 
-Run ``.venv/bin/python bench/stores_redis.py`` (about 1 minute; ``--quick``: about 20 s). It
+Run ``.venv/bin/python bench/stores_redis.py`` (about 2 minutes; ``--quick``: about 25 s). It
 starts its own ``redis-server`` on a free loopback port (no persistence) and decides the
 3-window policy ``100/minute; 1000/hour; 10000/day`` per key for keys drawn in turn from a pool
 large enough that nearly every decision is allowed (a charge: the costly path).
