@@ -17,6 +17,7 @@ from ratekeeper import (
     StoreURLError,
     store_from_url,
 )
+from ratekeeper.stores.url import mask_url
 
 API = LimitSet("api", "3/minute; 5/hour; 10/day")
 
@@ -165,3 +166,11 @@ def test_store_urls() -> None:
         Limiter("localhost:6379")
     with pytest.raises(StoreURLError, match="unknown option"):
         store_from_url("memory://?size=3")
+
+
+def test_mask_url_hides_passwords_and_salts_even_in_cluster_urls() -> None:
+    assert mask_url("redis+cluster://:pw@h1:1,h2:2/0") == "redis+cluster://:***@h1:1,h2:2/0"
+    assert mask_url("redis://u:p@ss@h:6379/0?key_salt=abc&db=1") == (
+        "redis://u:***@h:6379/0?key_salt=***&db=1"
+    )
+    assert mask_url("sqlite:///a.db") == "sqlite:///a.db"

@@ -51,6 +51,7 @@ from ratekeeper.algorithms import Algorithm, Step
 from ratekeeper.decision import Decision
 from ratekeeper.errors import StoreError, StoreURLError
 from ratekeeper.limit import LimitSet
+from ratekeeper.stores.url import mask_url
 
 try:
     import redis
@@ -133,7 +134,7 @@ class RedisStore:
         use_server_time: bool = True,
         batch_async: bool = True,
     ) -> None:
-        self.url = _mask(url)
+        self.url = mask_url(url)
         scheme, target, options, password = _parse_url(url)
         key_salt = options.get("key_salt", "") if key_salt is None else key_salt
         # blake2b's own keyed mode (a MAC): its key is at most 64 bytes, so longer salts are
@@ -619,27 +620,10 @@ def _merge(
     return Decision(allowed, retry, parsed[0][1], items, ordered)
 
 
-def _mask(url: str) -> str:
-    """The URL with the password and any ``key_salt`` value replaced by ``***``; unlike
-    :func:`mask_url` it accepts a cluster's list of ``host:port``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if ":" in userinfo:
-        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***{at}{hosts}")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(k == "key_salt" for k, _ in query):
-        masked = "&".join(f"{k}=***" if k == "key_salt" else urlencode([(k, v)]) for k, v in query)
-        parts = parts._replace(query=masked)
-    return urlunsplit(parts)
-
-
 def _parse_url(url: str) -> tuple[str, tuple[str, list[tuple[str, int]]], dict[str, str], str]:
     """Split a store URL into its scheme, the redis-py URL (+ extra cluster nodes), our own
     options and the password (to scrub it from error messages)."""
-    masked = _mask(url)
+    masked = mask_url(url)
     try:
         parts = urlsplit(url)
     except ValueError as exc:

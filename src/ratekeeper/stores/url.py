@@ -6,12 +6,16 @@ A plain scheme -> module table, imported lazily so optional drivers cost nothing
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ratekeeper.errors import StoreURLError
 
 __all__ = ["mask_url", "store_from_url"]
+
+# scheme://user:password@hosts -> the password part, up to the last '@' of the authority.
+_USERINFO_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/?#@]*:)[^/?#]*@", re.IGNORECASE)
+_SECRET_OPTION = re.compile(r"([?&](?:password|key_salt)=)[^&#]*", re.IGNORECASE)
 
 # scheme -> (module, class with a ``from_url`` constructor)
 _SCHEMES: dict[str, tuple[str, str]] = {
@@ -29,18 +33,12 @@ _SCHEMES: dict[str, tuple[str, str]] = {
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for errors and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with its password (and any ``password``/``key_salt`` option) shown as ``***``.
+
+    Works on the text, not through ``urlsplit(...).port``, so cluster URLs that list several
+    ``host:port`` pairs are masked too.
+    """
+    return _SECRET_OPTION.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
 
 
 def store_from_url(url: str) -> Any:
