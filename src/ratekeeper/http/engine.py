@@ -422,8 +422,9 @@ def _counted(decision: Decision) -> bool:
 class _BothFaces:
     """A store with one face (sync or async) given the other, as :class:`FallbackStore` needs.
 
-    A synchronous store's async face decides on the event loop, as the ASGI middleware did
-    before: the gateway wraps local stores so precisely because a thread hop costs more.
+    A synchronous store's async face decides on the event loop: such stores are local ones
+    (the gateway shows only the sync face of SQLite and memory), for which a hop to a worker
+    thread would cost more than the decision.
     """
 
     __slots__ = ("_async", "_sync")
