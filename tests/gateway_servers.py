@@ -139,7 +139,7 @@ class FakeUpstream:
     """A raw-socket HTTP/1.1 server whose answer depends on the path:
 
     ``/ok`` a small JSON answer; ``/echo`` the request head it received, as the body;
-    ``/slow`` answers after 3 s; ``/garbage`` writes something that is not HTTP and closes;
+    ``/slow`` answers after 4 s; ``/garbage`` writes something that is not HTTP and closes;
     ``/cut`` promises 1000 bytes, sends 10 and closes; ``/cutbig`` the same with 1 MB promised
     and 128 KiB sent; ``/drip`` sends a chunk, waits 1 s,
     sends another; ``/hop`` answers with hop-by-hop headers that must not reach the client;
@@ -212,7 +212,7 @@ class FakeUpstream:
         elif path.startswith("/echo"):
             reply(head)
         elif path.startswith("/slow"):
-            time.sleep(3)
+            time.sleep(4)
             reply(b'{"slow":true}')
         elif path.startswith("/garbage"):
             conn.sendall(b"this is not HTTP at all\r\n\r\n")
