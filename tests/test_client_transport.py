@@ -286,3 +286,40 @@ def test_bad_host_policy_values() -> None:
         HostPolicy(margin_s=-1)
     with pytest.raises(ClientConfigError, match="max_in_flight"):
         HostPolicy(max_in_flight=0)
+
+
+def test_known_aligned_policy_sends_early_at_a_window_edge_only_into_room() -> None:
+    """Decided margin_s ahead, a request near a boundary is charged to the next window; it may
+    still go at once while the current window has room for every such early request."""
+    clock = ManualClock(T0 + 0.2)
+    server = Server(clock, "10/second")
+    policy = HostPolicy(limits="10/second", margin_s=0.01)
+    with client_for(server, clock, hosts={"api.test": policy}) as client:
+        for _ in range(3):
+            client.get(URL)
+        clock.set(T0 + 0.995)
+        for _ in range(8):
+            client.get(URL)
+    times = [t - T0 for t, _ in server.log]
+    assert [s for _, s in server.log].count(429) == 0
+    # Seven early requests fill the current window's room; the eighth waits for the boundary.
+    assert times[3:10] == pytest.approx([0.995] * 7)
+    assert times[10] == pytest.approx(1.0)
+
+
+def test_known_aligned_policy_with_latency_at_edges_never_429() -> None:
+    clock = ManualClock(T0 + 0.9)
+
+    server = Server(clock, "10/second")
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        clock.advance(0.004)  # arrives 4 ms after it was sent: some early ones land next window
+        response = server(request)
+        clock.advance(0.004)
+        return response
+
+    policy = HostPolicy(limits="10/second", margin_s=0.01)
+    with client_for(slow, clock, hosts={"api.test": policy}) as client:
+        for _ in range(35):
+            assert client.get(URL).status_code == 200
+    assert [s for _, s in server.log].count(429) == 0

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 __all__ = [
+    "NO_HINTS",
     "Hints",
     "Quota",
+    "hint_headers",
     "parse_body_hint",
     "parse_http_date",
     "parse_ietf_policy",
@@ -271,6 +273,39 @@ def parse_body_hint(body: bytes) -> float | None:
         except (ValueError, RecursionError):
             pass
     return _search_text(text)
+
+
+NO_HINTS = Hints()
+"""An answer that said nothing about limits."""
+
+_HINT_HEADERS = frozenset(
+    {
+        b"date",
+        b"ratelimit",
+        b"ratelimit-policy",
+        b"retry-after",
+        b"x-ratelimit-limit",
+        b"x-ratelimit-remaining",
+        b"x-ratelimit-reset",
+        b"x-ratelimit-zone",
+    }
+)
+
+
+def hint_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers :func:`read_hints` reads, in one pass over raw ``(name, value)`` pairs, with
+    lower-case names; repeated fields are joined with ", " as HTTP allows. Empty when an answer
+    carries none but ``Date`` (which only anchors other hints)."""
+    found: dict[str, str] = {}
+    for name, value in raw:
+        lower = name.lower()
+        if lower in _HINT_HEADERS:
+            key = lower.decode("ascii")
+            text = value.decode("latin-1")
+            found[key] = f"{found[key]}, {text}" if key in found else text
+    if len(found) == 1 and "date" in found:
+        return {}
+    return found
 
 
 def read_hints(

@@ -29,7 +29,6 @@ __all__ = [
     "HostPolicy",
     "HostState",
     "Pacer",
-    "aligned_wait_s",
     "client_limit_set",
 ]
 
@@ -76,8 +75,9 @@ def client_limit_set(policy: HostPolicy) -> tuple[LimitSet, float] | None:
     """The limit set the client enforces on itself for a known policy, and the clock shift.
 
     Windows aligned to the clock are decided ``margin_s`` ahead of time, and a request that this
-    puts in the next window waits for that window to begin (see :func:`aligned_wait_s`): a
-    request sent within ``margin_s`` of a boundary could arrive after it. Windows that start at
+    puts in the next window goes early only if the current window has room for it (see
+    :meth:`HostState.early_wait_s`): a request sent within ``margin_s`` of a boundary could
+    arrive on either side of it. Windows that start at
     a first hit, sliding windows and GCRA are stretched by ``margin_s``: the server's window
     starts when the request arrives, a little after the client's.
     """
@@ -106,24 +106,6 @@ def client_limit_set(policy: HostPolicy) -> tuple[LimitSet, float] | None:
                 Limit(rate=rate, algorithm=limit.algorithm, burst=burst, name=limit.name)
             )
     return LimitSet("client", stretched), shift
-
-
-def aligned_wait_s(decision: Decision, now: float) -> float:
-    """How long an allowed request must still wait for the aligned window it was charged to.
-
-    With the clock shift of :func:`client_limit_set` a request decided just before a boundary
-    is charged to the next window; sending it before that window starts would let the server
-    count it in the current one.
-    """
-    start = max(
-        (
-            state.reset_at - state.limit.period_s
-            for state in decision.states
-            if state.limit.algorithm is Algorithm.FIXED_WINDOW
-        ),
-        default=now,
-    )
-    return max(start - now, 0.0)
 
 
 class Adaptive:
@@ -194,6 +176,9 @@ class _Budget:
     name: str
 
 
+# Window ends computed from different clock readings agree to within float error.
+_SAME_END_S = 1e-6
+
 # Reports whose resets differ by less than this describe the same window: whole-second deltas
 # ("Reset: 3") read at different moments of one window differ by up to a second.
 _SAME_WINDOW_S = 1.0
@@ -209,6 +194,8 @@ class HostPlan:
     limit_set: LimitSet | None
     clock_shift_s: float
     key: str
+    # (index in limit_set, period) of the windows aligned to the clock.
+    aligned: tuple[tuple[int, float], ...] = ()
 
 
 class HostState:
@@ -233,6 +220,8 @@ class HostState:
         )
         self.last_send = -math.inf
         self.in_flight = 0
+        # Requests waiting for a slot, counted by the transports under their slot's lock.
+        self.slot_waiters = 0
         self.sent = 0
         self.blocked_until = -math.inf
         self.budget: _Budget | None = None
@@ -242,11 +231,14 @@ class HostState:
         # their answers echo that failure, they are not news (TCP's one cut per round trip).
         self._failure_mark = 0
         self.zone: str | None = None
+        # Per aligned limit: (end of the window, its room when its last margin_s began).
+        self._room: dict[int, tuple[float, int]] = {}
 
     def can_start(self) -> bool:
         """Whether another request may be in flight now: the congestion window has room, and
-        a learned budget whose reset is unknown (a new window being probed) is not spent by
-        the requests already in flight."""
+        a learned budget is not spent by the requests in flight. When it is, their answers
+        come first: one counted by the server before the lowest report frees a request, and
+        a new window being probed says its size."""
         in_flight = self.in_flight
         if in_flight >= max(int(self.adaptive.window), 1):
             return False
@@ -254,7 +246,6 @@ class HostState:
         return (
             in_flight == 0
             or budget is None
-            or budget.reset_at is not None
             or self.plan.limit_set is not None
             or budget.remaining > in_flight
         )
@@ -294,6 +285,60 @@ class HostState:
             if self.plan.policy.spread:
                 return max(wait, self.last_send + (budget.reset_at - now) / (remaining + 1) - now)
             return wait
+
+    def needs_room(self, now: float) -> bool:
+        """Whether ``now`` is within ``margin_s`` of an aligned window's end whose room is not
+        yet known: the flow then peeks at the window before charging the next one."""
+        shift = self.plan.clock_shift_s
+        room = self._room
+        for index, period in self.plan.aligned:
+            end = now - now % period + period
+            if now + shift >= end:
+                known = room.get(index)
+                if known is None or abs(known[0] - end) > _SAME_END_S:
+                    return True
+        return False
+
+    def record_room(self, peek: Decision, now: float) -> None:
+        """Remember the room of the aligned windows ending within ``margin_s`` of ``now``, from
+        a peek at the real clock (nothing is charged to them once their margin has begun)."""
+        states = peek.states
+        shift = self.plan.clock_shift_s
+        for index, period in self.plan.aligned:
+            end = now - now % period + period
+            if now + shift < end:
+                continue
+            seen = states[index]
+            # The store already moved on to the next window: this window's room is unknown.
+            room = seen.remaining if abs(seen.reset_at - end) <= _SAME_END_S else 0
+            self._room[index] = (end, room)
+
+    def early_wait_s(self, decision: Decision, now: float) -> float:
+        """How long an allowed request must still wait for the aligned windows it was charged
+        to (decided ``margin_s`` ahead, it may belong to a window that has not begun).
+
+        It may go at once when the current window has room for every request charged early
+        to the next one: wherever the server counts it, it stays within the limit.
+        """
+        shift = self.plan.clock_shift_s
+        at = decision.now
+        for _, period in self.plan.aligned:
+            if at % period < shift:
+                break
+        else:
+            return 0.0  # every window it was charged to had begun when it was decided
+        wait = 0.0
+        states = decision.states
+        for index, period in self.plan.aligned:
+            seen = states[index]
+            start = seen.reset_at - period
+            if start <= now:
+                continue
+            early = seen.limit.amount - seen.remaining
+            known = self._room.get(index)
+            if known is None or abs(known[0] - start) > _SAME_END_S or early > known[1]:
+                wait = max(wait, start - now)
+        return wait
 
     def on_send(self, now: float) -> int:
         """Record a request leaving; returns its sequence number for :meth:`on_answer`."""
@@ -411,7 +456,12 @@ class Pacer:
                     known = client_limit_set(policy)
                     limit_set, shift = known if known is not None else (None, 0.0)
                     key = policy.key or urlsplit(name).netloc or name
-                    plan = HostPlan(name, policy, limit_set, shift, key)
+                    aligned = tuple(
+                        (index, limit.period_s)
+                        for index, limit in enumerate(limit_set.limits if limit_set else ())
+                        if limit.algorithm is Algorithm.FIXED_WINDOW
+                    )
+                    plan = HostPlan(name, policy, limit_set, shift, key, aligned)
                     state = self._states[name] = HostState(plan, backoff_base_s=self.backoff_base_s)
         return state
 

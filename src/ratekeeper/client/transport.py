@@ -4,12 +4,13 @@ One flow, written once as a generator of small operations (sleep, ask the limite
 close, wait for a slot), drives both transports; :class:`RateLimitTransport` and
 :class:`AsyncRateLimitTransport` only carry the operations out, with ``time.sleep`` and a
 thread lock or ``asyncio.sleep`` and an asyncio lock. Stack a cache in front
-(:func:`ratekeeper.client.cache.cached`) so that cache hits spend no budget.
+(:class:`ratekeeper.client.cache.CachingTransport`) so that cache hits spend no budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import threading
@@ -20,8 +21,8 @@ from typing import Any, TypeAlias
 
 import httpx
 
-from ratekeeper.client.hints import Quota, read_hints
-from ratekeeper.client.pacing import HostPolicy, HostState, Pacer, aligned_wait_s
+from ratekeeper.client.hints import NO_HINTS, Quota, hint_headers, read_hints
+from ratekeeper.client.pacing import HostPolicy, HostState, Pacer
 from ratekeeper.client.retry import (
     ClientConfigError,
     RetryPolicy,
@@ -60,7 +61,10 @@ class _Slot:
 
 @dataclass(frozen=True, slots=True)
 class _Send:
+    """Leave the host's queue (the request's turn is taken), then send."""
+
     request: httpx.Request
+    state: HostState
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +83,43 @@ class _Enter:
 
 
 @dataclass(frozen=True, slots=True)
-class _Leave:
-    state: HostState
-
-
-@dataclass(frozen=True, slots=True)
 class _Answered:
     state: HostState
 
 
-_Op: TypeAlias = _Sleep | _Hit | _Slot | _Send | _Read | _Close | _Enter | _Leave | _Answered
+@dataclass(frozen=True, slots=True)
+class _Peek:
+    state: HostState
+
+
+_Op: TypeAlias = _Sleep | _Hit | _Peek | _Slot | _Send | _Read | _Close | _Enter | _Answered
+
+
+@dataclass(frozen=True, slots=True)
+class _HostOps:
+    """One host's operations without arguments, made once: the hot path allocates none."""
+
+    enter: _Enter
+    answered: _Answered
+    slot: _Slot
+    hit: _Hit
+    peek: _Peek
+
+    @classmethod
+    def of(cls, state: HostState) -> _HostOps:
+        return cls(_Enter(state), _Answered(state), _Slot(state), _Hit(state), _Peek(state))
+
+
 _Flow: TypeAlias = Generator[_Op, Any, httpx.Response]
 
 # Error bodies larger than this are not read for hints (they would be buffered in memory).
 _MAX_HINT_BODY = 64 * 1024
+
+
+def _url(request: httpx.Request) -> str:
+    """The request's URL without its query (which may carry API keys), for logs and errors."""
+    url = request.url
+    return f"{url.scheme}://{url.netloc.decode()}{url.path}"
 
 
 class _Core:
@@ -117,37 +144,49 @@ class _Core:
         self.clock = clock
         self.random = random_fn
         self.on_low_remaining = on_low_remaining
+        self._ops: dict[str, _HostOps] = {}
 
     def flow(self, request: httpx.Request) -> _Flow:
         """Pace, send, learn, and retry while the retry policy says so."""
         state = self.pacer.state_for(request.url)
-        url = f"{request.url.scheme}://{request.url.netloc.decode()}{request.url.path}"
+        ops = self._ops.get(state.plan.name)
+        if ops is None:
+            ops = self._ops.setdefault(state.plan.name, _HostOps.of(state))
+        send = _Send(request, state)
+        statuses = self.retry.statuses
         retries = 0
         waited = 0.0
         while True:
-            yield _Enter(state)
-            waited = yield from self._pace(state, url, waited)
+            yield ops.enter
+            waited = yield from self._pace(state, ops, request, waited)
             seq = state.on_send(self.clock())
-            yield _Leave(state)
             try:
-                response: httpx.Response = yield _Send(request)
+                response: httpx.Response = yield send
             except BaseException:
                 state.on_abort()
-                yield _Answered(state)
+                if state.slot_waiters:
+                    yield ops.answered
                 raise
             now = self.clock()
             status = response.status_code
+            retried = status in statuses
+            found = hint_headers(response.headers.raw)
             body = None
-            if status in self.retry.statuses or status == 429:
+            if retried or status == 429:
                 length = response.headers.get("content-length", "0")
                 if not length.isdigit() or int(length) <= _MAX_HINT_BODY:
                     yield _Read(response)
                     body = response.content[:_MAX_HINT_BODY]
-            hints = read_hints(response.headers, body, now)
+            hints = read_hints(found, body, now) if found or body else NO_HINTS
             low = state.on_answer(seq, now, status, hints)
-            yield _Answered(state)
+            # Read after on_answer: a request that starts waiting later sees the free slot.
+            if state.slot_waiters:
+                yield ops.answered
             if low is not None:
                 self._warn_low(state, low)
+            if not retried:
+                return response
+            url = _url(request)
             verdict = plan_retry(
                 method=request.method,
                 status=status,
@@ -160,10 +199,7 @@ class _Core:
                 now=now,
             )
             if not verdict.retry:
-                if status in self.retry.statuses:
-                    log.info(
-                        "%s %s: %s, giving up (%s)", request.method, url, status, verdict.reason
-                    )
+                log.info("%s %s: %s, giving up (%s)", request.method, url, status, verdict.reason)
                 return response
             log.info(
                 "%s %s: retry %d in %.2fs (%s)",
@@ -179,31 +215,38 @@ class _Core:
             waited += verdict.wait_s
             retries += 1
 
-    def _pace(self, state: HostState, url: str, waited: float) -> Generator[_Op, Any, float]:
+    def _pace(
+        self, state: HostState, ops: _HostOps, request: httpx.Request, waited: float
+    ) -> Generator[_Op, Any, float]:
         """Wait (holding the host's queue) until this request may go; returns total waited."""
+        plan = state.plan
         while True:
             if not state.can_start():
-                yield _Slot(state)
+                yield ops.slot
                 continue
             now = self.clock()
             wait = state.wait_s(now)
-            if wait <= 0 and state.plan.limit_set is not None:
-                decision: Decision = yield _Hit(state)
+            if wait <= 0 and plan.limit_set is not None:
+                if plan.aligned and state.needs_room(now):
+                    state.record_room((yield ops.peek), now)
+                decision: Decision = yield ops.hit
                 if decision.allowed:
-                    wait = aligned_wait_s(decision, now)
+                    wait = state.early_wait_s(decision, now) if plan.aligned else 0.0
                     if wait > 0:
                         yield _Sleep(wait)
                         waited += wait
                     return waited
                 if not decision.satisfiable:
                     raise ClientConfigError(
-                        f"{url}: one request can never pass the policy for "
-                        f"{state.plan.name} ({decision.binding.limit.rate})"
+                        f"{_url(request)}: one request can never pass the policy for "
+                        f"{plan.name} ({decision.binding.limit.rate})"
                     )
                 wait = decision.retry_after_s
             if wait <= 0:
                 return waited
-            check_wait(wait, waited, self.retry, url=url, now=now, why=f"pacing {state.plan.name}")
+            check_wait(
+                wait, waited, self.retry, url=_url(request), now=now, why=f"pacing {plan.name}"
+            )
             yield _Sleep(wait)
             waited += wait
 
@@ -220,27 +263,33 @@ class _Core:
             self.on_low_remaining(state.plan.name, quota)
 
 
-class _TicketLock:
-    """A lock that serves waiters in arrival order (threading.Lock promises no order)."""
+class _FairLock:
+    """A lock that serves waiters in arrival order (threading.Lock promises no order): a free
+    lock is taken at once, a held one is handed to the longest waiter on release."""
 
-    __slots__ = ("_cond", "_next", "_serving")
+    __slots__ = ("_held", "_mutex", "_waiters")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._next = 0
-        self._serving = 0
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
 
     def acquire(self) -> None:
-        with self._cond:
-            ticket = self._next
-            self._next += 1
-            while self._serving != ticket:
-                self._cond.wait()
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        waiter.acquire()  # released by release(), which passes the lock on held
 
     def release(self) -> None:
-        with self._cond:
-            self._serving += 1
-            self._cond.notify_all()
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
 
 
 def _store(store: Store | AsyncStore | str | None) -> Any:
@@ -284,7 +333,8 @@ class RateLimitTransport(httpx.BaseTransport):
         self._store: Store = _store(store)
         self._sleep = sleep
         self._limiters: dict[str, Limiter] = {}
-        self._gates: dict[str, _TicketLock] = {}
+        self._unshifted = Limiter(self._store, clock=clock)
+        self._gates: dict[str, _FairLock] = {}
         self._slots: dict[str, threading.Condition] = {}
         self._lock = threading.Lock()
 
@@ -293,12 +343,12 @@ class RateLimitTransport(httpx.BaseTransport):
         """The per-host states, for inspection."""
         return self._core.pacer
 
-    def _per_host(self, state: HostState) -> tuple[_TicketLock, threading.Condition]:
+    def _per_host(self, state: HostState) -> tuple[_FairLock, threading.Condition]:
         name = state.plan.name
         gate = self._gates.get(name)
         if gate is None:
             with self._lock:
-                gate = self._gates.setdefault(name, _TicketLock())
+                gate = self._gates.setdefault(name, _FairLock())
                 self._slots.setdefault(name, threading.Condition())
         return gate, self._slots[name]
 
@@ -314,7 +364,7 @@ class RateLimitTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` when its host's pacing allows, retrying as the policy says."""
         flow = self._core.flow(request)
-        held: list[_TicketLock] = []
+        held: list[_FairLock] = []
         try:
             op = next(flow)
             while True:
@@ -332,31 +382,39 @@ class RateLimitTransport(httpx.BaseTransport):
                 gate.release()
             flow.close()
 
-    def _run(self, op: _Op, held: list[_TicketLock]) -> Any:
-        if isinstance(op, _Sleep):
-            self._sleep(op.seconds)
-        elif isinstance(op, _Send):
-            return self.transport.handle_request(op.request)
-        elif isinstance(op, _Hit):
-            plan = op.state.plan
-            assert plan.limit_set is not None
-            return self._limiter(op.state).hit(plan.limit_set, plan.key)
-        elif isinstance(op, _Enter):
+    def _run(self, op: _Op, held: list[_FairLock]) -> Any:
+        # Ordered by how often each operation comes.
+        if isinstance(op, _Enter):
             gate, _ = self._per_host(op.state)
             gate.acquire()
             held.append(gate)
-        elif isinstance(op, _Leave):
+        elif isinstance(op, _Send):
             gate, _ = self._per_host(op.state)
             held.remove(gate)
             gate.release()
-        elif isinstance(op, _Slot):
-            _, slot = self._per_host(op.state)
-            with slot:
-                slot.wait_for(op.state.can_start, timeout=1.0)
+            return self.transport.handle_request(op.request)
         elif isinstance(op, _Answered):
             _, slot = self._per_host(op.state)
             with slot:
                 slot.notify_all()
+        elif isinstance(op, _Hit):
+            plan = op.state.plan
+            assert plan.limit_set is not None
+            return self._limiter(op.state).hit(plan.limit_set, plan.key)
+        elif isinstance(op, _Peek):
+            plan = op.state.plan
+            assert plan.limit_set is not None
+            return self._unshifted.peek(plan.limit_set, plan.key)
+        elif isinstance(op, _Sleep):
+            self._sleep(op.seconds)
+        elif isinstance(op, _Slot):
+            _, slot = self._per_host(op.state)
+            with slot:
+                op.state.slot_waiters += 1
+                try:
+                    slot.wait_for(op.state.can_start, timeout=1.0)
+                finally:
+                    op.state.slot_waiters -= 1
         elif isinstance(op, _Read):
             op.response.read()
         else:
@@ -396,6 +454,7 @@ class AsyncRateLimitTransport(httpx.AsyncBaseTransport):
         self._store: AsyncStore = _store(store)
         self._sleep = sleep
         self._limiters: dict[str, AsyncLimiter] = {}
+        self._unshifted = AsyncLimiter(self._store, clock=clock)
         self._gates: dict[str, asyncio.Lock] = {}
         self._slots: dict[str, asyncio.Condition] = {}
 
@@ -444,30 +503,38 @@ class AsyncRateLimitTransport(httpx.AsyncBaseTransport):
             flow.close()
 
     async def _run(self, op: _Op, held: list[asyncio.Lock]) -> Any:
-        if isinstance(op, _Sleep):
-            await self._sleep(op.seconds)
-        elif isinstance(op, _Send):
-            return await self.transport.handle_async_request(op.request)
-        elif isinstance(op, _Hit):
-            plan = op.state.plan
-            assert plan.limit_set is not None
-            return await self._limiter(op.state).hit(plan.limit_set, plan.key)
-        elif isinstance(op, _Enter):
+        # Ordered by how often each operation comes.
+        if isinstance(op, _Enter):
             gate, _ = self._per_host(op.state)
             await gate.acquire()
             held.append(gate)
-        elif isinstance(op, _Leave):
+        elif isinstance(op, _Send):
             gate, _ = self._per_host(op.state)
             held.remove(gate)
             gate.release()
-        elif isinstance(op, _Slot):
-            _, slot = self._per_host(op.state)
-            async with slot:
-                await slot.wait_for(op.state.can_start)
+            return await self.transport.handle_async_request(op.request)
         elif isinstance(op, _Answered):
             _, slot = self._per_host(op.state)
             async with slot:
                 slot.notify_all()
+        elif isinstance(op, _Hit):
+            plan = op.state.plan
+            assert plan.limit_set is not None
+            return await self._limiter(op.state).hit(plan.limit_set, plan.key)
+        elif isinstance(op, _Peek):
+            plan = op.state.plan
+            assert plan.limit_set is not None
+            return await self._unshifted.peek(plan.limit_set, plan.key)
+        elif isinstance(op, _Sleep):
+            await self._sleep(op.seconds)
+        elif isinstance(op, _Slot):
+            _, slot = self._per_host(op.state)
+            async with slot:
+                op.state.slot_waiters += 1
+                try:
+                    await slot.wait_for(op.state.can_start)
+                finally:
+                    op.state.slot_waiters -= 1
         elif isinstance(op, _Read):
             await op.response.aread()
         else:
