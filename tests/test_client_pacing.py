@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx
 
 from ratekeeper.client import HostPolicy
 from ratekeeper.client.hints import Hints, Quota
 from ratekeeper.client.pacing import Pacer
+from ratekeeper.client.transport import _FairLock
 
 T0 = 1_700_000_000.0
 
@@ -76,3 +80,38 @@ def test_failures_of_requests_already_in_flight_count_once() -> None:
     state.on_answer(again, T0 + 1, 429, hints)
     assert state.adaptive.streak == 2
     assert state.adaptive.delay_s == 1.0
+
+
+def test_spent_budget_waits_for_answers_in_flight_before_the_reset() -> None:
+    state = state_for(HostPolicy(max_in_flight=8))
+    state.adaptive.window = 8.0
+    seqs = [state.on_send(T0) for _ in range(4)]
+    state.on_answer(seqs[3], T0, 200, report(3, 0.9))
+    assert not state.can_start()  # 3 left, 3 in flight: maybe all spent
+    # The server had counted this one before the lowest report: one request is free again.
+    state.on_answer(seqs[0], T0, 200, report(6, 0.9))
+    assert state.can_start()
+    assert state.wait_s(T0) == 0.0
+
+
+def test_fair_lock_serves_waiters_in_arrival_order() -> None:
+    lock = _FairLock()
+    lock.acquire()
+    order: list[int] = []
+    threads = []
+
+    def take(index: int) -> None:
+        lock.acquire()
+        order.append(index)
+        lock.release()
+
+    for index in range(5):
+        thread = threading.Thread(target=take, args=(index,))
+        thread.start()
+        threads.append(thread)
+        while len(lock._waiters) < index + 1:
+            time.sleep(0.001)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2, 3, 4]
