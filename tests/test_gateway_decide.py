@@ -43,6 +43,13 @@ rates = "1/minute"
 scope = "global"
 status = 503
 
+[lockout]
+failures = 2
+window = "15 minutes"
+duration = "15 minutes"
+scope = "ip"
+routes = ["/api/v1/auth/*"]
+
 [[rules]]
 routes = ["/api/integration/busy"]
 limits = ["busy"]
@@ -65,7 +72,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def upstream(root: Path) -> Iterator[Process]:
-    with demo_upstream("musique", cwd=root) as process:
+    with demo_upstream("musique", "beatpass", cwd=root) as process:
         yield process
 
 
@@ -181,6 +188,55 @@ def test_nginx_passes_a_503_refusal_on(nginx: str) -> None:
     assert second.status_code == 503
     assert MUSIQUE_429.fullmatch(second.text) is not None
     assert int(second.headers["Retry-After"]) >= 1
+
+
+def test_nginx_reports_answers_for_the_lockout(nginx: str) -> None:
+    login = {"email": "demo@beatpass.example", "password": "wrong"}
+    with client("127.0.9.1") as first, client("127.0.9.2") as second:
+        # The API refuses the password twice (401): nginx reports both answers after the
+        # fact and the address is locked out, before its third attempt reaches the API.
+        for _ in range(2):
+            assert first.post(nginx + "/api/v1/auth/login", json=login).status_code == 401
+        deadline = time.monotonic() + 5
+        while (r := first.post(nginx + "/api/v1/auth/login", json=login)).status_code == 401:
+            # post_action runs after the client has its answer: the report may trail it.
+            assert time.monotonic() < deadline, "the lockout was never reported"
+            time.sleep(0.05)
+        assert r.status_code == 429
+        assert "too_many_failed_attempts" in r.text
+        assert int(r.headers["Retry-After"]) > 800
+        assert second.post(nginx + "/api/v1/auth/login", json=login).status_code == 401
+
+
+def test_report_counts_only_failed_answers_on_the_lockout_routes(ratekeeper: Process) -> None:
+    def report(address: str, status: str, uri: str = "/api/v1/auth/login", own: str = "") -> int:
+        with client(address) as http:
+            headers = {"X-Original-URI": uri, "X-Original-Method": "POST"}
+            if status:
+                headers["X-Original-Status"] = status
+            if own:
+                headers["X-Ratekeeper-Status"] = own
+            r = http.post(ratekeeper.url + "/_ratekeeper/report", headers=headers)
+        return r.status_code
+
+    def locked(address: str) -> bool:
+        with client(address) as http:
+            headers = {"X-Original-URI": "/api/v1/auth/login", "X-Original-Method": "POST"}
+            r = http.get(ratekeeper.url + "/_ratekeeper/decide", headers=headers)
+        return r.status_code == 429 and "too_many_failed_attempts" in r.text
+
+    assert report("127.0.10.1", "") == 400
+    # Successes, answers elsewhere and ratekeeper's own refusals do not count.
+    for status, uri in (("200", "/api/v1/auth/login"), ("401", "/api/v1/tracks")) * 2:
+        assert report("127.0.10.1", status, uri) == 204
+    assert report("127.0.10.1", "401", own="401") == 204
+    assert report("127.0.10.1", "401", own="401") == 204
+    assert not locked("127.0.10.1")
+    assert report("127.0.10.1", "403") == 204
+    assert not locked("127.0.10.1")
+    assert report("127.0.10.1", "401") == 204
+    assert locked("127.0.10.1")
+    assert not locked("127.0.10.2")
 
 
 def test_traefik_forward_auth_style(ratekeeper: Process) -> None:

@@ -2,7 +2,8 @@
 
 Requests go through the same :class:`~ratekeeper.http.asgi.RateLimitMiddleware` as in-process
 users get, then to the :class:`~ratekeeper.gateway.proxy.UpstreamProxy` or the demo API. Beside
-them: ``/_ratekeeper/decide`` (for nginx, Traefik and Envoy), ``/healthz`` and ``/metrics``.
+them: ``/_ratekeeper/decide`` (for nginx, Traefik and Envoy), ``/_ratekeeper/report`` (answers'
+statuses, for the lockout), ``/healthz`` and ``/metrics``.
 
 Several worker processes build the app from :class:`ServeSettings` passed in the environment
 (:func:`app_from_environment`), each with its own connection to the shared store.
@@ -22,7 +23,7 @@ import prometheus_client
 
 from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError, StoreError
-from ratekeeper.gateway.decide import DECIDE_PATH, decide
+from ratekeeper.gateway.decide import DECIDE_PATH, REPORT_PATH, decide, report
 from ratekeeper.gateway.demo import DEMOS, demo_app
 from ratekeeper.gateway.metrics import StoreHealthExport, merged_metrics_app, multiprocess_dir
 from ratekeeper.gateway.proxy import UpstreamProxy, quiet_uvicorn_errors
@@ -193,6 +194,8 @@ class Gateway:
                 path == DECIDE_PATH or path.startswith(DECIDE_PATH + "/")
             ):
                 await decide(self.enforcer, scope, send, self._wanted)
+            elif path == REPORT_PATH:
+                await report(self.enforcer, scope, send, self._wanted)
             elif path == "/healthz":
                 start, body = self._healthy
                 await send(start)

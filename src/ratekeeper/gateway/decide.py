@@ -19,8 +19,20 @@ so that nginx keeps its keepalive connection to ratekeeper.
 
 The caller's address is the peer's (the proxy) unless the policy trusts it as a proxy
 (``identity.trusted_proxies`` or ``serve --trust-proxy``): then ``X-Forwarded-For`` decides.
-The proxy reports no answer back, so a policy's lockout (which counts failed answers) and
-in-flight limits (which last until the answer) are not enforced through this endpoint.
+
+What a decision cannot know is how the request ends. A policy's lockout counts failed answers
+(401/403 from the API): the proxy reports each answer's status to ``/_ratekeeper/report`` with
+the same description of the request plus ``X-Original-Status`` (nginx: ``post_action``, only in
+the locations of the lockout's routes; see the example), and the lockout is then enforced as in
+``serve`` mode. Traefik and Envoy have no such hook: lockout needs ``serve`` there. In-flight
+limits (requests inside the API at once) are not enforced through the decision endpoint with
+any proxy: a slot would have to be held from the decision until a report that may never come
+(and may reach another worker process), so the decision releases it at once; use ``serve`` or
+the proxy's own connection limit (nginx ``limit_conn``).
+
+A report can only count failures against the caller that its request identifies, exactly as
+a request through ``serve`` would, so a client that reaches the endpoint directly can lock out
+no one but itself.
 """
 
 from __future__ import annotations
@@ -29,12 +41,13 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from ratekeeper.http.asgi import Send
-from ratekeeper.http.engine import Enforcer
+from ratekeeper.http.engine import Enforcer, Ticket
 from ratekeeper.http.identity import RequestView
 
-__all__ = ["DECIDE_PATH", "decide"]
+__all__ = ["DECIDE_PATH", "REPORT_PATH", "decide", "report"]
 
 DECIDE_PATH = "/_ratekeeper/decide"
+REPORT_PATH = "/_ratekeeper/report"
 _PREFIX = DECIDE_PATH + "/"
 _ORIGINAL = {
     "x-original-uri": 0,
@@ -42,15 +55,21 @@ _ORIGINAL = {
     "x-original-method": 2,
     "x-forwarded-method": 3,
     "x-ratekeeper-deny-status": 4,
+    "x-original-status": 5,
+    "x-ratekeeper-status": 6,
 }
+_NO_CONTENT: tuple[dict[str, Any], dict[str, Any]] = (
+    {"type": "http.response.start", "status": 204, "headers": []},
+    {"type": "http.response.body", "body": b""},
+)
 _PRINTABLE = bytes(range(0x20, 0x7F))
 
 
 def _view(
     scope: MutableMapping[str, Any], wanted: frozenset[str] | None
-) -> tuple[RequestView, str]:
-    """The original request as the proxy describes it, and the asked-for deny status."""
-    found: list[str | None] = [None] * 5
+) -> tuple[RequestView, list[str | None]]:
+    """The original request as the proxy describes it, and the values of ``_ORIGINAL``."""
+    found: list[str | None] = [None] * len(_ORIGINAL)
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
         name = raw_name.decode("latin-1").lower()
@@ -74,7 +93,7 @@ def _view(
         method = found[2] or found[3] or method
     client = scope.get("client")
     view = RequestView(method.upper(), path or "/", headers, client[0] if client else None, query)
-    return view, found[4] or ""
+    return view, found
 
 
 async def decide(
@@ -84,7 +103,8 @@ async def decide(
     wanted: frozenset[str] | None,
 ) -> None:
     """Answer one decision request (see the module docstring)."""
-    view, deny_as = _view(scope, wanted)
+    view, found = _view(scope, wanted)
+    deny_as = found[4] or ""
     ticket = await enforcer.admit_async(view)
     # No answer will be reported back: release what admission holds at once.
     await enforcer.complete_async(ticket, 200)
@@ -115,3 +135,36 @@ async def decide(
     out.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body})
+
+
+async def report(
+    enforcer: Enforcer,
+    scope: MutableMapping[str, Any],
+    send: Send,
+    wanted: frozenset[str] | None,
+) -> None:
+    """Count a finished answer's status against the policy's lockout; answers 204, or 400 when
+    ``X-Original-Status`` is missing (see the module docstring)."""
+    view, found = _view(scope, wanted)
+    status_text = found[5] or ""
+    if not status_text.isdigit():
+        body = b"X-Original-Status: expected the status of the answer, such as 401\n"
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    lockout = enforcer.plan.lockout
+    # A refusal of ratekeeper's own (X-Ratekeeper-Status set) never reached the API: as in serve
+    # mode, it is not an answer that counts.
+    if (
+        lockout is not None
+        and not found[6]
+        and (lockout.routes is None or lockout.routes.match(view.method, view.path))
+    ):
+        caller = enforcer.plan.identifier.identify(view)
+        if caller is not None:
+            ticket = Ticket(lock_key=caller.keys[lockout.scope])
+            await enforcer.complete_async(ticket, int(status_text))
+    start, end = _NO_CONTENT
+    await send(start)
+    await send(end)
