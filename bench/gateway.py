@@ -1,6 +1,7 @@
 """The gateway under load, in one run against the same small upstream, with wrk on loopback.
 
-Rows (requests per second, wrk ``-t1 -c32``; every server is one process on 2 shared cores):
+Rows (requests per second, wrk ``-t1 -c32``; every server is one process on 2 shared cores, and
+every Python one runs on uvicorn with uvloop + httptools when installed, as ``serve`` does):
 
 - upstream direct: wrk straight to the small upstream (a bare uvicorn app, constant JSON).
 - ratekeeper serve, proxy path: allowed requests through ``ratekeeper serve --upstream``.
@@ -8,6 +9,7 @@ Rows (requests per second, wrk ``-t1 -c32``; every server is one process on 2 sh
   streaming proxy, no rate limiting at all, to show what the upstream client costs.
 - ratekeeper serve, rejected path: every request refused (429 with headers and JSON body).
 - bare uvicorn app answering a constant: the floor for any Python answer on this machine.
+- ratekeeper's decision endpoint asked directly (refusing, as nginx asks it).
 - nginx limit_req (rejecting), nginx + ratekeeper's decision endpoint (rejecting), and both
   allowing and forwarding to the upstream, with nginx as the proxy (``examples/nginx``).
 
@@ -273,9 +275,12 @@ server {{
         yield f"http://127.0.0.1:{with_decide}", f"http://127.0.0.1:{with_limit_req}"
 
 
-def wrk(url: str, seconds: int, connections: int) -> float:
+def wrk(url: str, seconds: int, connections: int, headers: tuple[str, ...] = ()) -> float:
     """Requests per second over ``seconds``, after a 1-second warm-up."""
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", f"X-API-Key: {KEY}", url]
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", f"X-API-Key: {KEY}"]
+    for header in headers:
+        args += ["-H", header]
+    args.append(url)
     subprocess.run([*args[:3], "-d1s", *args[4:]], capture_output=True, check=True)  # warm up
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -303,8 +308,8 @@ def main() -> int:
     use_nginx = not args.no_nginx and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
     rows: list[tuple[str, str, float]] = []
 
-    def measure(group: str, label: str, url: str) -> float:
-        rate = wrk(url, seconds, args.connections)
+    def measure(group: str, label: str, url: str, headers: tuple[str, ...] = ()) -> float:
+        rate = wrk(url, seconds, args.connections, headers)
         rows.append((group, label, rate))
         print(f"  {label:<52} {rate:>9.0f} req/s", file=sys.stderr, flush=True)
         return rate
@@ -325,6 +330,12 @@ def main() -> int:
         bare = measure("reject", "bare uvicorn app answering a constant 429", constant + "/t")
         rejected = measure(
             "reject", "ratekeeper serve, rejected (429 + headers + body)", gateway + "/reject"
+        )
+        measure(
+            "reject",
+            "ratekeeper decision endpoint alone, rejected (as nginx asks)",
+            gateway + "/_ratekeeper/decide",
+            ("X-Original-URI: /reject", "X-Original-Method: GET", "X-Ratekeeper-Deny-Status: 403"),
         )
         ratios = [
             ("ratekeeper proxy / naive httpx proxy", proxied / naive, "target >= 4x"),
