@@ -117,9 +117,9 @@ def event_loop_and_parser() -> tuple[str, str]:
     """uvicorn's ``loop`` and ``http``: uvloop and httptools when installed (the http extra
     has them), asyncio and h11 otherwise.
 
-    Measured with ``bench/gateway.py`` on this project's 2-core machines, uvloop + httptools
-    answered about 1.7-2x the requests per second of asyncio + h11 on every gateway path
-    (proxy, rejection, decision endpoint).
+    Measured side by side on this project's loaded 2-core machines (wrk, two ``serve``
+    processes in one run), uvloop + httptools answered 1.4-2x the requests per second of
+    asyncio + h11 on the proxy, rejection and decision-endpoint paths in most runs.
     """
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
