@@ -6,6 +6,9 @@ from ratekeeper.client import HostPolicy, RateLimitTransport
 transport = RateLimitTransport(hosts={"api.example.com": HostPolicy(limits="100/minute")})
 with httpx.Client(transport=transport) as client:
     client.get("https://api.example.com/items")
+
+# Or pace by the policy file the provider publishes (a path or a preset name):
+transport = RateLimitTransport.from_policy("musique", host="api.musique.example")
 """
 
 from ratekeeper.client.hints import Hints, Quota, read_hints

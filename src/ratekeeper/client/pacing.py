@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,11 +22,14 @@ from ratekeeper.algorithms import Algorithm
 from ratekeeper.client.hints import Hints, Quota
 from ratekeeper.client.retry import ClientConfigError
 from ratekeeper.decision import Decision
+from ratekeeper.http.rules import RouteTable
 from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.policy import Policy, load_policy, preset_path
 from ratekeeper.rates import Rate, parse_rates
 
 __all__ = [
     "Adaptive",
+    "Charge",
     "HostPlan",
     "HostPolicy",
     "HostState",
@@ -44,6 +49,9 @@ class HostPolicy:
     latency so that the client's windows never straddle the server's. ``spread`` spaces a learned
     budget evenly until its reset instead of sending it at once. ``key`` names the budget in a
     shared store (default: the host), so several processes can share it.
+
+    ``server_policy`` is the provider's published policy file instead of ``limits`` (see
+    :meth:`from_policy`): each request is charged the limits its route has there.
     """
 
     limits: LimitSet | str | None = None
@@ -57,6 +65,30 @@ class HostPolicy:
     max_delay_s: float = 32.0
     low_remaining: int = 10
     key: str | None = None
+    server_policy: Policy | None = None
+    tier: str | None = None
+
+    @classmethod
+    def from_policy(
+        cls, source: Policy | str | Path, *, tier: str | None = None, **options: Any
+    ) -> HostPolicy:
+        """Pace by the limits a provider publishes in ratekeeper's TOML policy format.
+
+        ``source`` is a policy file, a preset name (``"musique"``, ``"radio"``, ...) or a loaded
+        :class:`~ratekeeper.policy.Policy`; ``tier`` picks a ``[plans.<tier>]`` of higher
+        limits. Each request is charged what the server charges it: the ``apply`` limits plus
+        its route's rule (``default`` when none matches), at the rule's cost; exempt routes,
+        shadow limits and in-flight caps cost nothing. Every scope counts this client's own
+        requests, except ``global``, which the client treats as its own upper bound.
+        ``options`` are the other :class:`HostPolicy` fields.
+        """
+        if isinstance(source, Policy):
+            policy = source
+        elif isinstance(source, Path) or source.endswith(".toml") or "/" in source:
+            policy = load_policy(source)
+        else:
+            policy = load_policy(preset_path(source))
+        return cls(server_policy=policy, tier=tier, **options)
 
     def __post_init__(self) -> None:
         for name in ("min_interval_s", "margin_s", "max_delay_s"):
@@ -67,35 +99,52 @@ class HostPolicy:
             raise ClientConfigError(
                 f"HostPolicy.max_in_flight must be a whole number >= 1, got {self.max_in_flight!r}"
             )
+        if self.server_policy is not None:
+            if self.limits is not None:
+                raise ClientConfigError("HostPolicy: give either limits or server_policy, not both")
+            plans = self.server_policy.tiers.plans
+            if self.tier is not None and self.tier not in plans:
+                known = ", ".join(sorted(plans)) or "none"
+                raise ClientConfigError(
+                    f"HostPolicy.tier {self.tier!r} is not a plan of "
+                    f"{self.server_policy.source} (plans: {known})"
+                )
+        elif self.tier is not None:
+            raise ClientConfigError("HostPolicy.tier needs a server_policy (see from_policy)")
         # Read the limits now, so a bad rate fails where it is configured, not at first use.
         client_limit_set(self)
 
 
 def client_limit_set(policy: HostPolicy) -> tuple[LimitSet, float] | None:
-    """The limit set the client enforces on itself for a known policy, and the clock shift.
-
-    Windows aligned to the clock are decided ``margin_s`` ahead of time, and a request that this
-    puts in the next window goes early only if the current window has room for it (see
-    :meth:`HostState.early_wait_s`): a request sent within ``margin_s`` of a boundary could
-    arrive on either side of it. Windows that start at
-    a first hit, sliding windows and GCRA are stretched by ``margin_s``: the server's window
-    starts when the request arrives, a little after the client's.
-    """
+    """The limit set the client enforces on itself for ``policy.limits``, and the clock shift
+    (``None`` when the limits are not given as such)."""
     limits = policy.limits
     if limits is None:
         return None
     if isinstance(limits, str):
         algorithm = Algorithm.parse(policy.algorithm)
-        parsed = tuple(
+        parsed: Iterable[Limit] = tuple(
             Limit(rate=rate, algorithm=algorithm, burst=policy.burst)
             for rate in parse_rates(limits)
         )
     else:
         parsed = limits.limits
-    margin = policy.margin_s
+    return _client_set("client", parsed, policy.margin_s)
+
+
+def _client_set(name: str, limits: Iterable[Limit], margin: float) -> tuple[LimitSet, float]:
+    """The client's own copy of a server's limits, and the clock shift they need.
+
+    Windows aligned to the clock are decided ``margin_s`` ahead of time, and a request that this
+    puts in the next window goes early only if the current window has room for it (see
+    :meth:`HostState.early_wait_s`): a request sent within ``margin_s`` of a boundary could
+    arrive on either side of it. Windows that start at a first hit, sliding windows and GCRA are
+    stretched by ``margin_s``: the server's window starts when the request arrives, a little
+    after the client's.
+    """
     shift = 0.0
     stretched = []
-    for limit in parsed:
+    for limit in limits:
         if limit.algorithm is Algorithm.FIXED_WINDOW:
             shift = margin
             stretched.append(limit)
@@ -105,7 +154,62 @@ def client_limit_set(policy: HostPolicy) -> tuple[LimitSet, float] | None:
             stretched.append(
                 Limit(rate=rate, algorithm=limit.algorithm, burst=burst, name=limit.name)
             )
-    return LimitSet("client", stretched), shift
+    return LimitSet(name, stretched), shift
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Charge:
+    """What one request costs under a known policy: ``cost`` units of every
+    ``(limit set, key)`` item at once, and where its clock-aligned windows are: ``(index in
+    the decision's states, period, the limit's identity)``."""
+
+    items: tuple[tuple[LimitSet, str], ...]
+    cost: int
+    aligned: tuple[tuple[int, float, tuple[str, int]], ...]
+
+    @classmethod
+    def of(cls, items: Iterable[tuple[LimitSet, str]], cost: int = 1) -> Charge:
+        """Charge ``items`` ``cost`` units each."""
+        items = tuple(items)
+        aligned = []
+        flat = 0
+        for limit_set, _ in items:
+            for index, limit in enumerate(limit_set.limits):
+                if limit.algorithm is Algorithm.FIXED_WINDOW:
+                    aligned.append((flat, limit.period_s, (limit_set.id, index)))
+                flat += 1
+        return cls(items, cost, tuple(aligned))
+
+
+def _policy_routes(
+    policy: Policy, tier: str | None, key: str, margin: float
+) -> tuple[RouteTable[Charge | None], float]:
+    """The charge of each route of a server's policy, as :meth:`HostPolicy.from_policy` says."""
+    overrides = policy.tiers.plans.get(tier, {}) if tier is not None else {}
+    shift = 0.0
+    client_sets: dict[str, LimitSet] = {}
+    for name, spec in policy.limits.items():
+        limit_set = overrides.get(name, spec.limit_set)
+        if limit_set is None or spec.shadow or policy.shadow:
+            continue
+        client_sets[name], set_shift = _client_set(name, limit_set.limits, margin)
+        shift = max(shift, set_shift)
+
+    def charge(names: Iterable[str], own: Iterable[str], cost: int, shadow: bool) -> Charge | None:
+        skipped = set(own) if shadow else set()
+        chosen = [n for n in dict.fromkeys([*policy.apply, *names]) if n not in skipped]
+        items = [(client_sets[n], key) for n in chosen if n in client_sets]
+        return Charge.of(items, cost) if items else None
+
+    entries = [
+        (
+            rule.routes,
+            rule.methods,
+            None if rule.exempt else charge(rule.limits, rule.limits, rule.cost, rule.shadow),
+        )
+        for rule in policy.rules
+    ]
+    return RouteTable(entries, charge(policy.default, (), 1, False)), shift
 
 
 class Adaptive:
@@ -186,16 +290,35 @@ _SAME_WINDOW_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class HostPlan:
-    """A host's fixed configuration: its policy, the limit set it enforces on itself (if
-    known), the clock shift for that set, and the key its budget is stored under."""
+    """A host's fixed configuration: its policy, whether its limits are known, what each
+    request is charged then (one :class:`Charge`, or one per route of a server's policy file),
+    the clock shift for those limits, and the key its budget is stored under."""
 
     name: str
     policy: HostPolicy
-    limit_set: LimitSet | None
+    known: bool
     clock_shift_s: float
     key: str
-    # (index in limit_set, period) of the windows aligned to the clock.
-    aligned: tuple[tuple[int, float], ...] = ()
+    charge: Charge | None = None
+    routes: RouteTable[Charge | None] | None = None
+
+    def charge_for(self, method: str, path: str) -> Charge | None:
+        """What a request costs (``None``: nothing, its route is exempt or the policy unknown)."""
+        routes = self.routes
+        return self.charge if routes is None else routes.match(method, path)
+
+    @classmethod
+    def build(cls, name: str, policy: HostPolicy) -> HostPlan:
+        """The plan of host ``name`` under ``policy``."""
+        key = policy.key or urlsplit(name).netloc or name
+        if policy.server_policy is not None:
+            routes, shift = _policy_routes(policy.server_policy, policy.tier, key, policy.margin_s)
+            return cls(name, policy, True, shift, key, routes=routes)
+        known = client_limit_set(policy)
+        if known is None:
+            return cls(name, policy, False, 0.0, key)
+        limit_set, shift = known
+        return cls(name, policy, True, shift, key, charge=Charge.of([(limit_set, key)]))
 
 
 class HostState:
@@ -210,7 +333,7 @@ class HostState:
         policy = plan.policy
         self.plan = plan
         self._lock = threading.Lock()
-        known = plan.limit_set is not None
+        known = plan.known
         self.adaptive = Adaptive(
             floor_s=policy.min_interval_s,
             ceiling_s=policy.max_delay_s,
@@ -232,7 +355,7 @@ class HostState:
         self._failure_mark = 0
         self.zone: str | None = None
         # Per aligned limit: (end of the window, its room when its last margin_s began).
-        self._room: dict[int, tuple[float, int]] = {}
+        self._room: dict[tuple[str, int], tuple[float, int]] = {}
 
     def can_start(self) -> bool:
         """Whether another request may be in flight now: the congestion window has room, and
@@ -243,12 +366,7 @@ class HostState:
         if in_flight >= max(int(self.adaptive.window), 1):
             return False
         budget = self.budget
-        return (
-            in_flight == 0
-            or budget is None
-            or self.plan.limit_set is not None
-            or budget.remaining > in_flight
-        )
+        return in_flight == 0 or budget is None or self.plan.known or budget.remaining > in_flight
 
     def estimated_remaining(self) -> int | None:
         """What the server has left at least: the lowest remaining it reported in this window,
@@ -270,7 +388,7 @@ class HostState:
             budget = self.budget
             # A known policy paces by itself: servers often report resets late (slowapi and
             # Flask-Limiter add a second), and obeying them would halve short windows.
-            if budget is None or budget.reset_at is None or self.plan.limit_set is not None:
+            if budget is None or budget.reset_at is None or self.plan.known:
                 return wait
             if now >= budget.reset_at:
                 # The window the report described is over: a new one holds a window's size,
@@ -286,34 +404,34 @@ class HostState:
                 return max(wait, self.last_send + (budget.reset_at - now) / (remaining + 1) - now)
             return wait
 
-    def needs_room(self, now: float) -> bool:
+    def needs_room(self, charge: Charge, now: float) -> bool:
         """Whether ``now`` is within ``margin_s`` of an aligned window's end whose room is not
         yet known: the flow then peeks at the window before charging the next one."""
         shift = self.plan.clock_shift_s
         room = self._room
-        for index, period in self.plan.aligned:
+        for _, period, limit in charge.aligned:
             end = now - now % period + period
             if now + shift >= end:
-                known = room.get(index)
+                known = room.get(limit)
                 if known is None or abs(known[0] - end) > _SAME_END_S:
                     return True
         return False
 
-    def record_room(self, peek: Decision, now: float) -> None:
+    def record_room(self, charge: Charge, peek: Decision, now: float) -> None:
         """Remember the room of the aligned windows ending within ``margin_s`` of ``now``, from
         a peek at the real clock (nothing is charged to them once their margin has begun)."""
         states = peek.states
         shift = self.plan.clock_shift_s
-        for index, period in self.plan.aligned:
+        for index, period, limit in charge.aligned:
             end = now - now % period + period
             if now + shift < end:
                 continue
             seen = states[index]
             # The store already moved on to the next window: this window's room is unknown.
             room = seen.remaining if abs(seen.reset_at - end) <= _SAME_END_S else 0
-            self._room[index] = (end, room)
+            self._room[limit] = (end, room)
 
-    def early_wait_s(self, decision: Decision, now: float) -> float:
+    def early_wait_s(self, charge: Charge, decision: Decision, now: float) -> float:
         """How long an allowed request must still wait for the aligned windows it was charged
         to (decided ``margin_s`` ahead, it may belong to a window that has not begun).
 
@@ -322,20 +440,20 @@ class HostState:
         """
         shift = self.plan.clock_shift_s
         at = decision.now
-        for _, period in self.plan.aligned:
+        for _, period, _ in charge.aligned:
             if at % period < shift:
                 break
         else:
             return 0.0  # every window it was charged to had begun when it was decided
         wait = 0.0
         states = decision.states
-        for index, period in self.plan.aligned:
+        for index, period, limit in charge.aligned:
             seen = states[index]
             start = seen.reset_at - period
             if start <= now:
                 continue
             early = seen.limit.amount - seen.remaining
-            known = self._room.get(index)
+            known = self._room.get(limit)
             if known is None or abs(known[0] - start) > _SAME_END_S or early > known[1]:
                 wait = max(wait, start - now)
         return wait
@@ -453,15 +571,7 @@ class Pacer:
             with self._lock:
                 state = self._states.get(name)
                 if state is None:
-                    known = client_limit_set(policy)
-                    limit_set, shift = known if known is not None else (None, 0.0)
-                    key = policy.key or urlsplit(name).netloc or name
-                    aligned = tuple(
-                        (index, limit.period_s)
-                        for index, limit in enumerate(limit_set.limits if limit_set else ())
-                        if limit.algorithm is Algorithm.FIXED_WINDOW
-                    )
-                    plan = HostPlan(name, policy, limit_set, shift, key, aligned)
+                    plan = HostPlan.build(name, policy)
                     state = self._states[name] = HostState(plan, backoff_base_s=self.backoff_base_s)
         return state
 

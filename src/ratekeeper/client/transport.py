@@ -17,12 +17,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import httpx
 
 from ratekeeper.client.hints import NO_HINTS, Quota, hint_headers, read_hints
-from ratekeeper.client.pacing import HostPolicy, HostState, Pacer
+from ratekeeper.client.pacing import Charge, HostPolicy, HostState, Pacer
 from ratekeeper.client.retry import (
     ClientConfigError,
     RetryPolicy,
@@ -32,6 +33,7 @@ from ratekeeper.client.retry import (
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
 from ratekeeper.limiter import AsyncLimiter, Limiter
+from ratekeeper.policy import Policy
 from ratekeeper.stores.base import AsyncStore, Store
 from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.url import store_from_url
@@ -52,6 +54,7 @@ class _Sleep:
 @dataclass(frozen=True, slots=True)
 class _Hit:
     state: HostState
+    charge: Charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,7 @@ class _Answered:
 @dataclass(frozen=True, slots=True)
 class _Peek:
     state: HostState
+    charge: Charge
 
 
 _Op: TypeAlias = _Sleep | _Hit | _Peek | _Slot | _Send | _Read | _Close | _Enter | _Answered
@@ -102,12 +106,20 @@ class _HostOps:
     enter: _Enter
     answered: _Answered
     slot: _Slot
-    hit: _Hit
-    peek: _Peek
+    # Per charge (one, or one per route of a server's policy): its hit and peek.
+    charges: dict[int, tuple[_Hit, _Peek]]
 
     @classmethod
     def of(cls, state: HostState) -> _HostOps:
-        return cls(_Enter(state), _Answered(state), _Slot(state), _Hit(state), _Peek(state))
+        return cls(_Enter(state), _Answered(state), _Slot(state), {})
+
+    def for_charge(self, charge: Charge) -> tuple[_Hit, _Peek]:
+        """The hit and peek operations of ``charge`` (charges live as long as their plan)."""
+        found = self.charges.get(id(charge))
+        if found is None:
+            found = (_Hit(self.enter.state, charge), _Peek(self.enter.state, charge))
+            self.charges[id(charge)] = found
+        return found
 
 
 _Flow: TypeAlias = Generator[_Op, Any, httpx.Response]
@@ -153,12 +165,13 @@ class _Core:
         if ops is None:
             ops = self._ops.setdefault(state.plan.name, _HostOps.of(state))
         send = _Send(request, state)
+        charge = state.plan.charge_for(request.method, request.url.path)
         statuses = self.retry.statuses
         retries = 0
         waited = 0.0
         while True:
             yield ops.enter
-            waited = yield from self._pace(state, ops, request, waited)
+            waited = yield from self._pace(state, ops, charge, request, waited)
             seq = state.on_send(self.clock())
             try:
                 response: httpx.Response = yield send
@@ -216,7 +229,12 @@ class _Core:
             retries += 1
 
     def _pace(
-        self, state: HostState, ops: _HostOps, request: httpx.Request, waited: float
+        self,
+        state: HostState,
+        ops: _HostOps,
+        charge: Charge | None,
+        request: httpx.Request,
+        waited: float,
     ) -> Generator[_Op, Any, float]:
         """Wait (holding the host's queue) until this request may go; returns total waited."""
         plan = state.plan
@@ -226,12 +244,13 @@ class _Core:
                 continue
             now = self.clock()
             wait = state.wait_s(now)
-            if wait <= 0 and plan.limit_set is not None:
-                if plan.aligned and state.needs_room(now):
-                    state.record_room((yield ops.peek), now)
-                decision: Decision = yield ops.hit
+            if wait <= 0 and charge is not None:
+                hit, peek = ops.for_charge(charge)
+                if charge.aligned and state.needs_room(charge, now):
+                    state.record_room(charge, (yield peek), now)
+                decision: Decision = yield hit
                 if decision.allowed:
-                    wait = state.early_wait_s(decision, now) if plan.aligned else 0.0
+                    wait = state.early_wait_s(charge, decision, now) if charge.aligned else 0.0
                     if wait > 0:
                         yield _Sleep(wait)
                         waited += wait
@@ -338,6 +357,15 @@ class RateLimitTransport(httpx.BaseTransport):
         self._slots: dict[str, threading.Condition] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_policy(
+        cls, source: Policy | str | Path, *, host: str, tier: str | None = None, **options: Any
+    ) -> RateLimitTransport:
+        """A transport pacing ``host`` (a host, ``host:port`` or URL prefix) by the limits its
+        provider publishes: a policy file, a preset name or a loaded policy, as
+        :meth:`HostPolicy.from_policy` reads them. ``options`` go to the constructor."""
+        return cls(hosts={host: HostPolicy.from_policy(source, tier=tier)}, **options)
+
     @property
     def pacer(self) -> Pacer:
         """The per-host states, for inspection."""
@@ -398,13 +426,13 @@ class RateLimitTransport(httpx.BaseTransport):
             with slot:
                 slot.notify_all()
         elif isinstance(op, _Hit):
-            plan = op.state.plan
-            assert plan.limit_set is not None
-            return self._limiter(op.state).hit(plan.limit_set, plan.key)
+            charge = op.charge
+            items = charge.items
+            if len(items) == 1:
+                return self._limiter(op.state).hit(items[0][0], items[0][1], charge.cost)
+            return self._limiter(op.state).hit_many(items, charge.cost)
         elif isinstance(op, _Peek):
-            plan = op.state.plan
-            assert plan.limit_set is not None
-            return self._unshifted.peek(plan.limit_set, plan.key)
+            return self._unshifted.peek_many(op.charge.items)
         elif isinstance(op, _Sleep):
             self._sleep(op.seconds)
         elif isinstance(op, _Slot):
@@ -457,6 +485,15 @@ class AsyncRateLimitTransport(httpx.AsyncBaseTransport):
         self._unshifted = AsyncLimiter(self._store, clock=clock)
         self._gates: dict[str, asyncio.Lock] = {}
         self._slots: dict[str, asyncio.Condition] = {}
+
+    @classmethod
+    def from_policy(
+        cls, source: Policy | str | Path, *, host: str, tier: str | None = None, **options: Any
+    ) -> AsyncRateLimitTransport:
+        """A transport pacing ``host`` (a host, ``host:port`` or URL prefix) by the limits its
+        provider publishes: a policy file, a preset name or a loaded policy, as
+        :meth:`HostPolicy.from_policy` reads them. ``options`` go to the constructor."""
+        return cls(hosts={host: HostPolicy.from_policy(source, tier=tier)}, **options)
 
     @property
     def pacer(self) -> Pacer:
@@ -518,13 +555,13 @@ class AsyncRateLimitTransport(httpx.AsyncBaseTransport):
             async with slot:
                 slot.notify_all()
         elif isinstance(op, _Hit):
-            plan = op.state.plan
-            assert plan.limit_set is not None
-            return await self._limiter(op.state).hit(plan.limit_set, plan.key)
+            charge = op.charge
+            items = charge.items
+            if len(items) == 1:
+                return await self._limiter(op.state).hit(items[0][0], items[0][1], charge.cost)
+            return await self._limiter(op.state).hit_many(items, charge.cost)
         elif isinstance(op, _Peek):
-            plan = op.state.plan
-            assert plan.limit_set is not None
-            return await self._unshifted.peek(plan.limit_set, plan.key)
+            return await self._unshifted.peek_many(op.charge.items)
         elif isinstance(op, _Sleep):
             await self._sleep(op.seconds)
         elif isinstance(op, _Slot):
