@@ -8,8 +8,19 @@ import httpx
 import pytest
 
 from ratekeeper import ManualClock
-from ratekeeper.client import HostPolicy, RateLimitTransport, RetryPolicy, WaitTooLongError
-from ratekeeper.client.cache import CachingTransport, endpoint_ttl
+from ratekeeper.client import (
+    AsyncRateLimitTransport,
+    HostPolicy,
+    RateLimitTransport,
+    RetryPolicy,
+    WaitTooLongError,
+)
+from ratekeeper.client.cache import (
+    AsyncCachingTransport,
+    CachingTransport,
+    async_memory_storage,
+    endpoint_ttl,
+)
 from ratekeeper.client.helpers import Debouncer, Poller, gather_bounded, paginate
 
 T0 = 1_700_000_000.0
@@ -55,6 +66,46 @@ def test_cache_follows_cache_control_elsewhere() -> None:
             client.get("http://api.test/fresh")
             client.get("http://api.test/never")
     assert calls == ["/fresh", "/never", "/never"]
+
+
+def test_async_cache_hits_spend_no_budget_and_ttls_expire() -> None:
+    clock = ManualClock(T0)
+    calls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        headers = {"Cache-Control": "max-age=60"} if request.url.path == "/fresh" else {}
+        return httpx.Response(200, json={"n": len(calls)}, headers=headers)
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    async def main() -> None:
+        paced = AsyncRateLimitTransport(
+            httpx.MockTransport(handler),
+            default=HostPolicy(limits="3/minute"),
+            retry=RetryPolicy(max_wait_s=1),
+            clock=clock,
+            sleep=sleep,
+        )
+        cached = AsyncCachingTransport(
+            paced, storage=await async_memory_storage(), ttls={"/now-playing": 0.2}
+        )
+        async with httpx.AsyncClient(transport=cached) as client:
+            first = await client.get("http://radio.test/now-playing")
+            again = await client.get("http://radio.test/now-playing")
+            assert first.json() == again.json() == {"n": 1}
+            assert again.extensions["caching"]["from_cache"]
+            await client.get("http://radio.test/fresh")
+            await client.get("http://radio.test/fresh")  # Cache-Control: max-age=60
+            await asyncio.sleep(0.3)  # hishel's TTLs run on the real clock
+            assert (await client.get("http://radio.test/now-playing")).json() == {"n": 3}
+            # Three requests a minute, all spent: anything not cached must wait past the cap.
+            with pytest.raises(WaitTooLongError):
+                await client.get("http://radio.test/stations")
+
+    asyncio.run(main())
+    assert calls == ["/now-playing", "/fresh", "/now-playing"]
 
 
 def test_endpoint_ttl_longest_prefix() -> None:

@@ -10,19 +10,33 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 
+import anysqlite
 import httpx
-from hishel import AsyncBaseStorage, BaseStorage, SqliteStorage
+from hishel import AsyncBaseStorage, AsyncSqliteStorage, BaseStorage, SqliteStorage
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
 from ratekeeper.client.retry import ClientConfigError
 
-__all__ = ["AsyncCachingTransport", "CachingTransport", "endpoint_ttl", "memory_storage"]
+__all__ = [
+    "AsyncCachingTransport",
+    "CachingTransport",
+    "async_memory_storage",
+    "endpoint_ttl",
+    "memory_storage",
+]
 
 
 def memory_storage() -> SqliteStorage:
     """A hishel storage in this process's memory (hishel's own default is a file in the
     current directory)."""
     return SqliteStorage(connection=sqlite3.connect(":memory:", check_same_thread=False))
+
+
+async def async_memory_storage() -> AsyncSqliteStorage:
+    """The asyncio twin of :func:`memory_storage` (SQLite through ``anysqlite``); await it
+    inside the event loop that will use it."""
+    connection = await anysqlite.connect(":memory:", isolation_level=None)
+    return AsyncSqliteStorage(connection=connection)
 
 
 def _check_ttls(ttls: Mapping[str, float] | None) -> dict[str, float]:
@@ -68,8 +82,8 @@ class CachingTransport(CacheTransport):
 
 
 class AsyncCachingTransport(AsyncCacheTransport):
-    """The asyncio twin of :class:`CachingTransport`; hishel's async storages need its
-    ``anysqlite`` (or Redis) extra, so pass ``storage`` explicitly."""
+    """The asyncio twin of :class:`CachingTransport`. Its storage opens in the event loop, so
+    it is given: ``await async_memory_storage()``, or any hishel async storage."""
 
     def __init__(
         self,
