@@ -30,6 +30,15 @@ on the safe side: a request can be rejected because of a reservation that is the
 reservation committed after its window ended is charged to the next window. A reservation whose
 lease expired (a client stalled or died between the phases) is charged anyway at commit and the
 decision is rejected, so a slow client never over-admits either.
+
+Standalone servers are spoken to on connections of our own, not through redis-py's client:
+a decision is a few hundred bytes of ``EVALSHA`` packed once, written to a socket, and one
+reply parsed by hiredis, and the client's per-command machinery cost more than the script.
+Both drivers share the packing, the connection set-up (AUTH, SELECT, CLIENT SETNAME and
+SCRIPT LOAD in one round trip, options read from the URL by redis-py's own parser) and the reply
+checks. The asyncio driver keeps one pipelined connection per event loop: a call is written at
+once when nothing is in flight, calls made while others are in flight leave together on the next
+turn of the loop, and replies resolve the callers in order. Cluster connections stay redis-py's.
 """
 
 from __future__ import annotations
@@ -39,10 +48,14 @@ import functools
 import hashlib
 import math
 import os
+import socket
+import ssl
 import struct
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -54,16 +67,14 @@ from ratekeeper.limit import LimitSet
 from ratekeeper.stores.url import mask_url
 
 try:
+    import hiredis
     import redis
     import redis.asyncio
     import redis.asyncio.cluster
     import redis.cluster
-    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.crc import key_slot
-    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisClusterException, RedisError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise StoreError("the Redis store needs redis-py: pip install 'ratekeeper[redis]'") from exc
@@ -98,13 +109,11 @@ _CLUSTER = {
 }
 _OWN_OPTIONS = {"prefix", "timeout", "key_salt"}
 _CONNECTION_ERRORS = (RedisError, RedisClusterException, OSError)
-_BROKEN_CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError)
 # A reservation left by a client that died between the two phases of a cross-slot decision
 # stops holding units after this long.
 _LEASE_MS = 5000
 # Wait suggested when a decision lost its reservation: another attempt will settle at once.
 _LOST_RETRY_S = 0.001
-_ASYNC_CONNECTIONS = 64
 
 
 class RedisStoreError(StoreError):
@@ -163,14 +172,21 @@ class RedisStore:
         self._password = password
         self._timeout_s = timeout_s
         self._plans: dict[str, tuple[bytes, bytes, int]] = {}
+        # Cluster: redis-py's asyncio client, bound to the loop that opened it.
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._astarting: asyncio.Future[Any] | None = None
         self._batcher: _Batcher | None = None
+        # Standalone: one pipelined connection per event loop (asyncio transports belong to
+        # the loop that made them), the last one used kept apart for a cheap lookup.
+        self._aconn: _AsyncConnection | None = None
+        self._aconns: dict[asyncio.AbstractEventLoop, _AsyncConnection] = {}
+        self._aopening: dict[asyncio.AbstractEventLoop, asyncio.Task[_AsyncConnection]] = {}
         # Idle connections of the synchronous standalone driver; list.pop and list.append are
         # atomic, so threads share it without a lock.
-        self._idle: list[Any] = []
+        self._idle: list[_SyncConnection] = []
         self._client: Any = self._connect()
+        self._endpoint = _Endpoint.from_url(target[0])
         _STORES.add(self)
 
     @classmethod
@@ -211,7 +227,7 @@ class RedisStore:
         """Close the synchronous connections (the async ones close with :meth:`close_async`)."""
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection.disconnect()
+            connection.close()
         self._client.close()
 
     def _eval(self, call: Call) -> bytes:
@@ -231,35 +247,38 @@ class RedisStore:
         return reply
 
     def _eval_direct(self, call: Call) -> bytes:
-        """One script call on an idle connection of our own: redis-py's client and pool cost
-        more per command (a readiness poll, retry and metrics hooks) than the script itself."""
+        """One script call on an idle connection of our own."""
         packed = _pack_evalsha(call)
         idle = self._idle
         try:
             connection = idle.pop()
         except IndexError:
-            connection = self._new_connection()
+            connection = None
         try:
-            reply = _send(connection, packed)
-        except _BROKEN_CONNECTION as exc:
-            # One retry on a fresh connection absorbs a pooled connection that a server restart
+            if connection is None:
+                connection = self._new_connection()
+            reply = connection.call(packed)
+        except _WIRE_BROKEN as exc:
+            # One retry on a fresh connection absorbs an idle connection that a server restart
             # closed; a replayed script can only over-count, never admit more.
-            connection.disconnect()
+            if connection is not None:
+                connection.close()
             try:
-                reply = _send(connection, packed)
-            except _CONNECTION_ERRORS as again:
-                connection.disconnect()
+                connection = self._new_connection()
+                reply = connection.call(packed)
+            except _WIRE_ERRORS as again:
+                if connection is not None:
+                    connection.close()
                 raise self._error("decide", again) from exc
-        except _CONNECTION_ERRORS as exc:
+        except hiredis.ReplyError as exc:
             # A refused command: its answer was read whole, the connection stays usable.
-            idle.append(connection)
+            idle.append(connection)  # type: ignore[arg-type]
             raise self._error("decide", exc) from exc
         idle.append(connection)
         return reply
 
-    def _new_connection(self) -> Any:
-        pool = self._client.connection_pool
-        return pool.connection_class(**pool.connection_kwargs)
+    def _new_connection(self) -> _SyncConnection:
+        return _SyncConnection(self._endpoint, self._timeout_s)
 
     # -- the asyncio driver -----------------------------------------------------------------
 
@@ -283,50 +302,120 @@ class RedisStore:
 
     async def reset_async(self, items: Items) -> None:
         """The asyncio twin of :meth:`reset`."""
+        keys = [self._key(limit_set, key) for limit_set, key in items]
         try:
-            client = await self._async_client()
-            for limit_set, key in items:
-                await client.delete(self._key(limit_set, key))
-        except _CONNECTION_ERRORS as exc:
+            if self.cluster:
+                client = await self._async_cluster()
+                for key in keys:
+                    await client.delete(key)
+            elif keys:
+                connection = await self._async_connection()
+                reply = await connection.call(_pack(b"DEL", *(k.encode() for k in keys)))
+                if isinstance(reply, hiredis.ReplyError):
+                    raise reply
+        except _WIRE_ERRORS as exc:
             raise self._error("reset", exc) from exc
 
     async def close_async(self) -> None:
-        """Close the asyncio connections of the running event loop's client."""
+        """Close the asyncio connections of the running event loop."""
+        loop = asyncio.get_running_loop()
+        connection = self._aconns.pop(loop, None)
+        if self._aconn is connection:
+            self._aconn = None
+        if connection is not None:
+            connection.close()
         client, self._aclient, self._aloop, self._batcher = self._aclient, None, None, None
         self._astarting = None
         if client is not None:
             await client.aclose()
 
     async def _eval_async(self, call: Call) -> bytes:
+        if self.cluster:
+            return await self._eval_cluster_async(call)
+        packed = _pack_evalsha(call)
         try:
-            client = self._aclient
-            if client is None or self._aloop is not asyncio.get_running_loop() or self._astarting:
-                client = await self._async_client()
-            batcher = self._batcher
-            if batcher is not None:
-                return await batcher.submit(call)
-            keys, args = call
-            try:
-                reply: bytes = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
-            except NoScriptError:
-                await client.script_load(SCRIPT)
-                reply = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
-        except _CONNECTION_ERRORS as exc:
+            connection = self._aconn
+            if (
+                connection is None
+                or connection.broken is not None
+                or connection.loop is not asyncio.get_running_loop()
+            ):
+                connection = await self._async_connection()
+            reply = await connection.call(packed)
+            if type(reply) is not bytes:
+                if not _is_noscript(reply):
+                    raise reply
+                # The server restarted or flushed its scripts: load it again, once.
+                reply = await connection.call(packed, load_first=True)
+                if type(reply) is not bytes:
+                    raise reply
+        except _WIRE_ERRORS as exc:
             raise self._error("decide", exc) from exc
         return reply
 
-    async def _async_client(self) -> Any:
+    async def _async_connection(self) -> _AsyncConnection:
+        """The running loop's connection, opened (once, whoever asks first) if it has none or
+        lost it."""
+        loop = asyncio.get_running_loop()
+        connection = self._aconns.get(loop)
+        if connection is None or connection.broken is not None:
+            opening = self._aopening.get(loop)
+            if opening is None:
+                for old in [old for old in self._aconns if old.is_closed()]:
+                    del self._aconns[old]
+                opening = loop.create_task(self._open_async())
+                self._aopening[loop] = opening
+                opening.add_done_callback(functools.partial(self._opened, loop))
+            # A caller cancelled while waiting leaves the connection opening for the others.
+            connection = await asyncio.shield(opening)
+        self._aconn = connection
+        return connection
+
+    def _opened(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        if self._aopening.get(loop) is task:
+            del self._aopening[loop]
+        if not task.cancelled() and task.exception() is None:
+            self._aconns[loop] = task.result()
+
+    async def _open_async(self) -> _AsyncConnection:
+        endpoint = self._endpoint
+        loop = asyncio.get_running_loop()
+        connection = _AsyncConnection(loop, self._timeout_s, coalesce=self.batch_async)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await loop.create_connection(
+                    lambda: connection, endpoint.host, endpoint.port, ssl=endpoint.ssl
+                )
+                replies = await asyncio.gather(*connection.hello(endpoint))
+            endpoint.check(replies)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def _eval_cluster_async(self, call: Call) -> bytes:
+        try:
+            client = self._aclient
+            if client is None or self._aloop is not asyncio.get_running_loop() or self._astarting:
+                client = await self._async_cluster()
+            batcher = self._batcher
+            if batcher is not None:
+                return await batcher.submit(call)
+            return await _cluster_evalsha(client, call)
+        except _CONNECTION_ERRORS as exc:
+            raise self._error("decide", exc) from exc
+
+    async def _async_cluster(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             # redis.asyncio connections belong to the loop that opened them.
             self._aclient = client = self._new_client(asynchronous=True)
             self._aloop = loop
             self._batcher = _Batcher(client) if self.batch_async else None
-            if self.cluster:
-                # Concurrent first commands on a fresh cluster client race in redis-py (one
-                # task's connection is closed while another sends on it): learn the topology
-                # once, before any command; other first callers wait for it.
-                self._astarting = asyncio.ensure_future(client.initialize())
+            # Concurrent first commands on a fresh cluster client race in redis-py (one
+            # task's connection is closed while another sends on it): learn the topology
+            # once, before any command; other first callers wait for it.
+            self._astarting = asyncio.ensure_future(client.initialize())
         starting = self._astarting
         if starting is not None:
             try:
@@ -429,6 +518,11 @@ class RedisStore:
             client = self._new_client(asynchronous=False)
             client.ping()
             client.script_load(SCRIPT)
+        except (TypeError, ValueError) as exc:
+            raise StoreURLError(
+                f"bad option in the Redis store URL {self.url}: {self._clean(exc)} "
+                "(expected redis-py's connection options)"
+            ) from exc
         except _CONNECTION_ERRORS as exc:
             raise StoreError(
                 f"cannot use the Redis store at {self.url}: {self._clean(exc)} "
@@ -444,15 +538,7 @@ class RedisStore:
         }
         if not self.cluster:
             # One retry on a fresh connection absorbs a pooled connection that a server restart
-            # closed; a replayed script can only over-count, never admit more.
-            if asynchronous:
-                common["retry"] = AsyncRetry(NoBackoff(), 1)
-                # Unbatched callers beyond the pool's size wait for a connection instead of
-                # failing with "too many connections".
-                pool = redis.asyncio.BlockingConnectionPool.from_url(
-                    url, max_connections=_ASYNC_CONNECTIONS, timeout=self._timeout_s, **common
-                )
-                return redis.asyncio.Redis(connection_pool=pool)
+            # closed; a replayed command can only over-count, never admit more.
             common["retry"] = Retry(NoBackoff(), 1)
             return redis.Redis.from_url(url, **common)
         if asynchronous:
@@ -482,22 +568,20 @@ def _forget_connections_after_fork() -> None:
     # the child's copies of the file descriptors.
     for store in _STORES:
         store._idle = []
+        store._aconn = None
+        store._aconns = {}
+        store._aopening = {}
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
-def _send(connection: Any, packed: bytes) -> bytes:
-    connection.send_packed_command((packed,), check_health=False)
-    try:
-        reply: bytes = connection.read_response()
-    except NoScriptError:
-        # The server restarted or flushed its scripts: load it again, once.
-        connection.send_command("SCRIPT", "LOAD", SCRIPT, check_health=False)
-        connection.read_response()
-        connection.send_packed_command((packed,), check_health=False)
-        reply = connection.read_response()
-    return reply
+def _pack(*words: bytes) -> bytes:
+    """The RESP bytes of one command."""
+    out = [b"*%d\r\n" % len(words)]
+    for word in words:
+        out.append(b"$%d\r\n%s\r\n" % (len(word), word))
+    return b"".join(out)
 
 
 def _pack_evalsha(call: Call) -> bytes:
@@ -512,20 +596,264 @@ def _pack_evalsha(call: Call) -> bytes:
 
 
 _EVALSHA_HEAD = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode() + b"\r\n"
+_LOAD_SCRIPT = _pack(b"SCRIPT", b"LOAD", SCRIPT.encode())
+# What the wire drivers raise: socket and TLS errors (ConnectionError and TimeoutError among
+# them), a reply hiredis cannot parse, and a reply that is an error.
+_WIRE_ERRORS = (OSError, hiredis.HiredisError)
+# Errors after which a connection cannot be used again: the reply order may be lost.
+_WIRE_BROKEN = (OSError, hiredis.ProtocolError)
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """Where a standalone server listens and what a new connection sends first, read from the
+    redis-py URL by redis-py's own parser, so every option means what it means there."""
+
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None
+    # AUTH, SELECT, CLIENT SETNAME (those the URL asks for) and SCRIPT LOAD, pipelined.
+    hello: bytes
+    hello_replies: int
+
+    @classmethod
+    def from_url(cls, url: str) -> _Endpoint:
+        """The endpoint of a ``redis://`` or ``rediss://`` URL."""
+        options = redis.asyncio.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+        commands = []
+        if options.username:
+            commands.append(_pack(b"AUTH", options.username.encode(), options.password.encode()))
+        elif options.password:
+            commands.append(_pack(b"AUTH", options.password.encode()))
+        if options.db:
+            commands.append(_pack(b"SELECT", str(int(options.db)).encode()))
+        if options.client_name:
+            commands.append(_pack(b"CLIENT", b"SETNAME", options.client_name.encode()))
+        commands.append(_LOAD_SCRIPT)
+        context = options.ssl_context.get() if hasattr(options, "ssl_context") else None
+        return cls(options.host, options.port, context, b"".join(commands), len(commands))
+
+    def check(self, replies: Sequence[Any]) -> None:
+        """Raise the first refusal among the replies to :attr:`hello`."""
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise ConnectionError(f"the server refused the connection set-up: {reply}")
+
+
+class _SyncConnection:
+    """A blocking socket to a standalone server, set up by :attr:`_Endpoint.hello`."""
+
+    __slots__ = ("_reader", "_sock")
+
+    def __init__(self, endpoint: _Endpoint, timeout_s: float) -> None:
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if endpoint.ssl is not None:
+                sock = endpoint.ssl.wrap_socket(sock, server_hostname=endpoint.host)
+            self._sock = sock
+            self._reader = hiredis.Reader()
+            endpoint.check(self._exchange(endpoint.hello, endpoint.hello_replies))
+        except BaseException:
+            sock.close()
+            raise
+
+    def call(self, packed: bytes) -> bytes:
+        """Send one packed command, return its reply; raises a refusal as ``ReplyError``."""
+        (reply,) = self._exchange(packed, 1)
+        if type(reply) is not bytes:
+            if not _is_noscript(reply):
+                raise reply
+            # The server restarted or flushed its scripts: load it again, once.
+            _, reply = self._exchange(_LOAD_SCRIPT + packed, 2)
+            if type(reply) is not bytes:
+                raise reply
+        return reply
+
+    def _exchange(self, data: bytes, replies: int) -> list[Any]:
+        self._sock.sendall(data)
+        reader = self._reader
+        out: list[Any] = []
+        while len(out) < replies:
+            reply = reader.gets()
+            if reply is False:
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the server closed the connection")
+                reader.feed(chunk)
+            else:
+                out.append(reply)
+        return out
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._sock.close()
+
+
+class _AsyncConnection(asyncio.Protocol):
+    """One pipelined connection for one event loop.
+
+    A call is written at once when nothing is in flight; calls made while others are in flight
+    queue up and leave in one write on the next turn of the loop (with ``coalesce``). Replies
+    resolve the waiting futures in order. A caller cancelled while waiting leaves its future in
+    place and its reply is dropped, so later replies still reach their callers. After a lost
+    connection, a protocol error or ``timeout_s`` without any reply while calls wait, the
+    connection is ``broken``: every waiter fails with the reason and a new connection is needed.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float, *, coalesce: bool):
+        self.loop = loop
+        self.broken: Exception | None = None
+        self._timeout_s = timeout_s
+        self._coalesce = coalesce
+        self._transport: asyncio.Transport | None = None
+        self._reader = hiredis.Reader()
+        # One entry per reply to come: the caller's future, or None for a script load whose
+        # reply nobody waits for.
+        self._waiting: deque[asyncio.Future[Any] | None] = deque()
+        self._queued: list[bytes] = []
+        self._flush: asyncio.Handle | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._progress_at = 0.0
+        self._loading = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """asyncio: the socket is open."""
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        """asyncio: replies arrived; resolve their waiters in order."""
+        reader = self._reader
+        waiting = self._waiting
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                future = waiting.popleft()
+                if future is None:
+                    self._loading = False
+                elif not future.done():
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:
+            self._break(ConnectionError(f"unreadable reply from the server: {exc!r}"))
+            return
+        if waiting:
+            self._progress_at = self.loop.time()
+
+    def eof_received(self) -> bool:
+        """asyncio: the server closed its side."""
+        self._break(ConnectionError("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """asyncio: the socket is closed."""
+        self._break(ConnectionError(f"connection lost: {exc or 'closed'}"))
+
+    def hello(self, endpoint: _Endpoint) -> list[asyncio.Future[Any]]:
+        """Send the connection set-up; the futures of its replies."""
+        futures = [self.loop.create_future() for _ in range(endpoint.hello_replies)]
+        self._send(endpoint.hello, futures)
+        return futures
+
+    def call(self, packed: bytes, *, load_first: bool = False) -> asyncio.Future[Any]:
+        """Send one packed command; its reply (a refusal as a ``ReplyError`` value). With
+        ``load_first`` the script is loaded before, unless a load is already on its way."""
+        future = self.loop.create_future()
+        if load_first and not self._loading:
+            self._loading = True
+            self._send(_LOAD_SCRIPT + packed, [None, future])
+        else:
+            self._send(packed, [future])
+        return future
+
+    def _send(self, data: bytes, futures: Sequence[asyncio.Future[Any] | None]) -> None:
+        if self.broken is not None:
+            raise ConnectionError(str(self.broken))
+        waiting = self._waiting
+        if waiting and self._coalesce:
+            self._queued.append(data)
+            if self._flush is None:
+                self._flush = self.loop.call_soon(self._write_queued)
+        else:
+            if not waiting:
+                self._progress_at = self.loop.time()
+                if self._watch is None:
+                    self._watch = self.loop.call_at(
+                        self._progress_at + self._timeout_s, self._check_progress
+                    )
+            self._transport.write(data)  # type: ignore[union-attr]
+        waiting.extend(futures)
+
+    def _write_queued(self) -> None:
+        self._flush = None
+        queued, self._queued = self._queued, []
+        if self.broken is None:
+            self._transport.write(b"".join(queued))  # type: ignore[union-attr]
+
+    def _check_progress(self) -> None:
+        self._watch = None
+        if not self._waiting or self.broken is not None:
+            return
+        due = self._progress_at + self._timeout_s
+        if self.loop.time() < due:
+            self._watch = self.loop.call_at(due, self._check_progress)
+        else:
+            self._break(TimeoutError(f"no reply from the server within {self._timeout_s:g} s"))
+
+    def _break(self, reason: Exception) -> None:
+        if self.broken is not None:
+            return
+        self.broken = reason
+        for handle in (self._flush, self._watch):
+            if handle is not None:
+                handle.cancel()
+        self._flush = self._watch = None
+        self._queued = []
+        waiting, self._waiting = self._waiting, deque()
+        for future in waiting:
+            if future is not None and not future.done():
+                future.set_exception(type(reason)(*reason.args))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close(self) -> None:
+        """Close the connection; calls still waiting fail."""
+        self._break(ConnectionError("the connection was closed by the store"))
+
+
+async def _cluster_evalsha(client: Any, call: Call) -> bytes:
+    keys, args = call
+    try:
+        reply: bytes = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+    except NoScriptError:
+        await client.script_load(SCRIPT)
+        reply = await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+    return reply
 
 
 class _Batcher:
-    """Sends the script calls of concurrent tasks as pipelines: while one pipeline is in
-    flight, new calls queue up and leave together in the next one."""
+    """Sends the script calls of concurrent tasks on a cluster as pipelines: a lone call goes
+    out at once; while calls are in flight, new ones queue up and leave together in the next
+    pipeline."""
 
-    __slots__ = ("_client", "_pending", "_running")
+    __slots__ = ("_client", "_lone", "_pending", "_running")
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self._pending: list[tuple[Call, asyncio.Future[bytes]]] = []
         self._running = False
+        self._lone = False
 
     async def submit(self, call: Call) -> bytes:
+        if not (self._lone or self._running):
+            self._lone = True
+            try:
+                return await _cluster_evalsha(self._client, call)
+            finally:
+                self._lone = False
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending.append((call, future))
         if not self._running:
