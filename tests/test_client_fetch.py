@@ -47,3 +47,19 @@ def test_fetch_reports_failures_and_bad_arguments() -> None:
     assert fetch_main(["--no-progress"]) == 2
     assert fetch_main(["http://x.test/", "--rate", "lots"]) == 2
     assert fetch_main(["http://x.test/", "-H", "no colon"]) == 2
+    assert fetch_main(["http://x.test/", "--policy", "no-such-preset"]) == 2
+    assert fetch_main(["http://x.test/", "--rate", "1/second", "--tier", "gold"]) == 2
+
+
+def test_fetch_paced_by_a_policy_file(tmp_path: Path) -> None:
+    counts = Counts()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('apply = ["api"]\n[limits.api]\nrates = "10/second"\n')
+    with serve_asgi(ratekeeper_app("10/second", "fixed_window", counts)) as base:
+        code = fetch_main(
+            [f"{base}/items"] * 15
+            + ["--policy", str(policy), "-o", str(tmp_path / "out")]
+            + ["--no-progress"]
+        )
+    assert code == 0
+    assert counts.statuses == {200: 15}

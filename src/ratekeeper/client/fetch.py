@@ -1,7 +1,8 @@
 """``ratekeeper fetch``: download URLs within a server's limits, for people not writing code.
 
 URLs come from the arguments and/or a file (one per line, ``-`` for stdin). Requests are
-paced by a given policy (``--rate 100/minute``) or by what the server's headers say, retried
+paced by a given policy (``--rate 100/minute``, or the provider's policy file or preset with
+``--policy``) or by what the server's headers say, retried
 as the client's retry policy says, and written to a directory (one file per URL) or as JSON
 lines to stdout. A progress bar on stderr shows the current rate and the time spent waiting.
 """
@@ -41,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("urls", nargs="*", help="URLs to fetch")
     parser.add_argument("-i", "--input", help="file with one URL per line ('-' for stdin)")
-    parser.add_argument("--rate", help="the server's policy, e.g. '100/minute; 1000/hour'")
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--rate", help="the server's policy, e.g. '100/minute; 1000/hour'")
+    given.add_argument(
+        "--policy", help="the server's published policy file, or a preset name (e.g. musique)"
+    )
+    parser.add_argument("--tier", help="with --policy: your plan in it (e.g. enterprise)")
     parser.add_argument(
         "--algorithm",
         default="fixed_window",
@@ -107,11 +113,11 @@ async def _run(args: argparse.Namespace, urls: list[str], err: Console, out: Tex
         meter.waited_s += seconds
         await asyncio.sleep(seconds)
 
-    policy = HostPolicy(
-        limits=args.rate,
-        algorithm=args.algorithm,
-        min_interval_s=args.min_interval,
-        max_in_flight=args.concurrency,
+    options = {"min_interval_s": args.min_interval, "max_in_flight": args.concurrency}
+    policy = (
+        HostPolicy.from_policy(args.policy, tier=args.tier, **options)
+        if args.policy
+        else HostPolicy(limits=args.rate, algorithm=args.algorithm, tier=args.tier, **options)
     )
     transport = AsyncRateLimitTransport(
         default=policy,
