@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ratekeeper.errors import RateSyntaxError
 
-__all__ = ["Rate", "parse_rate", "parse_rates"]
+__all__ = ["Rate", "parse_rate", "parse_rates", "seconds_per_unit"]
 
 _UNIT_SECONDS = {
     "s": 1.0,
@@ -34,6 +34,12 @@ _RATE_RE = re.compile(
     re.IGNORECASE,
 )
 _UNIT_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
+
+
+def seconds_per_unit(unit: str) -> float | None:
+    """Seconds in a time unit as rates and durations write it (``s``, ``minute``, ``h``, ``days``
+    ...), or ``None`` for an unknown unit."""
+    return _UNIT_SECONDS.get(unit.lower())
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Any
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.errors import LimitConfigError, PolicyError, RateSyntaxError
 from ratekeeper.limit import Limit, LimitSet
-from ratekeeper.rates import parse_rates
+from ratekeeper.rates import parse_rates, seconds_per_unit
 from ratekeeper.stores.fallback import FailMode
 
 __all__ = [
@@ -50,23 +50,6 @@ ON_STORE_ERROR = {
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-_DURATION_UNITS = {
-    "": 1.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-    "days": 86400.0,
-}
 _RESERVED_LIMIT_NAMES = frozenset({"lockout", "lockout-failures"})
 _HOOK_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -181,7 +164,7 @@ def parse_duration(value: object) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
-        unit = _DURATION_UNITS.get(match[2].lower()) if match else None
+        unit = (seconds_per_unit(match[2]) if match[2] else 1.0) if match else None
         if match is None or unit is None:
             raise ValueError("a duration such as 30, '30s', '15 minutes' or '2h'")
         seconds = float(match[1]) * unit
