@@ -8,7 +8,8 @@ large enough that nearly every decision is allowed (a charge: the costly path).
 Rows (each best of a few interleaved rounds; compare ratios, not absolute numbers):
 
 - ratekeeper: ``Limiter(RedisStore(url)).hit(policy, key)``; async: ``AsyncLimiter`` with 64
-  concurrent tasks, with the store's pipelining (default) and without (``batch_async=False``);
+  concurrent tasks on the store's pipelined connection, calls made while others are in flight
+  leaving in one write (default) or each in its own write (``batch_async=False``);
 - limits fixed, naive hit x3: ``FixedWindowRateLimiter(RedisStorage)``, ``hit`` on minute, hour
   and day, stopping at the first rejection (not all or nothing: the cheapest correct-looking use);
 - limits fixed, test x3 + hit x3: all or nothing for one caller (not atomic across callers);
@@ -16,7 +17,8 @@ Rows (each best of a few interleaved rounds; compare ratios, not absolute number
   rates, via ``Limiter.try_acquire(key, blocking=False)``; no leak thread is scheduled.
 
 "cmds" counts the commands Redis executed per decision (``MONITOR``: the client's and those run
-inside scripts), "trips" the client's socket writes per decision (each one waits for replies).
+inside scripts), "trips" the client's socket writes per decision (``send``/``sendall`` on any
+socket: redis-py's connections and the store's own alike).
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ import limits.aio.strategies
 import limits.storage
 import limits.strategies
 import redis
-import redis.asyncio.connection
-import redis.connection
 from pyrate_limiter import BucketFactory, Duration, Limiter, Rate, RateItem, RedisBucket
 
 from ratekeeper import AsyncLimiter, LimitSet
@@ -141,8 +141,8 @@ def limits_async(url: str) -> AsyncDecide:
 
 
 ASYNC_ROWS: dict[str, Callable[[str], AsyncDecide]] = {
-    f"ratekeeper async c={CONCURRENCY}, pipelined": lambda url: rk_async(url, True),
-    f"ratekeeper async c={CONCURRENCY}, unbatched": lambda url: rk_async(url, False),
+    f"ratekeeper async c={CONCURRENCY}, coalesced": lambda url: rk_async(url, True),
+    f"ratekeeper async c={CONCURRENCY}, write per call": lambda url: rk_async(url, False),
     f"limits async c={CONCURRENCY}, naive hit x3": limits_async,
 }
 
@@ -243,21 +243,18 @@ class Monitor:
 
 
 class TripCounter:
-    """Counts socket writes of redis-py connections (one per round trip: a command or a
-    pipeline)."""
+    """Counts socket writes (a command or a pipeline each; asyncio transports write with
+    ``send``, blocking clients with ``sendall``)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._patched: list[tuple[Any, Any]] = []
+        self._patched: list[tuple[str, Any]] = []
 
     def __enter__(self) -> TripCounter:
-        for cls in (
-            redis.connection.AbstractConnection,
-            redis.asyncio.connection.AbstractConnection,
-        ):
-            original = cls.send_packed_command
-            self._patched.append((cls, original))
-            cls.send_packed_command = self._wrap(original)  # type: ignore[method-assign]
+        for name in ("send", "sendall"):
+            original = getattr(socket.socket, name)
+            self._patched.append((name, original))
+            setattr(socket.socket, name, self._wrap(original))
         return self
 
     def _wrap(self, original: Any) -> Any:
@@ -270,8 +267,8 @@ class TripCounter:
         return send
 
     def __exit__(self, *exc: object) -> None:
-        for cls, original in self._patched:
-            cls.send_packed_command = original  # type: ignore[method-assign]
+        for name, original in self._patched:
+            setattr(socket.socket, name, original)
 
 
 def count_traffic(port: int, url: str, n: int) -> dict[str, tuple[float, float]]:
