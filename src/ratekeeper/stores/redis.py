@@ -55,7 +55,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -616,8 +616,9 @@ class _Endpoint:
     host: str
     port: int
     ssl: ssl.SSLContext | None
-    # AUTH, SELECT, CLIENT SETNAME (those the URL asks for) and SCRIPT LOAD, pipelined.
-    hello: bytes
+    # AUTH, SELECT, CLIENT SETNAME (those the URL asks for) and SCRIPT LOAD, pipelined; out of
+    # the repr, as it holds the password.
+    hello: bytes = field(repr=False)
     hello_replies: int
 
     @classmethod
