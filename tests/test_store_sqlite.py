@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,8 @@ from ratekeeper import (
     StoreURLError,
     store_from_url,
 )
+from ratekeeper.core import EntryState
+from ratekeeper.stores import sqlite as sqlite_module
 from ratekeeper.stores.sqlite import SQLiteStore
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -213,6 +215,60 @@ def test_four_processes_of_fifty_threads_admit_exactly_the_limit(tmp_path: Path)
         stored = 200 - store.decide(((per_key, f"key-{i}"),), 0, now, peek=True).remaining
         assert stored == admitted.get(f"key-{i}", 0) <= 200
     store.close()
+
+
+def test_a_rejection_reads_without_the_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "rk.db"
+    store = SQLiteStore(path, busy_timeout_s=0)
+    limits = LimitSet("api", "1/hour")
+    now = 1_700_000_000.0
+    assert store.decide(((limits, "spent"),), 1, now).allowed
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+    try:
+        assert not store.decide(((limits, "spent"),), 1, now).allowed
+        # A charge needs the lock: with no busy timeout it fails at once, naming the file.
+        with pytest.raises(StoreError, match=r"rk\.db.*busy_timeout_s"):
+            store.decide(((limits, "fresh"),), 1, now)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert store.decide(((limits, "fresh"),), 1, now).allowed
+    store.close()
+
+
+def test_a_charge_read_before_another_writer_committed_is_decided_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rk.db"
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    limits = LimitSet("api", "2/hour")
+    now = 1_700_000_000.0
+    assert store.decide(((limits, "k"),), 1, now).remaining == 1
+    seen: list[object] = []
+    real_decide = sqlite_module.decide
+
+    def interleaved(
+        items: Sequence[tuple[LimitSet, str]],
+        entries: list[EntryState | None],
+        at: float,
+        cost: int,
+    ) -> tuple[list[EntryState] | None, Decision]:
+        seen.append(entries[0])
+        if len(seen) == 1:
+            # Between this read and its write, another process charges the last unit.
+            assert other.decide(items, 1, at).allowed
+        return real_decide(items, entries, at, cost)
+
+    monkeypatch.setattr(sqlite_module, "decide", interleaved)
+    decision = store.decide(((limits, "k"),), 1, now)
+    monkeypatch.undo()
+    # Read (1 left), the other's read and charge, then this one again under the write lock.
+    assert len(seen) == 3 and seen[0] == seen[1] != seen[2]
+    assert not decision.allowed
+    assert store.decide(((limits, "k"),), 0, now, peek=True).remaining == 0
+    store.close()
+    other.close()
 
 
 def test_threads_and_tasks_of_one_process_are_exact(tmp_path: Path) -> None:

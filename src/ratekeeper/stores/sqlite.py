@@ -1,12 +1,17 @@
 """The SQLite store: state in one file, shared exactly by the processes of one machine.
 
-Each decision is one ``BEGIN IMMEDIATE`` transaction around the pure core: read the rows of
-all items, decide, write back only what was charged. ``BEGIN IMMEDIATE`` takes the write lock
-before reading, so two processes can never both read the same count and both charge it, and a
-reader never has to upgrade to a writer (which WAL refuses with ``SQLITE_BUSY`` once another
-writer has committed). The file is in WAL mode with ``synchronous=NORMAL``: a crash of the
-application loses nothing; a power cut may lose the last few decisions, which for counters of
-requests is the better trade than an fsync per request.
+Each decision is one transaction around the pure core: read the rows of all items, decide,
+write back only what was charged. It starts as a read (``BEGIN``): a rejection writes nothing,
+so it commits the read and never takes the write lock (half the file locks of a locked
+decision, and no wait behind other processes' writers). A charge upgrades the same transaction
+to a writer. WAL grants that only while the snapshot read is still the newest version of the
+file, and otherwise fails at once with ``SQLITE_BUSY`` (never after a wait): then the decision
+starts over under ``BEGIN IMMEDIATE``, which takes the write lock before reading. Either way a
+charge is written only over the state it was decided on, so two processes can never both read
+the same count and both charge it; a rejection is exact as of its snapshot, taken during the
+call. The file is in WAL mode with ``synchronous=NORMAL``: a crash of the application loses
+nothing; a power cut may lose the last few decisions, which for counters of requests is the
+better trade than an fsync per request.
 
 Rows are keyed by the limit set's ``id`` and a BLAKE2b hash of the key, so API keys never reach
 the file. A row carries ``expires_at`` (last write + the set's TTL, after which its state equals
@@ -55,7 +60,7 @@ _SCHEMA = (
     " PRIMARY KEY (limit_set, key_hash)"
     ") WITHOUT ROWID",
 )
-_SELECT = "SELECT state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
+_SELECT_ONE = "SELECT {}, state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
 _UPSERT = "INSERT OR REPLACE INTO ratekeeper_state VALUES (?, ?, ?, ?)"
 _DELETE = "DELETE FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
 _SWEEP = (
@@ -66,6 +71,9 @@ _SWEEP = (
 _SWEEP_START = ("", b"")
 
 _URL_OPTIONS = {"busy_timeout_s", "purge_interval_s"}
+_SQLITE_BUSY = 5
+# Recent keys only: the memo saves a digest per decision, not memory per key.
+_HASHES_CACHED = 4096
 
 # A connection inherited across fork() must be neither used nor closed in the child (SQLite's
 # "How To Corrupt", 2.6): the child drops its stores' connections here and opens its own.
@@ -75,6 +83,18 @@ _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
 def _hash_key(key: str) -> bytes:
     return hashlib.blake2b(key.encode(), digest_size=16, person=b"ratekeeper.key").digest()
+
+
+# One statement reads every item's row (tagged with the item's index): a single statement is
+# cheaper than one per item, and its rows come from one snapshot.
+_SELECTS: dict[int, str] = {}
+
+
+def _select(size: int) -> str:
+    sql = _SELECTS.get(size)
+    if sql is None:
+        sql = _SELECTS[size] = " UNION ALL ".join(_SELECT_ONE.format(i) for i in range(size))
+    return sql
 
 
 # Encoded state: one byte per limit giving its state's length (0 for None), then the floats of
@@ -109,6 +129,10 @@ def _decode(blob: bytes, size: int) -> EntryState:
         else:
             entry.append(None)
     return tuple(entry)
+
+
+class _UpgradeRefused(Exception):
+    """A read transaction could not become a writer: another process wrote meanwhile."""
 
 
 class SQLiteStore:
@@ -148,7 +172,10 @@ class SQLiteStore:
         self._next_purge = 0.0
         self._sweep_after: tuple[str, bytes] = _SWEEP_START
         self._closed = False
-        self._conn: sqlite3.Connection | None = self._open()
+        self._hashes: dict[str, bytes] = {}
+        self._conn: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
+        self._connection()
         _OPEN_STORES.add(self)
 
     @classmethod
@@ -196,31 +223,25 @@ class SQLiteStore:
         """Decide and charge (unless ``peek``) in one transaction; see
         :class:`~ratekeeper.stores.base.Store`. Raises :class:`StoreError` naming the file."""
         with self._lock:
-            conn = self._connection()
+            cursor = self._cursor or self._connection()
+            hashes = self._hashes
+            params: list[str | bytes] = []
+            for limit_set, key in items:
+                digest = hashes.get(key)
+                if digest is None:
+                    if len(hashes) >= _HASHES_CACHED:
+                        hashes.clear()
+                    digest = hashes[key] = _hash_key(key)
+                params += (limit_set.id, digest)
+            # A due sweep deletes rows: that decision takes the write lock from the start.
+            locked = not peek and now >= self._next_purge
             try:
-                conn.execute("BEGIN" if peek else "BEGIN IMMEDIATE")
                 try:
-                    if not peek and now >= self._next_purge:
-                        self._purge(conn, now)
-                    keys = [(limit_set, _hash_key(key)) for limit_set, key in items]
-                    entries = [self._read(conn, limit_set, key) for limit_set, key in keys]
-                    new_entries, decision = decide(items, entries, now, cost)
-                    if new_entries is not None and not peek:
-                        conn.executemany(
-                            _UPSERT,
-                            [
-                                (limit_set.id, key, _encode(entry), now + limit_set.ttl_s)
-                                for (limit_set, key), entry in zip(keys, new_entries, strict=True)
-                            ],
-                        )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                    return self._decide_in(cursor, items, params, cost, now, peek, locked)
+                except _UpgradeRefused:
+                    return self._decide_in(cursor, items, params, cost, now, peek, True)
             except sqlite3.Error as exc:
                 raise self._error(exc, "deciding") from exc
-            return decision
 
     async def decide_async(
         self,
@@ -236,17 +257,17 @@ class SQLiteStore:
     def reset(self, items: Sequence[tuple[LimitSet, str]]) -> None:
         """Forget the state of these keys."""
         with self._lock:
-            conn = self._connection()
+            cursor = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                cursor.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(
+                    cursor.executemany(
                         _DELETE, [(limit_set.id, _hash_key(key)) for limit_set, key in items]
                     )
-                    conn.execute("COMMIT")
+                    cursor.execute("COMMIT")
                 except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    if cursor.connection.in_transaction:
+                        cursor.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise self._error(exc, "resetting keys") from exc
@@ -259,7 +280,7 @@ class SQLiteStore:
         """Close the file; later calls raise :class:`StoreError`. Closing twice is harmless."""
         with self._lock:
             self._closed = True
-            conn, self._conn = self._conn, None
+            conn, self._conn, self._cursor = self._conn, None, None
             if conn is not None:
                 conn.close()
 
@@ -267,13 +288,15 @@ class SQLiteStore:
         """The asyncio twin of :meth:`close`."""
         await asyncio.to_thread(self.close)
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = self._conn
-        if conn is None:
+    def _connection(self) -> sqlite3.Cursor:
+        """The cursor every statement runs on (one per connection: no cursor per call)."""
+        cursor = self._cursor
+        if cursor is None:
             if self._closed:
                 raise StoreError(f"SQLite store {str(self.path)!r} is closed")
-            conn = self._conn = self._open()
-        return conn
+            self._conn = self._open()
+            cursor = self._cursor = self._conn.cursor()
+        return cursor
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -331,23 +354,62 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             raise
 
-    def _read(self, conn: sqlite3.Connection, limit_set: LimitSet, key: bytes) -> EntryState | None:
-        row = conn.execute(_SELECT, (limit_set.id, key)).fetchone()
-        if row is None:
-            return None
+    def _decide_in(
+        self,
+        cursor: sqlite3.Cursor,
+        items: Sequence[tuple[LimitSet, str]],
+        params: list[str | bytes],
+        cost: int,
+        now: float,
+        peek: bool,
+        locked: bool,
+    ) -> Decision:
+        """One transaction: a read upgraded to a write if charged, or the write lock from the
+        start when ``locked``. Raises :class:`_UpgradeRefused` (nothing written) when the
+        upgrade is refused."""
+        cursor.execute("BEGIN IMMEDIATE" if locked else "BEGIN")
         try:
-            return _decode(row[0], len(limit_set.limits))
+            if locked and not peek and now >= self._next_purge:
+                self._purge(cursor, now)
+            entries: list[EntryState | None] = [None] * len(items)
+            for index, blob in cursor.execute(_select(len(items)), params):
+                entries[index] = self._decode(blob, items[index][0])
+            new_entries, decision = decide(items, entries, now, cost)
+            if new_entries is not None and not peek:
+                rows = [
+                    (params[2 * i], params[2 * i + 1], _encode(entry), now + items[i][0].ttl_s)
+                    for i, entry in enumerate(new_entries)
+                ]
+                try:
+                    cursor.executemany(_UPSERT, rows)
+                except sqlite3.OperationalError as exc:
+                    # Another process wrote since this snapshot, or is writing now: the upgrade
+                    # fails at once (SQLite calls no busy handler for it); decide again locked.
+                    if locked or exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
+                        raise
+                    cursor.execute("ROLLBACK")
+                    raise _UpgradeRefused from None
+            cursor.execute("COMMIT")
+        except BaseException:
+            if cursor.connection.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise
+        return decision
+
+    def _decode(self, blob: bytes, limit_set: LimitSet) -> EntryState:
+        try:
+            return _decode(blob, len(limit_set.limits))
         except (ValueError, TypeError, struct.error) as exc:
             raise StoreError(
                 f"SQLite store {str(self.path)!r}: unreadable state row for limit set "
                 f"{limit_set.id!r} ({exc}); the file is corrupted, move it aside to start afresh"
             ) from exc
 
-    def _purge(self, conn: sqlite3.Connection, now: float) -> None:
-        rows = conn.execute(_SWEEP, (*self._sweep_after, _SWEEP_SLICE)).fetchall()
+    def _purge(self, cursor: sqlite3.Cursor, now: float) -> None:
+        rows = cursor.execute(_SWEEP, (*self._sweep_after, _SWEEP_SLICE)).fetchall()
         expired = [(limit_set, key) for limit_set, key, expires_at in rows if expires_at < now]
         if expired:
-            conn.executemany(_DELETE, expired)
+            cursor.executemany(_DELETE, expired)
         if len(rows) < _SWEEP_SLICE:
             self._sweep_after = _SWEEP_START
             self._next_purge = now + self.purge_interval_s
@@ -382,7 +444,7 @@ def _after_fork_in_child() -> None:
         store._lock = threading.Lock()
         if store._conn is not None:
             _INHERITED_CONNECTIONS.append(store._conn)
-            store._conn = None
+            store._conn = store._cursor = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
