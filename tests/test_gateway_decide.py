@@ -4,6 +4,7 @@ Debian nginx on free loopback ports: nginx proxies, ratekeeper decides."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,10 +18,15 @@ import httpx
 import pytest
 
 from gateway_servers import Process, client, demo_upstream, free_port, serve
+from ratekeeper import ManualClock
+from ratekeeper.http.engine import Enforcer
+from ratekeeper.http.identity import RequestView
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nginx" / "ratekeeper.conf"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
+# Every window starts with its key's first request (the failures' window is a day long), so no
+# window boundary can fall between the requests of a test and reset its count halfway.
 POLICY = """
 body = "musique"
 apply = ["caller"]
@@ -31,21 +37,24 @@ key_headers = ["X-API-Key"]
 anonymous = "ip"
 
 [limits.caller]
-rates = "5/minute"
+rates = "5/hour"
+algorithm = "first_hit_window"
 
 [limits.busy]
-rates = "1/minute"
+rates = "1/hour"
+algorithm = "first_hit_window"
 scope = "global"
 status = 503
 
 [limits.envoy]
-rates = "1/minute"
+rates = "1/hour"
+algorithm = "first_hit_window"
 scope = "global"
 status = 503
 
 [lockout]
 failures = 2
-window = "15 minutes"
+window = "1 day"
 duration = "15 minutes"
 scope = "ip"
 routes = ["/api/v1/auth/*"]
@@ -150,6 +159,8 @@ def nginx(root: Path, ratekeeper: Process, upstream: Process) -> Iterator[str]:
 
 def test_nginx_forwards_allowed_requests_with_the_headers(nginx: str) -> None:
     headers = {"X-API-Key": uuid.uuid4().hex}
+    started = time.time()
+    resets = set()
     with client() as http:
         for n in range(5):
             r = http.get(nginx + "/api/integration/tracks", headers=headers)
@@ -157,8 +168,11 @@ def test_nginx_forwards_allowed_requests_with_the_headers(nginx: str) -> None:
             assert r.json()["data"][0]["id"] == "trk_1"
             assert r.headers["X-RateLimit-Limit"] == "5"
             assert r.headers["X-RateLimit-Remaining"] == str(4 - n)
-            assert int(r.headers["X-RateLimit-Reset"]) % 60 == 0
+            resets.add(int(r.headers["X-RateLimit-Reset"]))
         r = http.get(nginx + "/api/integration/tracks", headers=headers)
+    # One window, an hour from the key's first request.
+    (reset,) = resets
+    assert started + 3600 <= reset <= time.time() + 3601
     assert r.status_code == 429
     assert r.headers["Content-Type"] == "application/json"
     match = MUSIQUE_429.fullmatch(r.text)
@@ -237,6 +251,29 @@ def test_report_counts_only_failed_answers_on_the_lockout_routes(ratekeeper: Pro
     assert report("127.0.10.1", "401") == 204
     assert locked("127.0.10.1")
     assert not locked("127.0.10.2")
+
+
+def test_enforcer_report_counts_failures_as_completing_an_admitted_request_does(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    enforcer = Enforcer(policy, store="memory://", clock=ManualClock(1_700_000_000.0))
+
+    def view(peer: str, path: str = "/api/v1/auth/login") -> RequestView:
+        return RequestView("POST", path, {}, peer)
+
+    def locked(peer: str) -> bool:
+        answer = enforcer.admit(view(peer)).answer
+        return answer is not None and b"too_many_failed_attempts" in answer.body
+
+    enforcer.report(view("192.0.2.1"), 200)
+    enforcer.report(view("192.0.2.1", "/api/v1/tracks"), 401)
+    enforcer.report(view("192.0.2.1"), 401)
+    assert not locked("192.0.2.1")
+    asyncio.run(enforcer.report_async(view("192.0.2.1"), 403))
+    assert locked("192.0.2.1")
+    assert not locked("192.0.2.2")
 
 
 def test_traefik_forward_auth_style(ratekeeper: Process) -> None:

@@ -41,7 +41,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from ratekeeper.http.asgi import Send
-from ratekeeper.http.engine import Enforcer, Ticket
+from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
 
 __all__ = ["DECIDE_PATH", "REPORT_PATH", "decide", "report"]
@@ -153,18 +153,10 @@ async def report(
         await send({"type": "http.response.start", "status": 400, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return
-    lockout = enforcer.plan.lockout
     # A refusal of ratekeeper's own (X-Ratekeeper-Status set) never reached the API: as in serve
     # mode, it is not an answer that counts.
-    if (
-        lockout is not None
-        and not found[6]
-        and (lockout.routes is None or lockout.routes.match(view.method, view.path))
-    ):
-        caller = enforcer.plan.identifier.identify(view)
-        if caller is not None:
-            ticket = Ticket(lock_key=caller.keys[lockout.scope])
-            await enforcer.complete_async(ticket, int(status_text))
+    if not found[6]:
+        await enforcer.report_async(view, int(status_text))
     start, end = _NO_CONTENT
     await send(start)
     await send(end)

@@ -7,9 +7,11 @@ Styles: ``musique``, ``aisoule``, ``radio``, ``plain`` (text), ``problem`` (RFC 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ratekeeper.decision import Decision, LimitState
+from ratekeeper.http.headers import limit_names
 
 __all__ = ["BodyFormat", "period_words"]
 
@@ -17,6 +19,9 @@ _JSON = "application/json"
 _PERIODS = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
 _QUOTA_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 _QUOTA_TITLE = "Request cannot be satisfied as assigned quota has been exceeded"
+# Bodies differ only by a few values (mostly the wait): each is rendered once per distinct set,
+# up to this many, then the memo starts afresh.
+_MEMO_MAX = 1024
 
 
 def period_words(period_s: float) -> str:
@@ -36,11 +41,48 @@ class BodyFormat:
     style: str = "plain"
     template: str = ""
     template_content_type: str = _JSON
+    _memo: dict[Any, tuple[bytes, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def rejection(
-        self, decision: Decision, status: int, retry_after: int | None, violated: list[str]
+        self, decision: Decision, status: int, retry_after: int | None
     ) -> tuple[bytes, str]:
         """The body of a 429/503 answer for this decision."""
+        binding = decision.binding
+        limit = binding.limit
+        style = self.style
+        # The values this style's body is made of, and nothing else.
+        key: Any
+        if style in ("musique", "aisoule"):
+            key = retry_after
+        elif style == "radio":
+            key = (limit.amount, limit.period_s)
+        elif style == "problem":
+            key = (status, *_violated(decision))
+        elif style == "template":
+            key = (
+                status,
+                retry_after,
+                limit.amount,
+                limit.period_s,
+                binding.remaining,
+                _ceil(binding.reset_at),
+                binding.limit_set,
+            )
+        else:
+            key = (status, retry_after, limit.amount, limit.period_s)
+        memo = self._memo
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            found = memo[key] = self._render(decision, status, retry_after)
+        return found
+
+    def _render(
+        self, decision: Decision, status: int, retry_after: int | None
+    ) -> tuple[bytes, str]:
         binding = decision.binding
         wait = retry_after if retry_after is not None else 0
         style = self.style
@@ -79,7 +121,7 @@ class BodyFormat:
                     "type": _QUOTA_TYPE,
                     "title": _QUOTA_TITLE,
                     "status": status,
-                    "violated-policies": violated,
+                    "violated-policies": _violated(decision),
                 }
             ), "application/problem+json"
         if style == "template":
@@ -88,7 +130,7 @@ class BodyFormat:
                     "retry_after": wait,
                     "limit": binding.limit.amount,
                     "remaining": binding.remaining,
-                    "reset": int(-(-binding.reset_at // 1)),
+                    "reset": _ceil(binding.reset_at),
                     "zone": binding.limit_set,
                     "window": period_words(binding.limit.period_s),
                     "message": _radio_message(binding),
@@ -118,6 +160,19 @@ class BodyFormat:
                 "application/problem+json"
             )
         return f"{message}\n".encode(), "text/plain; charset=utf-8"
+
+
+def _ceil(value: float) -> int:
+    return int(-(-value // 1))
+
+
+def _violated(decision: Decision) -> list[str]:
+    """The names of the limits that refused (``RateLimit-Policy`` names)."""
+    return [
+        name
+        for name, state in zip(limit_names(decision), decision.states, strict=True)
+        if not state.allowed
+    ]
 
 
 def _radio_message(binding: LimitState) -> str:

@@ -7,7 +7,8 @@ flow identifies the caller, matches the rule, charges every applicable limit in 
 all-or-nothing decision and returns a :class:`Ticket`: either a finished :class:`Answer`
 (rejection, usage document, cached response) or the headers to add to the app's own answer.
 After the app has answered, :meth:`Enforcer.complete` records failed authentications for the
-lockout and stores cacheable responses.
+lockout and stores cacheable responses; :meth:`Enforcer.report` records them for a request
+that a proxy in front admitted through the decision endpoint.
 
 The store is wrapped in a :class:`~ratekeeper.stores.fallback.FallbackStore`, which applies the
 policy's ``on_store_error`` while the store is down, logs one line per outage and per recovery,
@@ -31,17 +32,16 @@ from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.http.cache import CachedResponse, ResponseCache, cacheable_headers
 from ratekeeper.http.headers import (
     PartitionKeys,
-    limit_names,
     rate_headers,
     retry_after_headers,
     retry_after_s,
 )
-from ratekeeper.http.identity import RequestView
+from ratekeeper.http.identity import Caller, RequestView
 from ratekeeper.http.metrics import Metrics
 from ratekeeper.http.usage import usage_document
 from ratekeeper.limit import LimitSet
 from ratekeeper.policy import compile_policy, load_policy
-from ratekeeper.policy.plan import CompiledRule, Plan
+from ratekeeper.policy.plan import CompiledLockout, CompiledRule, Plan
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Items, Store
 from ratekeeper.stores.fallback import DegradedDecision, DualStore, FailMode, FallbackStore
@@ -125,6 +125,9 @@ class Enforcer:
             self.store = store
         self.clock = clock
         self._synchronous = isinstance(self.store, Store)
+        # A store with no async face decides on the event loop anyway (see _BothFaces): the
+        # async entry points then drive the flow synchronously, with no coroutine per step.
+        self._on_loop = self._synchronous and not isinstance(self.store, AsyncStore)
         self.fallback = FallbackStore(_both_faces(self.store), spec.on_store_error)
         self.metrics = Metrics(spec.metrics)
         self.metrics.watch_store(self.fallback)
@@ -185,11 +188,9 @@ class Enforcer:
         if self._exempt and _exempt(caller.ip, self._exempt):
             return _PASS
         ticket = Ticket()
-        lockout = self.plan.lockout
-        if lockout is not None and (
-            lockout.routes is None or lockout.routes.match(view.method, view.path)
-        ):
-            lock_key = caller.keys[lockout.scope]
+        watched = self._lockout_of(view, caller)
+        if watched is not None:
+            lockout, lock_key = watched
             ticket.lock_key = lock_key
             locked = yield (True, ((lockout.lock, lock_key),), 0)
             if locked.states[0].remaining == 0 and _counted(locked):
@@ -279,19 +280,25 @@ class Enforcer:
         return ticket
 
     def _rejected(self, rule: CompiledRule, decision: Decision) -> Ticket:
-        binding = decision.binding
-        zone = binding.limit_set
+        zone = decision.binding.limit_set
         status = self._status_of.get(zone, 429)
         self.metrics.count(rule.name, zone, "rejected")
         wait = retry_after_s(decision)
-        violated = [
-            name
-            for name, state in zip(limit_names(decision), decision.states, strict=True)
-            if not state.allowed
-        ]
         headers = rate_headers(decision, zone=self._zone, ietf=self._ietf, partition_keys=self._pk)
-        headers += retry_after_headers(wait)
-        return _answer(status, headers, self.plan.body.rejection(decision, status, wait, violated))
+        if wait is not None:
+            headers.append(("Retry-After", str(wait)))
+        body, content_type = self.plan.body.rejection(decision, status, wait)
+        headers.append(("Content-Type", content_type))
+        return Ticket(answer=Answer(status, headers, body))
+
+    def _lockout_of(self, view: RequestView, caller: Caller) -> tuple[CompiledLockout, str] | None:
+        """The lockout watching this request and the key it counts for, if any."""
+        lockout = self.plan.lockout
+        if lockout is None or (
+            lockout.routes is not None and not lockout.routes.match(view.method, view.path)
+        ):
+            return None
+        return lockout, caller.keys[lockout.scope]
 
     def _overloaded(self, zone: str) -> Ticket:
         status = self._status_of.get(zone, 503)
@@ -332,6 +339,20 @@ class Enforcer:
         if _counted(failed) and (not failed.allowed or failed.remaining == 0):
             yield (False, ((lockout.lock, ticket.lock_key),), 1)
 
+    def _report(self, view: RequestView, status: int) -> After:
+        lockout = self.plan.lockout
+        if lockout is None or status not in lockout.statuses:
+            return
+        # The same caller and lockout key as admission found, or none where it found none.
+        if self._routes.match(view.method, view.path).exempt:
+            return
+        caller = self._identify(view)
+        if caller is None or (self._exempt and _exempt(caller.ip, self._exempt)):
+            return
+        watched = self._lockout_of(view, caller)
+        if watched is not None:
+            yield from self._after(Ticket(lock_key=watched[1]), status)
+
     def store_response(
         self, ticket: Ticket, status: int, headers: list[tuple[str, str]], body: bytes
     ) -> None:
@@ -366,6 +387,8 @@ class Enforcer:
 
     async def admit_async(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
         """Run admission on the event loop (ASGI); ``rule`` replaces route matching."""
+        if self._on_loop:
+            return _drive(self._admit(view, rule), self._run_sync)
         return await _drive_async(self._admit(view, rule), self._run_async)
 
     def complete(self, ticket: Ticket, status: int) -> None:
@@ -378,7 +401,23 @@ class Enforcer:
         """The asyncio twin of :meth:`complete`."""
         self._leave(ticket.held)
         if ticket.lock_key is not None:
-            await _drive_async(self._after(ticket, status), self._run_async)
+            if self._on_loop:
+                _drive(self._after(ticket, status), self._run_sync)
+            else:
+                await _drive_async(self._after(ticket, status), self._run_async)
+
+    def report(self, view: RequestView, status: int) -> None:
+        """Count an answer that the app gave to a request admitted elsewhere (a proxy asked the
+        decision endpoint): a failed authentication counts for the lockout exactly as
+        :meth:`complete` counts it after :meth:`admit`."""
+        _drive(self._report(view, status), self._run_sync)
+
+    async def report_async(self, view: RequestView, status: int) -> None:
+        """The asyncio twin of :meth:`report`."""
+        if self._on_loop:
+            _drive(self._report(view, status), self._run_sync)
+        else:
+            await _drive_async(self._report(view, status), self._run_async)
 
     @classmethod
     def of(
