@@ -37,8 +37,9 @@ reply parsed by hiredis, and the client's per-command machinery cost more than t
 Both drivers share the packing, the connection set-up (AUTH, SELECT, CLIENT SETNAME and
 SCRIPT LOAD in one round trip, options read from the URL by redis-py's own parser) and the reply
 checks. The asyncio driver keeps one pipelined connection per event loop: a call is written at
-once when nothing is in flight, calls made while others are in flight leave together on the next
-turn of the loop, and replies resolve the callers in order. Cluster connections stay redis-py's.
+once when nothing is in flight, calls made while others are in flight leave together (up to 16
+per write) on the next turn of the loop, and replies resolve the callers in order. Cluster
+connections stay redis-py's.
 """
 
 from __future__ import annotations
@@ -604,6 +605,13 @@ _WIRE_ERRORS = (OSError, hiredis.HiredisError)
 _WIRE_BROKEN = (OSError, hiredis.ProtocolError)
 
 
+# Calls coalesced into one write at most: without a cap, 64 busy tasks settle into two batches
+# that the client and the server take turns on; smaller writes let the server start on a batch
+# while the client still prepares the next (measured with 64 tasks: ~1.7x the decisions/s of
+# an uncapped batch, at about the same CPU per decision, and less than a write per call).
+_COALESCE_MAX = 16
+
+
 def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
 
@@ -699,7 +707,8 @@ class _AsyncConnection(asyncio.Protocol):
     """One pipelined connection for one event loop.
 
     A call is written at once when nothing is in flight; calls made while others are in flight
-    queue up and leave in one write on the next turn of the loop (with ``coalesce``). Replies
+    queue up and leave in one write on the next turn of the loop, or as soon as
+    ``_COALESCE_MAX`` of them wait (with ``coalesce``). Replies
     resolve the waiting futures in order. A caller cancelled while waiting leaves its future in
     place and its reply is dropped, so later replies still reach their callers. After a lost
     connection, a protocol error or ``timeout_s`` without any reply while calls wait, the
@@ -775,8 +784,12 @@ class _AsyncConnection(asyncio.Protocol):
             raise ConnectionError(str(self.broken))
         waiting = self._waiting
         if waiting and self._coalesce:
-            self._queued.append(data)
-            if self._flush is None:
+            queued = self._queued
+            queued.append(data)
+            if len(queued) >= _COALESCE_MAX:
+                self._queued = []
+                self._transport.write(b"".join(queued))  # type: ignore[union-attr]
+            elif self._flush is None:
                 self._flush = self.loop.call_soon(self._write_queued)
         else:
             if not waiting:
@@ -791,7 +804,7 @@ class _AsyncConnection(asyncio.Protocol):
     def _write_queued(self) -> None:
         self._flush = None
         queued, self._queued = self._queued, []
-        if self.broken is None:
+        if queued and self.broken is None:
             self._transport.write(b"".join(queued))  # type: ignore[union-attr]
 
     def _check_progress(self) -> None:
