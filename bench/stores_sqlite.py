@@ -1,15 +1,18 @@
 """SQLite store decisions per second on the 3-window policy, beside the memory store, in one run.
 
-Run ``.venv/bin/python bench/stores_sqlite.py`` (about 70 s) or ``--quick`` (about 35 s). Every row
-decides ``100/minute; 1000/hour; 10000/day`` (fixed windows) per key, on the wall clock, for keys
-drawn in turn from a pool large enough that nearly every decision is allowed (a charge, the costly
-path). Each SQLite row uses a fresh file whose rows have been written once before timing, so the
-timed decisions are updates. Rows:
+Run ``.venv/bin/python bench/stores_sqlite.py`` (about 100 s) or ``--quick`` (about 50 s). Every
+charging row decides ``100/minute; 1000/hour; 10000/day`` (fixed windows) per key, on the wall
+clock, for keys drawn in turn from a pool large enough that nearly every decision is allowed (a
+charge, the costly path). Each SQLite row uses a fresh file whose rows have been written once
+before timing, so the timed decisions are updates. The rejecting rows decide ``1/day`` for keys
+all spent before timing: every decision is a rejection, which SQLite answers from a read alone
+(no write lock). Rows:
 
 - memory, 1 thread: the in-process reference the ratios are taken against;
 - SQLite, 1 thread; 4 threads of one process (one connection, one lock); SQLite behind a
   FallbackStore (the wrapper's cost);
-- SQLite, 4 processes on one file: the aggregate of 4 workers started together.
+- SQLite, 4 processes on one file: the aggregate of 4 workers started together;
+- rejecting: memory, SQLite 1 thread, SQLite 4 processes.
 
 There is no peer row: pyrate-limiter's SQLiteBucket keeps one request log per table, not state
 per key, so it cannot run this per-key policy like for like.
@@ -33,11 +36,14 @@ from ratekeeper.stores.fallback import FallbackStore
 from ratekeeper.stores.sqlite import SQLiteStore
 
 POLICY = LimitSet("bench", "100/minute; 1000/hour; 10000/day")
+SPENT = LimitSet("spent", "1/day")
 KEYS = 50_000
 ROUNDS = 3
 
 
-def _run(limiter: Limiter, seconds: float, offset: int, start_at: float) -> tuple[int, int]:
+def _run(
+    limiter: Limiter, seconds: float, offset: int, start_at: float, policy: LimitSet = POLICY
+) -> tuple[int, int]:
     """Decide for ``seconds`` from ``start_at``; return (decisions, allowed)."""
     hit = limiter.hit
     keys = [f"client-{(i + offset) % KEYS}" for i in range(KEYS)]
@@ -48,25 +54,27 @@ def _run(limiter: Limiter, seconds: float, offset: int, start_at: float) -> tupl
     done = allowed = 0
     for chunk in chunks:
         for key in chunk:
-            allowed += bool(hit(POLICY, key))
+            allowed += bool(hit(policy, key))
         done += len(chunk)
         if time.time() >= end:
             break
     return done, allowed
 
 
-def _warm(limiter: Limiter) -> None:
+def _warm(limiter: Limiter, policy: LimitSet = POLICY) -> None:
     for i in range(KEYS):
-        limiter.hit(POLICY, f"client-{i}")
+        limiter.hit(policy, f"client-{i}")
 
 
-def _threads(limiter: Limiter, threads: int, seconds: float) -> tuple[float, float]:
+def _threads(
+    limiter: Limiter, threads: int, seconds: float, policy: LimitSet = POLICY
+) -> tuple[float, float]:
     results: list[tuple[int, int]] = []
     lock = threading.Lock()
     start_at = time.time() + 0.2
 
     def work(index: int) -> None:
-        result = _run(limiter, seconds, index * (KEYS // threads), start_at)
+        result = _run(limiter, seconds, index * (KEYS // threads), start_at, policy)
         with lock:
             results.append(result)
 
@@ -80,11 +88,22 @@ def _threads(limiter: Limiter, threads: int, seconds: float) -> tuple[float, flo
     return done / seconds, allowed / done
 
 
-def _processes(path: Path, processes: int, seconds: float) -> tuple[float, float]:
+def _processes(
+    path: Path, processes: int, seconds: float, policy: LimitSet = POLICY
+) -> tuple[float, float]:
     start_at = time.time() + 1.5
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(path), str(start_at), str(seconds), str(i)],
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(path),
+                str(start_at),
+                str(seconds),
+                str(i),
+                policy.name,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -101,9 +120,9 @@ def _processes(path: Path, processes: int, seconds: float) -> tuple[float, float
     return done / seconds, allowed / done
 
 
-def _worker(path: str, start_at: float, seconds: float, index: int) -> None:
+def _worker(path: str, start_at: float, seconds: float, index: int, policy: LimitSet) -> None:
     store = SQLiteStore(path, busy_timeout_s=30)
-    done, allowed = _run(Limiter(store), seconds, index * (KEYS // 4), start_at)
+    done, allowed = _run(Limiter(store), seconds, index * (KEYS // 4), start_at, policy)
     store.close()
     print(json.dumps({"done": done, "allowed": allowed}))
 
@@ -112,26 +131,34 @@ def main() -> None:
     """Print decisions/s for each row and its ratio to the memory store."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="1 s per row instead of 3 s")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        path, start_at, seconds, index = args.worker
-        _worker(path, float(start_at), float(seconds), int(index))
+        path, start_at, seconds, index, name = args.worker
+        policy = SPENT if name == SPENT.name else POLICY
+        _worker(path, float(start_at), float(seconds), int(index), policy)
         return
     seconds = 1.0 if args.quick else 3.0
     best: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
 
         def sqlite_limiter(
-            name: str, wrap: Callable[[SQLiteStore], Store] | None = None
+            name: str,
+            wrap: Callable[[SQLiteStore], Store] | None = None,
+            policy: LimitSet = POLICY,
         ) -> Limiter:
             store = SQLiteStore(Path(tmp) / f"{name}.db")
             limiter = Limiter(store if wrap is None else wrap(store))
-            _warm(limiter)
+            _warm(limiter, policy)
             return limiter
 
         memory = Limiter(MemoryStore())
         _warm(memory)
+        memory_spent = Limiter(MemoryStore())
+        _warm(memory_spent, SPENT)
+        one_spent = sqlite_limiter("one-spent", policy=SPENT)
+        shared_spent = Path(tmp) / "processes-spent.db"
+        sqlite_limiter("processes-spent", policy=SPENT).store.close()
         one = sqlite_limiter("one")
         threaded = sqlite_limiter("threads")
         wrapped = sqlite_limiter("fallback", FallbackStore)
@@ -143,6 +170,11 @@ def main() -> None:
             "SQLite, 4 threads of 1 process": lambda: _threads(threaded, 4, seconds),
             "SQLite behind FallbackStore, 1 thread": lambda: _threads(wrapped, 1, seconds),
             "SQLite, 4 processes (total)": lambda: _processes(shared, 4, seconds),
+            "rejecting: memory, 1 thread": lambda: _threads(memory_spent, 1, seconds, SPENT),
+            "rejecting: SQLite, 1 thread": lambda: _threads(one_spent, 1, seconds, SPENT),
+            "rejecting: SQLite, 4 processes (total)": lambda: _processes(
+                shared_spent, 4, seconds, SPENT
+            ),
         }
         # Rows take turns, round after round, and each keeps its best round: other load on a
         # shared machine only ever slows a row down.
