@@ -132,6 +132,8 @@ class RedisStore:
     needs the same salt). The server is contacted at once: an unreachable one raises
     :class:`StoreError` naming the URL (password and salt masked). Decisions use the server's
     clock; ``use_server_time=False`` makes them use the caller's ``now`` instead, for tests only.
+    Concurrent asyncio decisions share writes (``batch_async``, the default) or are each written
+    on their own (``batch_async=False``), pipelined on one connection per event loop either way.
     """
 
     def __init__(
