@@ -244,7 +244,8 @@ def test_a_charge_read_before_another_writer_committed_is_decided_again(
     store, other = SQLiteStore(path), SQLiteStore(path)
     limits = LimitSet("api", "2/hour")
     now = 1_700_000_000.0
-    assert store.decide(((limits, "k"),), 1, now).remaining == 1
+    assert store.decide(((limits, "warm"),), 1, now).allowed  # its due sweep, done
+    assert other.decide(((limits, "k"),), 1, now).remaining == 1
     seen: list[object] = []
     real_decide = sqlite_module.decide
 
@@ -256,7 +257,8 @@ def test_a_charge_read_before_another_writer_committed_is_decided_again(
     ) -> tuple[list[EntryState] | None, Decision]:
         seen.append(entries[0])
         if len(seen) == 1:
-            # Between this read and its write, another process charges the last unit.
+            # Between this transaction's read and its write, another process charges the last
+            # unit (its own call decides once, on the state it cached).
             assert other.decide(items, 1, at).allowed
         return real_decide(items, entries, at, cost)
 
@@ -267,6 +269,31 @@ def test_a_charge_read_before_another_writer_committed_is_decided_again(
     assert len(seen) == 3 and seen[0] == seen[1] != seen[2]
     assert not decision.allowed
     assert store.decide(((limits, "k"),), 0, now, peek=True).remaining == 0
+    store.close()
+    other.close()
+
+
+def test_cached_rows_are_trusted_only_until_another_connection_commits(tmp_path: Path) -> None:
+    path = tmp_path / "rk.db"
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    limits = LimitSet("api", "3/hour")
+    key = ((limits, "k"),)
+    now = 1_700_000_000.0
+
+    def remaining() -> int:
+        return store.decide(key, 0, now, peek=True).remaining
+
+    assert store.decide(key, 1, now).remaining == 2
+    assert remaining() == 2
+    assert other.decide(key, 1, now).remaining == 1
+    assert remaining() == 1
+    assert other.decide(key, 1, now).remaining == 0
+    assert not store.decide(key, 1, now).allowed
+    other.reset(key)
+    # A rejection from the cache would be wrong now: the other connection's reset is seen.
+    assert store.decide(key, 1, now).remaining == 2
+    store.reset(key)
+    assert remaining() == 3
     store.close()
     other.close()
 

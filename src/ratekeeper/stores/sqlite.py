@@ -13,6 +13,15 @@ call. The file is in WAL mode with ``synchronous=NORMAL``: a crash of the applic
 nothing; a power cut may lose the last few decisions, which for counters of requests is the
 better trade than an fsync per request.
 
+The store also keeps the rows it last read or wrote (a bounded cache) with the file's
+``PRAGMA data_version`` of the transaction that read them. That number changes exactly when
+another connection has committed, so while it is unchanged the cached rows are the file's rows:
+a decision that writes nothing (a rejection, a peek) is then decided on them after one pragma,
+with no transaction and no lock. A charge always runs the transaction (the cached decision is
+reused when the rows read are the same). While other processes keep committing, the cache is
+dropped each time, and is tried again only after a pause that doubles, so a busy shared file
+pays for at most an occasional pragma.
+
 Rows are keyed by the limit set's ``id`` and a BLAKE2b hash of the key, so API keys never reach
 the file. A row carries ``expires_at`` (last write + the set's TTL, after which its state equals
 a fresh key's). Every ``purge_interval_s`` a sweep walks the table in key order, a slice of rows
@@ -72,8 +81,13 @@ _SWEEP_START = ("", b"")
 
 _URL_OPTIONS = {"busy_timeout_s", "purge_interval_s"}
 _SQLITE_BUSY = 5
-# Recent keys only: the memo saves a digest per decision, not memory per key.
+# Recent keys only: the memos save work per decision, not memory per key.
 _HASHES_CACHED = 4096
+_ROWS_CACHED = 4096
+_DATA_VERSION = "PRAGMA data_version"
+# After the file changed under the row cache, wait this many transactions (doubling up to the
+# maximum while it keeps changing) before trusting a cache again.
+_MAX_PAUSE = 1024
 
 # A connection inherited across fork() must be neither used nor closed in the child (SQLite's
 # "How To Corrupt", 2.6): the child drops its stores' connections here and opens its own.
@@ -173,6 +187,10 @@ class SQLiteStore:
         self._sweep_after: tuple[str, bytes] = _SWEEP_START
         self._closed = False
         self._hashes: dict[str, bytes] = {}
+        self._rows: dict[tuple[str | bytes, str | bytes], EntryState | None] = {}
+        self._version: int | None = None
+        self._pause = 0
+        self._backoff = 1
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._connection()
@@ -236,10 +254,22 @@ class SQLiteStore:
             # A due sweep deletes rows: that decision takes the write lock from the start.
             locked = not peek and now >= self._next_purge
             try:
+                known = None if locked else self._known(params)
+                guess = None
+                if known is not None:
+                    guess = decide(items, known, now, cost)
+                    # A decision that writes nothing needs no transaction when no other
+                    # connection has committed since the cached rows were read.
+                    if (peek or guess[0] is None) and self._unchanged(cursor):
+                        return guess[1]
                 try:
-                    return self._decide_in(cursor, items, params, cost, now, peek, locked)
+                    return self._decide_in(
+                        cursor, items, params, cost, now, peek, locked, known, guess
+                    )
                 except _UpgradeRefused:
-                    return self._decide_in(cursor, items, params, cost, now, peek, True)
+                    return self._decide_in(
+                        cursor, items, params, cost, now, peek, True, known, guess
+                    )
             except sqlite3.Error as exc:
                 raise self._error(exc, "deciding") from exc
 
@@ -265,10 +295,10 @@ class SQLiteStore:
                         _DELETE, [(limit_set.id, _hash_key(key)) for limit_set, key in items]
                     )
                     cursor.execute("COMMIT")
-                except BaseException:
+                finally:
+                    self._forget()
                     if cursor.connection.in_transaction:
                         cursor.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise self._error(exc, "resetting keys") from exc
 
@@ -280,6 +310,7 @@ class SQLiteStore:
         """Close the file; later calls raise :class:`StoreError`. Closing twice is harmless."""
         with self._lock:
             self._closed = True
+            self._forget()
             conn, self._conn, self._cursor = self._conn, None, None
             if conn is not None:
                 conn.close()
@@ -296,7 +327,41 @@ class SQLiteStore:
                 raise StoreError(f"SQLite store {str(self.path)!r} is closed")
             self._conn = self._open()
             cursor = self._cursor = self._conn.cursor()
+            # Data versions count per connection: a new one shares nothing with the cache.
+            self._forget()
         return cursor
+
+    def _forget(self) -> None:
+        """Drop the row cache (it is refilled, and trusted again, after a transaction)."""
+        self._rows.clear()
+        self._version = None
+
+    def _known(self, params: list[str | bytes]) -> list[EntryState | None] | None:
+        """Every item's cached state, or ``None`` unless all are cached (and a cache is kept)."""
+        if self._version is None:
+            return None
+        rows = self._rows
+        known = []
+        for i in range(0, len(params), 2):
+            row = (params[i], params[i + 1])
+            if row not in rows:
+                return None
+            known.append(rows[row])
+        return known
+
+    def _unchanged(self, cursor: sqlite3.Cursor) -> bool:
+        """Whether no other connection committed since the cache's data version was read.
+
+        ``PRAGMA data_version`` changes exactly when another connection (of any process) has
+        committed; this connection's own writes are in the cache already.
+        """
+        if cursor.execute(_DATA_VERSION).fetchone()[0] == self._version:
+            self._backoff = 1
+            return True
+        self._forget()
+        self._pause = self._backoff
+        self._backoff = min(2 * self._backoff, _MAX_PAUSE)
+        return False
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -363,18 +428,32 @@ class SQLiteStore:
         now: float,
         peek: bool,
         locked: bool,
+        known: list[EntryState | None] | None,
+        guess: tuple[list[EntryState] | None, Decision] | None,
     ) -> Decision:
         """One transaction: a read upgraded to a write if charged, or the write lock from the
         start when ``locked``. Raises :class:`_UpgradeRefused` (nothing written) when the
-        upgrade is refused."""
+        upgrade is refused. ``guess`` is the core's answer for the states ``known``, reused
+        when the rows read are the same. The rows read or written go into the row cache."""
         cursor.execute("BEGIN IMMEDIATE" if locked else "BEGIN")
         try:
             if locked and not peek and now >= self._next_purge:
+                self._forget()
                 self._purge(cursor, now)
+            version = None
+            if self._version is None:
+                if self._pause:
+                    self._pause -= 1
+                else:
+                    # Read in this transaction: the version of the snapshot the rows come from.
+                    version = cursor.execute(_DATA_VERSION).fetchone()[0]
             entries: list[EntryState | None] = [None] * len(items)
             for index, blob in cursor.execute(_select(len(items)), params):
                 entries[index] = self._decode(blob, items[index][0])
-            new_entries, decision = decide(items, entries, now, cost)
+            if guess is not None and entries == known:
+                new_entries, decision = guess
+            else:
+                new_entries, decision = decide(items, entries, now, cost)
             if new_entries is not None and not peek:
                 rows = [
                     (params[2 * i], params[2 * i + 1], _encode(entry), now + items[i][0].ttl_s)
@@ -391,9 +470,19 @@ class SQLiteStore:
                     raise _UpgradeRefused from None
             cursor.execute("COMMIT")
         except BaseException:
+            self._forget()
             if cursor.connection.in_transaction:
                 cursor.execute("ROLLBACK")
             raise
+        if version is not None:
+            self._version = version
+        if self._version is not None:
+            cache = self._rows
+            if len(cache) >= _ROWS_CACHED:
+                cache.clear()
+            kept = entries if new_entries is None or peek else new_entries
+            for i, entry in enumerate(kept):
+                cache[params[2 * i], params[2 * i + 1]] = entry
         return decision
 
     def _decode(self, blob: bytes, limit_set: LimitSet) -> EntryState:
