@@ -1,18 +1,19 @@
 """SQLite store decisions per second on the 3-window policy, beside the memory store, in one run.
 
-Run ``.venv/bin/python bench/stores_sqlite.py`` (about 100 s) or ``--quick`` (about 50 s). Every
+Run ``.venv/bin/python bench/stores_sqlite.py`` (about 2 min) or ``--quick`` (about 1 min). Every
 charging row decides ``100/minute; 1000/hour; 10000/day`` (fixed windows) per key, on the wall
 clock, for keys drawn in turn from a pool large enough that nearly every decision is allowed (a
 charge, the costly path). Each SQLite row uses a fresh file whose rows have been written once
 before timing, so the timed decisions are updates. The rejecting rows decide ``1/day`` for keys
 all spent before timing: every decision is a rejection, which SQLite answers from a read alone
-(no write lock). Rows:
+(no write lock), or, for the last few thousand rows it has seen, from its row cache after one
+``PRAGMA data_version`` (the 1,000-key rows; the 50,000-key rows miss it every time). Rows:
 
 - memory, 1 thread: the in-process reference the ratios are taken against;
 - SQLite, 1 thread; 4 threads of one process (one connection, one lock); SQLite behind a
   FallbackStore (the wrapper's cost);
 - SQLite, 4 processes on one file: the aggregate of 4 workers started together;
-- rejecting: memory, SQLite 1 thread, SQLite 4 processes.
+- rejecting: memory, SQLite 1 thread, SQLite 4 processes, for 50,000 and for 1,000 keys.
 
 There is no peer row: pyrate-limiter's SQLiteBucket keeps one request log per table, not state
 per key, so it cannot run this per-key policy like for like.
@@ -37,7 +38,10 @@ from ratekeeper.stores.sqlite import SQLiteStore
 
 POLICY = LimitSet("bench", "100/minute; 1000/hour; 10000/day")
 SPENT = LimitSet("spent", "1/day")
+FEW = LimitSet("few", "1/day")
 KEYS = 50_000
+# Distinct keys per policy: FEW is a flood from a thousand spent callers.
+POOLS = {POLICY.name: KEYS, SPENT.name: KEYS, FEW.name: 1_000}
 ROUNDS = 3
 
 
@@ -46,7 +50,8 @@ def _run(
 ) -> tuple[int, int]:
     """Decide for ``seconds`` from ``start_at``; return (decisions, allowed)."""
     hit = limiter.hit
-    keys = [f"client-{(i + offset) % KEYS}" for i in range(KEYS)]
+    pool = POOLS[policy.name]
+    keys = [f"client-{(i + offset) % pool}" for i in range(KEYS)]
     chunks = itertools.cycle([keys[i : i + 500] for i in range(0, KEYS, 500)])
     while time.time() < start_at:
         time.sleep(0.001)
@@ -62,7 +67,7 @@ def _run(
 
 
 def _warm(limiter: Limiter, policy: LimitSet = POLICY) -> None:
-    for i in range(KEYS):
+    for i in range(POOLS[policy.name]):
         limiter.hit(policy, f"client-{i}")
 
 
@@ -135,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         path, start_at, seconds, index, name = args.worker
-        policy = SPENT if name == SPENT.name else POLICY
+        policy = {p.name: p for p in (POLICY, SPENT, FEW)}[name]
         _worker(path, float(start_at), float(seconds), int(index), policy)
         return
     seconds = 1.0 if args.quick else 3.0
@@ -159,6 +164,9 @@ def main() -> None:
         one_spent = sqlite_limiter("one-spent", policy=SPENT)
         shared_spent = Path(tmp) / "processes-spent.db"
         sqlite_limiter("processes-spent", policy=SPENT).store.close()
+        one_few = sqlite_limiter("one-few", policy=FEW)
+        shared_few = Path(tmp) / "processes-few.db"
+        sqlite_limiter("processes-few", policy=FEW).store.close()
         one = sqlite_limiter("one")
         threaded = sqlite_limiter("threads")
         wrapped = sqlite_limiter("fallback", FallbackStore)
@@ -174,6 +182,10 @@ def main() -> None:
             "rejecting: SQLite, 1 thread": lambda: _threads(one_spent, 1, seconds, SPENT),
             "rejecting: SQLite, 4 processes (total)": lambda: _processes(
                 shared_spent, 4, seconds, SPENT
+            ),
+            "rejecting, 1,000 keys: SQLite, 1 thread": lambda: _threads(one_few, 1, seconds, FEW),
+            "rejecting, 1,000 keys: SQLite, 4 processes (total)": lambda: _processes(
+                shared_few, 4, seconds, FEW
             ),
         }
         # Rows take turns, round after round, and each keeps its best round: other load on a

@@ -245,6 +245,8 @@ def test_a_charge_read_before_another_writer_committed_is_decided_again(
     limits = LimitSet("api", "2/hour")
     now = 1_700_000_000.0
     assert store.decide(((limits, "warm"),), 1, now).allowed  # its due sweep, done
+    # Its last decision charged nothing: the next one starts as a read, not under the lock.
+    assert store.decide(((limits, "warm"),), 0, now, peek=True).remaining == 1
     assert other.decide(((limits, "k"),), 1, now).remaining == 1
     seen: list[object] = []
     real_decide = sqlite_module.decide

@@ -6,12 +6,14 @@ so it commits the read and never takes the write lock (half the file locks of a 
 decision, and no wait behind other processes' writers). A charge upgrades the same transaction
 to a writer. WAL grants that only while the snapshot read is still the newest version of the
 file, and otherwise fails at once with ``SQLITE_BUSY`` (never after a wait): then the decision
-starts over under ``BEGIN IMMEDIATE``, which takes the write lock before reading. Either way a
-charge is written only over the state it was decided on, so two processes can never both read
-the same count and both charge it; a rejection is exact as of its snapshot, taken during the
-call. The file is in WAL mode with ``synchronous=NORMAL``: a crash of the application loses
-nothing; a power cut may lose the last few decisions, which for counters of requests is the
-better trade than an fsync per request.
+starts over under ``BEGIN IMMEDIATE``, which takes the write lock before reading. A decision
+expected to charge (the cached rows below say so, or else the store's previous decision charged)
+starts under ``BEGIN IMMEDIATE`` at once: while other processes charge too, its upgrade would
+often be refused and the work done twice. Either way a charge is written only over the state it
+was decided on, so two processes can never both read the same count and both charge it; a
+rejection is exact as of its snapshot, taken during the call. The file is in WAL mode with
+``synchronous=NORMAL``: a crash of the application loses nothing; a power cut may lose the last
+few decisions, which for counters of requests is the better trade than an fsync per request.
 
 The store also keeps the rows it last read or wrote (a bounded cache) with the file's
 ``PRAGMA data_version`` of the transaction that read them. That number changes exactly when
@@ -191,6 +193,7 @@ class SQLiteStore:
         self._version: int | None = None
         self._pause = 0
         self._backoff = 1
+        self._charging = False
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._connection()
@@ -252,16 +255,21 @@ class SQLiteStore:
                     digest = hashes[key] = _hash_key(key)
                 params += (limit_set.id, digest)
             # A due sweep deletes rows: that decision takes the write lock from the start.
-            locked = not peek and now >= self._next_purge
+            sweep = not peek and now >= self._next_purge
             try:
-                known = None if locked else self._known(params)
+                known = None if sweep else self._known(params)
                 guess = None
                 if known is not None:
                     guess = decide(items, known, now, cost)
                     # A decision that writes nothing needs no transaction when no other
                     # connection has committed since the cached rows were read.
                     if (peek or guess[0] is None) and self._unchanged(cursor):
+                        self._charging = False
                         return guess[1]
+                # A decision that will likely charge takes the write lock from the start: under
+                # other processes' writes, a read would often fail to upgrade and start over.
+                likely = self._charging if guess is None else guess[0] is not None
+                locked = sweep or (likely and not peek)
                 try:
                     return self._decide_in(
                         cursor, items, params, cost, now, peek, locked, known, guess
@@ -474,13 +482,15 @@ class SQLiteStore:
             if cursor.connection.in_transaction:
                 cursor.execute("ROLLBACK")
             raise
+        charged = new_entries is not None and not peek
+        self._charging = charged
         if version is not None:
             self._version = version
         if self._version is not None:
             cache = self._rows
             if len(cache) >= _ROWS_CACHED:
                 cache.clear()
-            kept = entries if new_entries is None or peek else new_entries
+            kept = new_entries if charged and new_entries is not None else entries
             for i, entry in enumerate(kept):
                 cache[params[2 * i], params[2 * i + 1]] = entry
         return decision
