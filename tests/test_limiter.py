@@ -174,3 +174,19 @@ def test_mask_url_hides_passwords_and_salts_even_in_cluster_urls() -> None:
         "redis://u:***@h:6379/0?key_salt=***&db=1"
     )
     assert mask_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_binding_agrees_with_the_states_it_is_chosen_from() -> None:
+    clock = ManualClock(0.0)
+    limiter = Limiter(clock=clock)
+    a = LimitSet("a", "3/minute; 4/hour")
+    b = LimitSet("b", "2/minute; 9/day")
+    for step in range(12):
+        d = limiter.hit_many([(a, "x"), (b, "y")])
+        states = d.states
+        if d.allowed:
+            expected = min(states, key=lambda s: (s.remaining, -s.limit.period_s))
+        else:
+            expected = max(states, key=lambda s: (s.retry_after_s, s.limit.period_s))
+        assert d.binding == expected
+        clock.advance(20 * step)

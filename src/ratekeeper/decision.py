@@ -89,11 +89,27 @@ class Decision:
         """The limit that decided: see the class docstring."""
         binding = self._binding
         if binding is None:
-            states = self.states
-            if self.allowed:
-                binding = min(states, key=_least_remaining)
-            else:
-                binding = max(states, key=_longest_wait)
+            # Ranked from the raw steps, so that headers, which need only this limit, do not
+            # build every limit's state. Ties keep the first, as min()/max() would.
+            allowed = self.allowed
+            results = self._results
+            index = 0
+            best_rank: tuple[float, float] | None = None
+            best = self._items[0][0], self._items[0][1], self._items[0][0].limits[0], results[0]
+            for limit_set, key in self._items:
+                for limit in limit_set.limits:
+                    step = results[index]
+                    index += 1
+                    rank: tuple[float, float]
+                    if allowed:
+                        rank = (-max(int(step[2]), 0), limit.period_s)
+                    else:
+                        rank = (step[4], limit.period_s)
+                    if best_rank is None or rank > best_rank:
+                        best_rank = rank
+                        best = limit_set, key, limit, step
+            limit_set, key, limit, step = best
+            binding = LimitState(limit, limit_set.name, key, max(int(step[2]), 0), step[3], step[4])
             self._binding = binding
         return binding
 
@@ -127,11 +143,3 @@ class Decision:
             f"<Decision {verdict}; binding {b.limit_set}/{b.limit.name} {b.limit.rate} "
             f"remaining={b.remaining} reset_at={b.reset_at:.3f}>"
         )
-
-
-def _least_remaining(state: LimitState) -> tuple[int, float]:
-    return (state.remaining, -state.limit.period_s)
-
-
-def _longest_wait(state: LimitState) -> tuple[float, float]:
-    return (state.retry_after_s, state.limit.period_s)
