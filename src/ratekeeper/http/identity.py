@@ -7,6 +7,7 @@ trusted proxy, walking the chain from the right and skipping trusted hops.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import ipaddress
@@ -65,6 +66,9 @@ class Caller:
         return f"<Caller {self.label} ip={self.ip} plan={self.plan}>"
 
 
+# Callers repeat: memoised, a digest is a dict lookup instead of a hash per request. Bounded, and
+# the secrets it holds were in this process's memory anyway.
+@functools.lru_cache(maxsize=65_536)
 def hash_secret(value: str) -> str:
     """A short stable digest of a secret, safe for store keys and logs."""
     return hashlib.blake2b(value.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
