@@ -509,3 +509,33 @@ def test_a_missing_directory_and_a_closed_store_are_clear_errors(tmp_path: Path)
     store.close()
     with pytest.raises(StoreError, match="is closed"):
         store.decide(((LimitSet("api", "5/minute"), "k"),), 1, 0.0)
+
+
+_OPEN_TOGETHER = """
+import sys, time
+from ratekeeper import Limiter, LimitSet, SQLiteStore
+path, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+limiter = Limiter(SQLiteStore(path))
+print(int(limiter.hit(LimitSet("api", "100/hour"), "k").allowed))
+"""
+
+
+def test_processes_opening_one_new_file_together_all_succeed(tmp_path: Path) -> None:
+    # Switching a new file to WAL fails at once (no busy handler) while another process does
+    # the same; every opener must wait its turn instead.
+    for attempt in range(3):
+        path = tmp_path / f"new-{attempt}.db"
+        start = time.time() + 1.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_TOGETHER, str(path), str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+        assert [proc.returncode for proc in procs] == [0] * 6, [err for _, err in outputs]
+        assert sum(int(out) for out, _ in outputs) == 6

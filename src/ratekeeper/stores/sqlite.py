@@ -44,6 +44,7 @@ import os
 import sqlite3
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -382,7 +383,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise self._error(exc, "opening") from exc
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if mode != "wal":
                 raise StoreError(
                     f"SQLite store {str(self.path)!r}: cannot switch to WAL mode "
@@ -396,6 +397,26 @@ class SQLiteStore:
                 raise self._error(exc, "opening") from exc
             raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """Set WAL mode, waiting up to ``busy_timeout_s`` for other openers.
+
+        Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
+        locked" at once, without its busy handler, while another process is doing the same: two
+        processes opening one new file together would otherwise fail.
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        pause = 0.005
+        while True:
+            try:
+                mode: str = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.1)
+            else:
+                return mode
 
     def _initialise(self, conn: sqlite3.Connection) -> None:
         # The pragma writes double as the read-only check: SQLite opens an unwritable file
