@@ -271,7 +271,7 @@ def parse_body_hint(body: bytes) -> float | None:
         try:
             return _search_json(json.loads(stripped))
         except (ValueError, RecursionError):
-            pass
+            pass  # looked like JSON but is not: the text search below still applies
     return _search_text(text)
 
 
