@@ -9,7 +9,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import math
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from flask import Flask
 from flask_limiter import Limiter as FlaskLimiter
@@ -38,6 +36,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ratekeeper import Limiter, LimitSet
 from ratekeeper.client import AsyncRateLimitTransport, HostPolicy, RateLimitTransport
+from servers import uvicorn_in_thread
 
 N = 40
 AMOUNT = 10  # per second in every server below
@@ -121,33 +120,7 @@ def flask_app(rate: str, counts: Counts) -> Any:
     return app
 
 
-def _socket() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@contextlib.contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
-    sock = _socket()
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start within 10 s")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+serve_asgi = uvicorn_in_thread
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
@@ -16,7 +15,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import flask
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +26,7 @@ from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.metrics import metrics_asgi_app, metrics_wsgi_app
 from ratekeeper.http.wsgi import RateLimitWSGIMiddleware
 from ratekeeper.policy import loads_policy
+from servers import uvicorn_in_thread
 
 KINDS = ("asgi", "wsgi")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -148,32 +147,10 @@ def serve(
     enforcer = Enforcer(policy, clock=clock, store=store)
     state = AppState()
     if kind == "asgi":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        # proxy_headers=False: uvicorn must not rewrite the client from X-Forwarded-For.
-        config = uvicorn.Config(
-            starlette_app(state, enforcer),
-            log_level="warning",
-            proxy_headers=False,
-            lifespan="off",
-            h11_max_incomplete_event_size=256 * 1024,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.005)
-        try:
-            yield Running(f"http://127.0.0.1:{port}", enforcer, state, clock, kind)
-        finally:
-            server.should_exit = True
-            thread.join(5)
-            sock.close()
+        with uvicorn_in_thread(
+            starlette_app(state, enforcer), h11_max_incomplete_event_size=256 * 1024
+        ) as base:
+            yield Running(base, enforcer, state, clock, kind)
     else:
         httpd = make_server(
             "127.0.0.1",
