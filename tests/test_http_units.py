@@ -18,9 +18,9 @@ from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.headers import PartitionKeys
 from ratekeeper.http.identity import RequestView, client_ip
 from ratekeeper.http.metrics import metrics_asgi_app
-from ratekeeper.http.rules import RouteTable
 from ratekeeper.limiter import Limiter
 from ratekeeper.policy import loads_policy
+from ratekeeper.routes import RouteTable
 
 
 def test_first_written_rule_wins_and_patterns_match_segments() -> None:

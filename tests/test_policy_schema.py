@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from ratekeeper.errors import PolicyError
+from ratekeeper.http.compiled import compile_policy
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.policy import (
-    compile_policy,
     load_policy,
     loads_policy,
     parse_duration,

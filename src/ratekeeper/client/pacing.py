@@ -22,10 +22,10 @@ from ratekeeper.algorithms import Algorithm
 from ratekeeper.client.hints import Hints, Quota
 from ratekeeper.client.retry import ClientConfigError
 from ratekeeper.decision import Decision
-from ratekeeper.http.rules import RouteTable
 from ratekeeper.limit import Limit, LimitSet
 from ratekeeper.policy import Policy, load_policy, preset_path
 from ratekeeper.rates import Rate, parse_rates
+from ratekeeper.routes import RouteTable
 
 __all__ = [
     "Adaptive",

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ratekeeper.clock import Clock, system_clock
+from ratekeeper.http.compiled import Plan
 from ratekeeper.http.engine import Answer, Enforcer
 from ratekeeper.http.identity import RequestView
-from ratekeeper.policy.plan import Plan
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
 

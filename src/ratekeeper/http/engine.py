@@ -30,6 +30,7 @@ from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.http.cache import CachedResponse, ResponseCache, cacheable_headers
+from ratekeeper.http.compiled import CompiledLockout, CompiledRule, Plan, compile_policy
 from ratekeeper.http.headers import (
     PartitionKeys,
     rate_headers,
@@ -40,8 +41,7 @@ from ratekeeper.http.identity import Caller, RequestView
 from ratekeeper.http.metrics import Metrics
 from ratekeeper.http.usage import usage_document
 from ratekeeper.limit import LimitSet
-from ratekeeper.policy import compile_policy, load_policy
-from ratekeeper.policy.plan import CompiledLockout, CompiledRule, Plan
+from ratekeeper.policy import load_policy
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Items, Store
 from ratekeeper.stores.fallback import DegradedDecision, DualStore, FailMode, FallbackStore

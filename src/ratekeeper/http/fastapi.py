@@ -20,8 +20,8 @@ from starlette.responses import Response
 
 from ratekeeper.errors import PolicyError
 from ratekeeper.http.asgi import view_from_scope
+from ratekeeper.http.compiled import compile_rule
 from ratekeeper.http.engine import Answer, Enforcer
-from ratekeeper.policy.plan import compile_rule
 
 __all__ = ["RateLimit", "RateLimited", "install", "rate_limited_handler"]
 

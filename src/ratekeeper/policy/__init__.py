@@ -1,7 +1,8 @@
-"""Policy files: load and validate a TOML policy, compile it into a plan for the hot path.
+"""Policies: load and validate a TOML policy (or a mapping) into a :class:`Policy`.
 
 policy = load_policy("policy.toml")      # PolicyError names the file and key path
-plan = compile_policy(policy)
+
+The provider compiles it for the hot path (``ratekeeper.http.compiled``); the client paces by it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from importlib import resources
 from pathlib import Path
 
 from ratekeeper.errors import PolicyError
-from ratekeeper.policy.plan import Plan, compile_policy
 from ratekeeper.policy.schema import Policy, parse_duration, policy_from_mapping
 
 __all__ = [
-    "Plan",
     "Policy",
-    "compile_policy",
     "load_policy",
     "loads_policy",
     "parse_duration",

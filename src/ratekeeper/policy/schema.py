@@ -129,7 +129,7 @@ class CacheSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
-    """A validated policy; compile it with :func:`ratekeeper.policy.compile_policy`."""
+    """A validated policy; compile it with :func:`ratekeeper.http.compiled.compile_policy`."""
 
     source: str = "<policy>"
     store: str = "memory://"

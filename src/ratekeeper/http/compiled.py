@@ -1,5 +1,9 @@
 """A policy compiled once into a plan: what the hot path needs, as dicts and tuples.
 
+It sits at the HTTP level, not in ``ratekeeper.policy``: a plan holds live HTTP pieces (the
+:class:`Identifier` with its caches and imported hooks, the body renderer, the route table),
+while ``ratekeeper.policy`` stays the validated configuration that the client reads too.
+
 For each rule (and for requests no rule matches) the plan holds the ``(limit_set, scope)``
 pairs to enforce and to shadow, per plan tier, so a request only substitutes the caller's keys.
 """
@@ -15,10 +19,10 @@ from ratekeeper.clock import Clock, system_clock
 from ratekeeper.errors import PolicyError
 from ratekeeper.http.bodies import BodyFormat
 from ratekeeper.http.identity import Identifier, load_hook
-from ratekeeper.http.rules import RouteTable
 from ratekeeper.limit import Limit, LimitSet
 from ratekeeper.policy.schema import LimitSpec, Policy
 from ratekeeper.rates import Rate
+from ratekeeper.routes import RouteTable
 
 __all__ = ["CompiledLockout", "CompiledRule", "Plan", "compile_policy", "compile_rule"]
 

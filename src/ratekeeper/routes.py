@@ -1,5 +1,8 @@
 """Route patterns compiled into a segment tree: matching walks path segments, no regex.
 
+Shared by the provider (a policy's rules, in ``ratekeeper.http.compiled``) and the consumer
+(a host's paced routes, in ``ratekeeper.client.pacing``), so it sits below both.
+
 Patterns: ``/v1/station`` (exact), ``/v1/shows/{id}`` (one segment), ``/v1/media/*`` (the prefix
 itself and anything below). When several rules match, the one written first wins. Answers are
 memoised per (method, path) in a bounded dict, so repeated paths cost one lookup.
