@@ -21,7 +21,8 @@ from ratekeeper import (
     MemoryStore,
     StoreError,
 )
-from ratekeeper.stores.fallback import DegradedDecision, FailMode, FallbackStore
+from ratekeeper.stores.fail_mode import FailMode
+from ratekeeper.stores.fallback import DegradedDecision, FallbackStore
 from ratekeeper.stores.sqlite import SQLiteStore
 
 LIMITS = LimitSet("api", "3/minute")

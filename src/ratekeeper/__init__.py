@@ -22,7 +22,8 @@ from ratekeeper.limit import Limit, LimitSet
 from ratekeeper.limiter import AsyncLimiter, Limiter
 from ratekeeper.rates import Rate, parse_rate, parse_rates
 from ratekeeper.stores.base import AsyncStore, Store
-from ratekeeper.stores.fallback import DegradedDecision, FailMode, FallbackStore
+from ratekeeper.stores.fail_mode import FailMode
+from ratekeeper.stores.fallback import DegradedDecision, FallbackStore
 from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.sqlite import SQLiteStore
 from ratekeeper.stores.url import store_from_url

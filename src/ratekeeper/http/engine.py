@@ -44,7 +44,8 @@ from ratekeeper.limit import LimitSet
 from ratekeeper.policy import load_policy
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Items, Store
-from ratekeeper.stores.fallback import DegradedDecision, DualStore, FailMode, FallbackStore
+from ratekeeper.stores.fail_mode import FailMode
+from ratekeeper.stores.fallback import DegradedDecision, DualStore, FallbackStore
 from ratekeeper.stores.url import mask_url, store_from_url
 
 __all__ = ["Answer", "Enforcer", "Ticket"]

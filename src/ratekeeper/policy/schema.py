@@ -17,7 +17,7 @@ from ratekeeper.algorithms import Algorithm
 from ratekeeper.errors import LimitConfigError, PolicyError, RateSyntaxError
 from ratekeeper.limit import Limit, LimitSet
 from ratekeeper.rates import parse_rates, seconds_per_unit
-from ratekeeper.stores.fallback import FailMode
+from ratekeeper.stores.fail_mode import FailMode
 
 __all__ = [
     "BODY_STYLES",

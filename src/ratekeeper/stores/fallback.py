@@ -23,7 +23,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from enum import StrEnum
 from typing import Protocol
 
 from ratekeeper.algorithms import Step
@@ -32,9 +31,10 @@ from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError
 from ratekeeper.limit import LimitSet
 from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.fail_mode import FailMode
 from ratekeeper.stores.memory import MemoryStore
 
-__all__ = ["DegradedDecision", "DualStore", "FailMode", "FallbackStore"]
+__all__ = ["DegradedDecision", "DualStore", "FallbackStore"]
 
 logger = logging.getLogger("ratekeeper.store")
 
@@ -47,26 +47,6 @@ _SKIP, _NORMAL, _PROBE = 0, 1, 2
 
 class DualStore(Store, AsyncStore, Protocol):
     """A store with both the sync and the async twins, as every ratekeeper store has."""
-
-
-class FailMode(StrEnum):
-    """What :class:`FallbackStore` answers while its primary store is down."""
-
-    FAIL_OPEN = "fail_open"
-    FAIL_CLOSED = "fail_closed"
-    FALLBACK = "fallback"
-
-    @classmethod
-    def parse(cls, text: str | FailMode) -> FailMode:
-        """Read a mode name; ``-`` and ``_`` are alike (``fail-open``)."""
-        if isinstance(text, FailMode):
-            return text
-        name = str(text).strip().lower().replace("-", "_")
-        try:
-            return cls(name)
-        except ValueError:
-            known = ", ".join(m.value for m in cls)
-            raise LimitConfigError(f"unknown fail mode {text!r}: expected one of {known}") from None
 
 
 _DOING = {
