@@ -6,6 +6,8 @@ Everything public is exported here; submodules are implementation detail.
 import importlib
 from typing import Any
 
+# The version lives in _version.py alone (the build reads it there too).
+from ratekeeper._version import __version__ as __version__
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.clock import Clock, ManualClock, system_clock
 from ratekeeper.core import decide
@@ -27,8 +29,6 @@ from ratekeeper.stores.fallback import DegradedDecision, FallbackStore
 from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.sqlite import SQLiteStore
 from ratekeeper.stores.url import store_from_url
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

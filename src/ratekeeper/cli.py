@@ -10,9 +10,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from ratekeeper._version import __version__
+
 __all__ = ["main"]
 
-_USAGE = """usage: ratekeeper COMMAND [options]
+_USAGE = """usage: ratekeeper [--version] COMMAND [options]
+
+options:
+  -V, --version   print the version and exit
 
 commands:
   serve   enforce a policy's rate limits in front of an HTTP API (or a demo API)
@@ -28,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(_USAGE, end="")
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"ratekeeper {__version__}")
+        return 0
     command, rest = args[0], args[1:]
     if command == "serve":
         try:
