@@ -12,7 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 from ratekeeper.errors import PolicyError
-from ratekeeper.policy.schema import Policy, parse_duration, policy_from_mapping
+from ratekeeper.policy.reader import parse_duration
+from ratekeeper.policy.schema import Policy
+from ratekeeper.policy.validate import policy_from_mapping
 
 __all__ = [
     "Policy",

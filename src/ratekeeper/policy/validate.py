@@ -1,0 +1,362 @@
+"""Validating a parsed TOML document (or any mapping) into a :class:`Policy`, section by section.
+
+Every error is a :class:`~ratekeeper.errors.PolicyError` naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ratekeeper.algorithms import Algorithm
+from ratekeeper.errors import LimitConfigError, PolicyError, RateSyntaxError
+from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.policy.reader import TableReader, kind_of, shown
+from ratekeeper.policy.schema import (
+    BODY_STYLES,
+    IDENTITY_SOURCES,
+    SCOPES,
+    CacheSpec,
+    IdentitySpec,
+    LimitSpec,
+    LockoutSpec,
+    Policy,
+    RuleSpec,
+    TiersSpec,
+)
+from ratekeeper.rates import parse_rates
+from ratekeeper.stores.fail_mode import FailMode
+
+__all__ = ["ON_STORE_ERROR", "policy_from_mapping"]
+
+# on_store_error values -> what the FallbackStore does; allow, reject and memory are the older
+# spellings, still read.
+ON_STORE_ERROR = {
+    **{mode.value: mode for mode in FailMode},
+    **{mode.value.replace("_", "-"): mode for mode in FailMode},
+    "allow": FailMode.FAIL_OPEN,
+    "reject": FailMode.FAIL_CLOSED,
+    "memory": FailMode.FALLBACK,
+}
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+_RESERVED_LIMIT_NAMES = frozenset({"lockout", "lockout-failures"})
+_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+def _limit_set(reader: TableReader, key: str, name: str, algorithm: str, burst: int) -> LimitSet:
+    rates_text = reader.get(key)
+    if not isinstance(rates_text, str):
+        raise reader.error(
+            key, f"a rate string such as '100/minute; 1000/hour', got {shown(rates_text)}"
+        )
+    try:
+        rates = parse_rates(rates_text)
+        algo = Algorithm.parse(algorithm)
+        limits = [Limit(rate=rate, algorithm=algo, burst=burst) for rate in rates]
+        return LimitSet(name, limits)
+    except (RateSyntaxError, LimitConfigError) as exc:
+        raise reader.error(key, f"a valid limit: {exc}") from None
+
+
+def _read_limit(source: str, name: str, table: object) -> LimitSpec:
+    reader = TableReader(source, f"limits.{name}", table)
+    if not name or any(c in name for c in ':{}\n"'):
+        raise PolicyError(f"{source}: limits.{name}: expected a name without ':{{}}\" characters")
+    if name in _RESERVED_LIMIT_NAMES:
+        raise PolicyError(
+            f"{source}: limits.{name}: expected another name ({name!r} is the lockout's)"
+        )
+    algorithm = reader.text("algorithm", "fixed_window")
+    try:
+        Algorithm.parse(algorithm)
+    except LimitConfigError as exc:
+        raise reader.error("algorithm", str(exc).replace("unknown algorithm ", "")) from None
+    burst = reader.number("burst", 0, 0)
+    in_flight = reader.number("in_flight", 0, 0)
+    limit_set = None
+    if reader.has("rates"):
+        limit_set = _limit_set(reader, "rates", name, algorithm, burst)
+    elif not in_flight:
+        raise reader.error("rates", "a rate string such as '100/minute; 1000/hour' (missing)")
+    scope = reader.text("scope", "caller", SCOPES)
+    status = reader.number("status", 503 if in_flight else 429, 400, 599)
+    shadow = reader.flag("shadow", False)
+    if in_flight and scope != "global":
+        raise reader.error("in_flight", "in_flight only with scope = 'global' (a load shedder)")
+    reader.done()
+    return LimitSpec(
+        name=name,
+        limit_set=limit_set,
+        scope=scope,
+        status=status,
+        shadow=shadow,
+        in_flight=in_flight,
+    )
+
+
+def _check_route(reader: TableReader, key: str, route: str) -> None:
+    if not route.startswith("/"):
+        raise reader.error(key, f"a route starting with '/', got {route!r}")
+    segments = route.strip("/").split("/")
+    for index, segment in enumerate(segments):
+        if segment == "*" and index != len(segments) - 1:
+            raise reader.error(key, f"'*' only as the last segment, got {route!r}")
+        if ("{" in segment or "}" in segment) and not (
+            segment.startswith("{") and segment.endswith("}") and len(segment) > 2
+        ):
+            raise reader.error(key, f"a whole-segment parameter like '{{id}}', got {route!r}")
+
+
+def _read_rule(source: str, index: int, table: object, limits: Mapping[str, LimitSpec]) -> RuleSpec:
+    reader = TableReader(source, f"rules[{index}]", table)
+    routes = reader.str_list("routes")
+    if not routes:
+        raise reader.error("routes", "a non-empty list of routes such as ['/v1/media/*']")
+    for route in routes:
+        _check_route(reader, "routes", route)
+    methods_list = reader.str_list("methods")
+    methods = frozenset(m.upper() for m in methods_list) if methods_list else None
+    if methods is not None and "*" in methods:
+        methods = None
+    if methods is not None and not methods <= METHODS:
+        bad = sorted(methods - METHODS)
+        raise reader.error("methods", f"HTTP methods ({', '.join(sorted(METHODS))}), got {bad}")
+    names = reader.str_list("limits")
+    for name in names:
+        if name not in limits:
+            known = ", ".join(sorted(limits)) or "none defined"
+            raise reader.error("limits", f"names of [limits] tables ({known}); got {name!r}")
+    cost = reader.number("cost", 1, 1)
+    exempt = reader.flag("exempt", False)
+    shadow = reader.flag("shadow", False)
+    cache_ttl = reader.duration("cache_ttl", 0.0)
+    name = reader.text("name", routes[0])
+    reader.done()
+    return RuleSpec(
+        name=name,
+        routes=routes,
+        methods=methods,
+        limits=names,
+        cost=cost,
+        exempt=exempt,
+        shadow=shadow,
+        cache_ttl_s=cache_ttl,
+    )
+
+
+def _read_identity(reader: TableReader | None) -> IdentitySpec:
+    if reader is None:
+        return IdentitySpec()
+    source = reader.text("source", "ip", IDENTITY_SOURCES)
+    headers = reader.str_list("key_headers") or ("X-API-Key", "Authorization")
+    for header in headers:
+        if not _HEADER_RE.match(header):
+            raise reader.error("key_headers", f"header names, got {header!r}")
+    anonymous = reader.text("anonymous", "ip", ("ip", "reject"))
+    proxies = reader.str_list("trusted_proxies")
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise reader.error(
+                "trusted_proxies", f"IP addresses or CIDR networks, got {proxy!r}"
+            ) from None
+    function = reader.hook("callable")
+    if source == "callable" and not function:
+        raise reader.error("callable", "'package.module:function' when source = 'callable'")
+    spec = IdentitySpec(
+        source=source,
+        key_headers=tuple(h.lower() for h in headers),
+        anonymous=anonymous,
+        trusted_proxies=proxies,
+        callable=function,
+        accounts=reader.str_map("accounts", secret_keys=True),
+        account_hook=reader.hook("account_hook"),
+        account_hook_ttl_s=reader.duration("account_hook_ttl", 60.0),
+    )
+    reader.done()
+    return spec
+
+
+def _read_tiers(
+    source: str,
+    plans_table: TableReader | None,
+    tiers: TableReader | None,
+    limits: Mapping[str, LimitSpec],
+) -> TiersSpec:
+    plans: dict[str, dict[str, LimitSet]] = {}
+    if plans_table is not None:
+        for plan_name in plans_table.table:
+            plan = TableReader(source, f"plans.{plan_name}", plans_table.get(plan_name))
+            overrides: dict[str, LimitSet] = {}
+            for limit_name in plan.table:
+                base = limits.get(limit_name)
+                if base is None or base.limit_set is None:
+                    known = ", ".join(sorted(n for n, s in limits.items() if s.limit_set)) or "none"
+                    raise plan.error(
+                        limit_name, f"the name of a [limits] table with rates ({known})"
+                    )
+                first = base.limit_set.limits[0]
+                burst = first.burst if first.algorithm is Algorithm.GCRA else 0
+                overrides[limit_name] = _limit_set(
+                    plan, limit_name, limit_name, first.algorithm.value, burst
+                )
+            plan.done()
+            plans[plan_name] = overrides
+    if tiers is None:
+        return TiersSpec(plans=plans)
+    keys = tiers.str_map("keys", secret_keys=True)
+    for plan_name in set(keys.values()):
+        if plan_name not in plans:
+            known = ", ".join(sorted(plans)) or "none defined"
+            raise tiers.error("keys", f"plan names from [plans] ({known}); got {plan_name!r}")
+    spec = TiersSpec(
+        plans=plans,
+        keys=keys,
+        hook=tiers.hook("hook"),
+        hook_ttl_s=tiers.duration("hook_ttl", 60.0),
+    )
+    tiers.done()
+    return spec
+
+
+def _read_lockout(reader: TableReader | None) -> LockoutSpec | None:
+    if reader is None:
+        return None
+    if not reader.has("failures"):
+        raise reader.error("failures", "the number of failed answers that lock out (missing)")
+    statuses = reader.get("statuses")
+    if statuses is None:
+        codes = frozenset({401, 403})
+    elif isinstance(statuses, list) and all(
+        isinstance(s, int) and not isinstance(s, bool) and 400 <= s <= 599 for s in statuses
+    ):
+        codes = frozenset(statuses)
+    else:
+        raise reader.error("statuses", f"a list of 4xx/5xx status codes, got {shown(statuses)}")
+    routes = reader.str_list("routes")
+    for route in routes:
+        _check_route(reader, "routes", route)
+    spec = LockoutSpec(
+        failures=reader.number("failures", 5, 1),
+        window_s=reader.duration("window", 900.0, positive=True),
+        duration_s=reader.duration("duration", 900.0, positive=True),
+        statuses=codes,
+        scope=reader.text("scope", "caller", ("caller", "key", "ip", "account")),
+        routes=routes,
+    )
+    reader.done()
+    return spec
+
+
+def _read_cache(reader: TableReader | None) -> CacheSpec:
+    if reader is None:
+        return CacheSpec()
+    spec = CacheSpec(
+        max_entries=reader.number("max_entries", 10_000, 1),
+        max_body_bytes=reader.number("max_body_bytes", 1_048_576, 0),
+        vary=reader.text("vary", "caller", ("caller", "none")),
+    )
+    reader.done()
+    return spec
+
+
+def _check_template(reader: TableReader, template: str) -> None:
+    sample = {
+        "retry_after": 1,
+        "limit": 1,
+        "remaining": 0,
+        "reset": 0,
+        "zone": "z",
+        "window": "minute",
+        "message": "m",
+        "status": 429,
+    }
+    try:
+        template.format_map(sample)
+    except (KeyError, IndexError, ValueError) as exc:
+        fields = ", ".join("{" + k + "}" for k in sample)
+        raise reader.error(
+            "body_template",
+            f"a template using only {fields} (double braces for literal ones): {exc!r}",
+        ) from None
+
+
+def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Policy:
+    """Validate a parsed TOML document; ``source`` names it in errors (usually the file path)."""
+    top = TableReader(source, "", data)
+    limits_reader = top.table_at("limits")
+    limits: dict[str, LimitSpec] = {}
+    if limits_reader is not None:
+        for name in limits_reader.table:
+            limits[name] = _read_limit(source, name, limits_reader.get(name))
+    if not limits:
+        raise top.error("limits", "at least one [limits.<name>] table with a 'rates' key")
+    rules_value = top.get("rules")
+    if rules_value is None:
+        rules_value = []
+    if not isinstance(rules_value, list):
+        raise top.error("rules", f"an array of tables ([[rules]]), got {kind_of(rules_value)}")
+    rules = tuple(_read_rule(source, i, t, limits) for i, t in enumerate(rules_value))
+    applied = top.str_list("apply")
+    default = top.str_list("default")
+    for key, names in (("apply", applied), ("default", default)):
+        for name in names:
+            if name not in limits:
+                raise top.error(key, f"names of [limits] tables ({', '.join(sorted(limits))})")
+    body = top.text("body", "plain", BODY_STYLES)
+    template = top.text("body_template", "")
+    if body == "template":
+        if not template:
+            raise top.error("body_template", "a template string when body = 'template'")
+        _check_template(top, template)
+    usage_path = top.text("usage_path", "")
+    if usage_path and not usage_path.startswith("/"):
+        raise top.error("usage_path", f"a path starting with '/', got {usage_path!r}")
+    exempt_ips = top.str_list("exempt_ips")
+    for net in exempt_ips:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise top.error("exempt_ips", f"IP addresses or CIDR networks, got {net!r}") from None
+    identity = _read_identity(top.table_at("identity"))
+    tiers = _read_tiers(source, top.table_at("plans"), top.table_at("tiers"), limits)
+    policy = Policy(
+        source=source,
+        store=top.text("store", "memory://"),
+        body=body,
+        body_template=template,
+        body_content_type=top.text("body_content_type", "application/json"),
+        shadow=top.flag("shadow", False),
+        ietf_headers=top.flag("ietf_headers", False),
+        ietf_partition_key=top.flag("ietf_partition_key", False),
+        ietf_partition_key_secret=top.text("ietf_partition_key_secret", ""),
+        zone_header=top.flag("zone_header", False),
+        user_agent_required=top.flag("user_agent_required", False),
+        usage_path=usage_path,
+        apply=applied,
+        default=default,
+        on_store_error=ON_STORE_ERROR[
+            top.text("on_store_error", "fail_open", tuple(ON_STORE_ERROR))
+        ],
+        exempt_ips=exempt_ips,
+        metrics=top.flag("metrics", True),
+        identity=identity,
+        limits=limits,
+        rules=rules,
+        tiers=tiers,
+        lockout=_read_lockout(top.table_at("lockout")),
+        cache=_read_cache(top.table_at("cache")),
+    )
+    top.done()
+    if policy.ietf_partition_key and not policy.ietf_headers:
+        raise top.error(
+            "ietf_partition_key", "ietf_headers = true as well (pk is part of RateLimit)"
+        )
+    if policy.ietf_partition_key_secret and not policy.ietf_partition_key:
+        raise top.error("ietf_partition_key_secret", "ietf_partition_key = true as well")
+    if not applied and not default and not any(r.limits for r in rules):
+        raise top.error("apply", "at least one limit in 'apply', 'default' or a rule's 'limits'")
+    return policy
