@@ -9,7 +9,7 @@ import httpx
 
 from ratekeeper.client import HostPolicy
 from ratekeeper.client.hints import Hints, Quota
-from ratekeeper.client.pacing import Pacer
+from ratekeeper.client.state import Pacer
 from ratekeeper.client.transport import _FairLock
 
 T0 = 1_700_000_000.0

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ratekeeper.client.hints import Hints, Quota
-from ratekeeper.client.retry import (
-    ClientConfigError,
-    RetryPolicy,
-    WaitTooLongError,
-    backoff_s,
-    plan_retry,
-)
-from ratekeeper.errors import RatekeeperError
+from ratekeeper.client.retry import RetryPolicy, backoff_s, plan_retry
+from ratekeeper.errors import ClientConfigError, RatekeeperError, WaitTooLongError
 
 NOW = 1_767_225_600.0
 

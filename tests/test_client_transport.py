@@ -19,7 +19,7 @@ from ratekeeper.client import (
     RetryPolicy,
     WaitTooLongError,
 )
-from ratekeeper.client.pacing import Adaptive
+from ratekeeper.client.adaptive import Adaptive
 
 URL = "http://api.test/items"
 T0 = 1_700_000_000.0

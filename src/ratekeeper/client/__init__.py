@@ -13,8 +13,9 @@ transport = RateLimitTransport.from_policy("musique", host="api.musique.example"
 
 from ratekeeper.client.hints import Hints, Quota, read_hints
 from ratekeeper.client.pacing import HostPolicy
-from ratekeeper.client.retry import ClientConfigError, RetryPolicy, WaitTooLongError
+from ratekeeper.client.retry import RetryPolicy
 from ratekeeper.client.transport import AsyncRateLimitTransport, RateLimitTransport
+from ratekeeper.errors import ClientConfigError, WaitTooLongError
 
 __all__ = [
     "AsyncRateLimitTransport",

@@ -15,7 +15,7 @@ import httpx
 from hishel import AsyncBaseStorage, AsyncSqliteStorage, BaseStorage, SqliteStorage
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
-from ratekeeper.client.retry import ClientConfigError
+from ratekeeper.errors import ClientConfigError
 
 __all__ = [
     "AsyncCachingTransport",

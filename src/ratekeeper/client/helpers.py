@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from ratekeeper.client.retry import ClientConfigError
+from ratekeeper.errors import ClientConfigError
 
 __all__ = ["Debouncer", "Poller", "gather_bounded", "paginate"]
 

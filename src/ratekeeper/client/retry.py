@@ -1,10 +1,7 @@
 """When to retry an answer and how long to wait first: pure functions of the answer's hints.
 
-Error tree of the client (all under :class:`ratekeeper.errors.RatekeeperError`)::
-
-    RatekeeperError
-    ├── ClientConfigError    a client setting that cannot work (names the setting)
-    └── WaitTooLongError     the server asks for a wait past the caller's cap (carries deadline)
+Its errors, :class:`~ratekeeper.errors.ClientConfigError` and
+:class:`~ratekeeper.errors.WaitTooLongError`, live in the one tree of :mod:`ratekeeper.errors`.
 """
 
 from __future__ import annotations
@@ -14,42 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ratekeeper.client.hints import Hints
-from ratekeeper.errors import RatekeeperError
+from ratekeeper.errors import ClientConfigError, WaitTooLongError
 
 __all__ = [
     "IDEMPOTENT_METHODS",
-    "ClientConfigError",
     "RetryPolicy",
     "RetryVerdict",
-    "WaitTooLongError",
     "backoff_s",
     "check_wait",
     "plan_retry",
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-
-class ClientConfigError(RatekeeperError, ValueError):
-    """A client setting that cannot work; the message names it and what is expected."""
-
-
-class WaitTooLongError(RatekeeperError):
-    """The wait before the next attempt exceeds the caller's cap.
-
-    ``deadline`` is the epoch second from which the server would accept the request (or the
-    client's own pacing would allow it); ``wait_s`` the wait that was refused.
-    """
-
-    def __init__(self, *, url: str, wait_s: float, deadline: float, cap_s: float, why: str) -> None:
-        super().__init__(
-            f"{url}: {why} asks for a wait of {wait_s:.1f}s (until epoch {deadline:.0f}), "
-            f"over the cap of {cap_s:g}s; retry after the deadline or raise the cap"
-        )
-        self.url = url
-        self.wait_s = wait_s
-        self.deadline = deadline
-        self.cap_s = cap_s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

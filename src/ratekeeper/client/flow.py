@@ -1,0 +1,346 @@
+"""The client's one flow: pace, send, learn, retry, written once as a generator of operations.
+
+The flow yields small operations (enter the host's queue, wait for a slot, ask the limiter,
+sleep, send, read, close) and receives their results; the transports only carry them out,
+driven by :func:`ratekeeper.flows.drive` or :func:`~ratekeeper.flows.drive_async`. An HTTP
+library is seen through a :class:`Wire` (its request's method and URL, its answer's status,
+headers and body), so httpx's transports and a requests adapter run the same flow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
+
+import httpx
+
+from ratekeeper.client.hints import NO_HINTS, Quota, hint_headers, read_hints
+from ratekeeper.client.pacing import Charge, HostPolicy
+from ratekeeper.client.retry import RetryPolicy, check_wait, plan_retry
+from ratekeeper.client.state import HostState, Pacer
+from ratekeeper.clock import Clock
+from ratekeeper.decision import Decision
+from ratekeeper.errors import ClientConfigError
+
+__all__ = [
+    "Answered",
+    "ClientFlow",
+    "Close",
+    "Enter",
+    "Failed",
+    "Hit",
+    "LowRemainingCallback",
+    "Op",
+    "Peek",
+    "Read",
+    "Send",
+    "Sleep",
+    "Slot",
+    "Wire",
+]
+
+log = logging.getLogger("ratekeeper.client")
+
+LowRemainingCallback: TypeAlias = Callable[[str, Quota], None]
+"""Called with the host's name and the quota that fell under its ``low_remaining``."""
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+ReqT_contra = TypeVar("ReqT_contra", contravariant=True)
+RespT_contra = TypeVar("RespT_contra", contravariant=True)
+
+
+class Wire(Protocol[ReqT_contra, RespT_contra]):
+    """How the flow sees one HTTP library's requests and answers."""
+
+    def method(self, request: ReqT_contra) -> str:
+        """The request's method, upper-case."""
+
+    def url(self, request: ReqT_contra) -> httpx.URL:
+        """The request's URL."""
+
+    def status(self, response: RespT_contra) -> int:
+        """The answer's status code."""
+
+    def raw_headers(self, response: RespT_contra) -> Iterable[tuple[bytes, bytes]]:
+        """The answer's header fields as ``(name, value)`` bytes."""
+
+    def content_length(self, response: RespT_contra) -> str | None:
+        """The answer's ``Content-Length`` field, if any."""
+
+    def body(self, response: RespT_contra) -> bytes:
+        """The answer's body, once :class:`Read` has been carried out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Sleep ``seconds``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """Charge ``charge`` to the host's known policy; answers a :class:`Decision`."""
+
+    state: HostState
+    charge: Charge
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """Look at ``charge``'s windows on the real clock without charging; answers a Decision."""
+
+    state: HostState
+    charge: Charge
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Wait until the host may have another request in flight, or ``recheck_s`` has passed
+    (the flow checks again: a wake-up missed between threads costs a moment, not a hang)."""
+
+    state: HostState
+    recheck_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Generic[Req]):
+    """Leave the host's queue (the request's turn is taken), then send; answers the response
+    or :class:`Failed`."""
+
+    request: Req
+    state: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class Read(Generic[Resp]):
+    """Read the answer's body; answers ``None`` or :class:`Failed`."""
+
+    response: Resp
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Generic[Resp]):
+    """Close an answer that will not be returned."""
+
+    response: Resp
+
+
+@dataclass(frozen=True, slots=True)
+class Enter:
+    """Join the host's queue (one request paces at a time, in arrival order)."""
+
+    state: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Wake the requests waiting for a slot of the host."""
+
+    state: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The I/O of a :class:`Send` or :class:`Read` raised: the flow settles the host's books
+    before the error goes on, so a driver hands it back instead of raising it."""
+
+    error: BaseException
+
+
+Op: TypeAlias = Sleep | Hit | Peek | Slot | Send[Any] | Read[Any] | Close[Any] | Enter | Answered
+
+
+@dataclass(frozen=True, slots=True)
+class _HostOps:
+    """One host's operations without arguments, made once: the hot path allocates none."""
+
+    enter: Enter
+    answered: Answered
+    slot: Slot
+    # Per charge (one, or one per route of a server's policy): its hit and peek.
+    charges: dict[int, tuple[Hit, Peek]]
+
+    @classmethod
+    def of(cls, state: HostState) -> _HostOps:
+        return cls(Enter(state), Answered(state), Slot(state), {})
+
+    def for_charge(self, charge: Charge) -> tuple[Hit, Peek]:
+        """The hit and peek operations of ``charge`` (charges live as long as their plan)."""
+        found = self.charges.get(id(charge))
+        if found is None:
+            found = (Hit(self.enter.state, charge), Peek(self.enter.state, charge))
+            self.charges[id(charge)] = found
+        return found
+
+
+# Error bodies larger than this are not read for hints (they would be buffered in memory).
+_MAX_HINT_BODY = 64 * 1024
+
+
+def _loggable(url: httpx.URL) -> str:
+    """The URL without its query (which may carry API keys), for logs and errors."""
+    return f"{url.scheme}://{url.netloc.decode()}{url.path}"
+
+
+class ClientFlow(Generic[Req, Resp]):
+    """The client's configuration, its hosts' states and the flow of one request."""
+
+    def __init__(
+        self,
+        wire: Wire[Req, Resp],
+        *,
+        hosts: Mapping[str, HostPolicy] | None,
+        default: HostPolicy | None,
+        retry: RetryPolicy | None,
+        clock: Clock,
+        random_fn: Callable[[], float],
+        on_low_remaining: LowRemainingCallback | None,
+    ) -> None:
+        self.wire = wire
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.pacer = Pacer(
+            hosts=dict(hosts or {}),
+            default=default if default is not None else HostPolicy(),
+            backoff_base_s=self.retry.backoff_base_s,
+        )
+        self.clock = clock
+        self.random = random_fn
+        self.on_low_remaining = on_low_remaining
+        self._ops: dict[str, _HostOps] = {}
+
+    def run(self, request: Req) -> Generator[Op, Any, Resp]:
+        """Pace, send, learn, and retry while the retry policy says so."""
+        wire = self.wire
+        method = wire.method(request)
+        url = wire.url(request)
+        state = self.pacer.state_for(url)
+        ops = self._ops.get(state.plan.name)
+        if ops is None:
+            ops = self._ops.setdefault(state.plan.name, _HostOps.of(state))
+        send: Send[Req] = Send(request, state)
+        charge = state.plan.charge_for(method, url.path)
+        statuses = self.retry.statuses
+        retries = 0
+        waited = 0.0
+        while True:
+            yield ops.enter
+            waited = yield from self._pace(state, ops, charge, url, waited)
+            seq = state.on_send(self.clock())
+            outcome = yield send
+            if type(outcome) is Failed:
+                yield from self._abort(state, ops)
+                raise outcome.error
+            response: Resp = outcome
+            now = self.clock()
+            status = wire.status(response)
+            retried = status in statuses
+            found = hint_headers(wire.raw_headers(response))
+            body = None
+            if retried or status == 429:
+                length = wire.content_length(response) or "0"
+                if not length.isdigit() or int(length) <= _MAX_HINT_BODY:
+                    read = yield Read(response)
+                    if type(read) is Failed:
+                        yield from self._abort(state, ops)
+                        raise read.error
+                    body = wire.body(response)[:_MAX_HINT_BODY]
+            hints = read_hints(found, body, now) if found or body else NO_HINTS
+            low = state.on_answer(seq, now, status, hints)
+            # Read after on_answer: a request that starts waiting later sees the free slot.
+            if state.slot_waiters:
+                yield ops.answered
+            if low is not None:
+                self._warn_low(state, low)
+            if not retried:
+                return response
+            loggable = _loggable(url)
+            verdict = plan_retry(
+                method=method,
+                status=status,
+                hints=hints,
+                retries_done=retries,
+                waited_s=waited,
+                policy=self.retry,
+                random=self.random,
+                url=loggable,
+                now=now,
+            )
+            if not verdict.retry:
+                log.info("%s %s: %s, giving up (%s)", method, loggable, status, verdict.reason)
+                return response
+            log.info(
+                "%s %s: retry %d in %.2fs (%s)",
+                method,
+                loggable,
+                retries + 1,
+                verdict.wait_s,
+                verdict.reason,
+            )
+            yield Close(response)
+            if verdict.wait_s > 0:
+                yield Sleep(verdict.wait_s)
+            waited += verdict.wait_s
+            retries += 1
+
+    def _abort(self, state: HostState, ops: _HostOps) -> Generator[Op, Any, None]:
+        """A sent request ended without an answer: free its slot."""
+        state.on_abort()
+        if state.slot_waiters:
+            yield ops.answered
+
+    def _pace(
+        self,
+        state: HostState,
+        ops: _HostOps,
+        charge: Charge | None,
+        url: httpx.URL,
+        waited: float,
+    ) -> Generator[Op, Any, float]:
+        """Wait (holding the host's queue) until this request may go; returns total waited."""
+        plan = state.plan
+        while True:
+            if not state.can_start():
+                yield ops.slot
+                continue
+            now = self.clock()
+            wait = state.wait_s(now)
+            if wait <= 0 and charge is not None:
+                hit, peek = ops.for_charge(charge)
+                if charge.aligned and state.needs_room(charge, now):
+                    state.record_room(charge, (yield peek), now)
+                decision: Decision = yield hit
+                if decision.allowed:
+                    wait = state.early_wait_s(charge, decision, now) if charge.aligned else 0.0
+                    if wait > 0:
+                        yield Sleep(wait)
+                        waited += wait
+                    return waited
+                if not decision.satisfiable:
+                    raise ClientConfigError(
+                        f"{_loggable(url)}: one request can never pass the policy for "
+                        f"{plan.name} ({decision.binding.limit.rate})"
+                    )
+                wait = decision.retry_after_s
+            if wait <= 0:
+                return waited
+            check_wait(
+                wait, waited, self.retry, url=_loggable(url), now=now, why=f"pacing {plan.name}"
+            )
+            yield Sleep(wait)
+            waited += wait
+
+    def _warn_low(self, state: HostState, quota: Quota) -> None:
+        log.warning(
+            "%s: %d request(s) left of %s (quota %r), reset in %s",
+            state.plan.name,
+            quota.remaining,
+            quota.limit if quota.limit is not None else "?",
+            quota.name,
+            f"{quota.reset_in_s:.0f}s" if quota.reset_in_s is not None else "?",
+        )
+        if self.on_low_remaining is not None:
+            self.on_low_remaining(state.plan.name, quota)

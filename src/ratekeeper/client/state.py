@@ -1,0 +1,301 @@
+"""What the client knows about each host, as plain state with no I/O.
+
+A :class:`HostState` answers "how long must the next request to this host wait?" from its
+:class:`~ratekeeper.client.pacing.HostPlan` and the answers it has seen; the flow
+(:mod:`ratekeeper.client.flow`) sleeps, asks the limiter (for a known policy) and sends.
+Everything takes the clock reading as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from ratekeeper.client.adaptive import Adaptive
+from ratekeeper.client.hints import Hints, Quota
+from ratekeeper.client.pacing import Charge, HostPlan, HostPolicy
+from ratekeeper.decision import Decision
+from ratekeeper.errors import ClientConfigError
+
+__all__ = ["HostState", "Pacer"]
+
+
+@dataclass(slots=True)
+class _Budget:
+    """The binding quota of the server's current window: the lowest remaining reported in it
+    (answers to concurrent requests arrive in any order; the lowest is the freshest count)."""
+
+    remaining: int
+    reset_at: float | None
+    name: str
+
+
+# Window ends computed from different clock readings agree to within float error.
+_SAME_END_S = 1e-6
+
+# Reports whose resets differ by less than this describe the same window: whole-second deltas
+# ("Reset: 3") read at different moments of one window differ by up to a second.
+_SAME_WINDOW_S = 1.0
+
+
+class HostState:
+    """What the client knows about one host; thread-safe, updated on each send and answer.
+
+    A learned budget is reserved across concurrent requests: every request in flight may still
+    be uncounted by the server, so the estimate is the lowest remaining reported in the window
+    less the requests in flight, which never exceeds what the server has left.
+    """
+
+    def __init__(self, plan: HostPlan, *, backoff_base_s: float = 1.0) -> None:
+        policy = plan.policy
+        self.plan = plan
+        self._lock = threading.Lock()
+        known = plan.known
+        self.adaptive = Adaptive(
+            floor_s=policy.min_interval_s,
+            ceiling_s=policy.max_delay_s,
+            base_s=backoff_base_s,
+            window=float(policy.max_in_flight) if known else 1.0,
+            max_window=policy.max_in_flight,
+        )
+        self.last_send = -math.inf
+        self.in_flight = 0
+        # Requests waiting for a slot, counted by the transports under their slot's lock.
+        self.slot_waiters = 0
+        self.sent = 0
+        self.blocked_until = -math.inf
+        self.budget: _Budget | None = None
+        # A window's size: X-RateLimit-Limit, else one more than the most ever reported left.
+        self.window_limit: int | None = None
+        # Requests sent up to this count were in flight when the last failure was counted:
+        # their answers echo that failure, they are not news (TCP's one cut per round trip).
+        self._failure_mark = 0
+        self.zone: str | None = None
+        # Per aligned limit: (end of the window, its room when its last margin_s began).
+        self._room: dict[tuple[str, int], tuple[float, int]] = {}
+
+    def can_start(self) -> bool:
+        """Whether another request may be in flight now: the congestion window has room, and
+        a learned budget is not spent by the requests in flight. When it is, their answers
+        come first: one counted by the server before the lowest report frees a request, and
+        a new window being probed says its size."""
+        in_flight = self.in_flight
+        if in_flight >= max(int(self.adaptive.window), 1):
+            return False
+        budget = self.budget
+        return in_flight == 0 or budget is None or self.plan.known or budget.remaining > in_flight
+
+    def estimated_remaining(self) -> int | None:
+        """What the server has left at least: the lowest remaining it reported in this window,
+        less the requests in flight."""
+        budget = self.budget
+        if budget is None:
+            return None
+        return budget.remaining - self.in_flight
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until the next request may go, from everything but a known policy."""
+        with self._lock:
+            delay = (
+                self.adaptive.delay_s
+                if self.plan.policy.adaptive
+                else self.plan.policy.min_interval_s
+            )
+            wait = max(self.last_send + delay - now, self.blocked_until - now, 0.0)
+            budget = self.budget
+            # A known policy paces by itself: servers often report resets late (slowapi and
+            # Flask-Limiter add a second), and obeying them would halve short windows.
+            if budget is None or budget.reset_at is None or self.plan.known:
+                return wait
+            if now >= budget.reset_at:
+                # The window the report described is over: a new one holds a window's size,
+                # or, when that is unknown, one request probes it.
+                limit = self.window_limit
+                self.budget = _Budget(limit if limit is not None else 1, None, budget.name)
+                return wait
+            remaining = budget.remaining - self.in_flight
+            # No margin on the reset: a request sent at it arrives after it.
+            if remaining <= 0:
+                return max(wait, budget.reset_at - now)
+            if self.plan.policy.spread:
+                return max(wait, self.last_send + (budget.reset_at - now) / (remaining + 1) - now)
+            return wait
+
+    def needs_room(self, charge: Charge, now: float) -> bool:
+        """Whether ``now`` is within ``margin_s`` of an aligned window's end whose room is not
+        yet known: the flow then peeks at the window before charging the next one."""
+        shift = self.plan.clock_shift_s
+        room = self._room
+        for _, period, limit in charge.aligned:
+            end = now - now % period + period
+            if now + shift >= end:
+                known = room.get(limit)
+                if known is None or abs(known[0] - end) > _SAME_END_S:
+                    return True
+        return False
+
+    def record_room(self, charge: Charge, peek: Decision, now: float) -> None:
+        """Remember the room of the aligned windows ending within ``margin_s`` of ``now``, from
+        a peek at the real clock (nothing is charged to them once their margin has begun)."""
+        states = peek.states
+        shift = self.plan.clock_shift_s
+        for index, period, limit in charge.aligned:
+            end = now - now % period + period
+            if now + shift < end:
+                continue
+            seen = states[index]
+            # The store already moved on to the next window: this window's room is unknown.
+            room = seen.remaining if abs(seen.reset_at - end) <= _SAME_END_S else 0
+            self._room[limit] = (end, room)
+
+    def early_wait_s(self, charge: Charge, decision: Decision, now: float) -> float:
+        """How long an allowed request must still wait for the aligned windows it was charged
+        to (decided ``margin_s`` ahead, it may belong to a window that has not begun).
+
+        It may go at once when the current window has room for every request charged early
+        to the next one: wherever the server counts it, it stays within the limit.
+        """
+        shift = self.plan.clock_shift_s
+        at = decision.now
+        for _, period, _ in charge.aligned:
+            if at % period < shift:
+                break
+        else:
+            return 0.0  # every window it was charged to had begun when it was decided
+        wait = 0.0
+        states = decision.states
+        for index, period, limit in charge.aligned:
+            seen = states[index]
+            start = seen.reset_at - period
+            if start <= now:
+                continue
+            early = seen.limit.amount - seen.remaining
+            known = self._room.get(limit)
+            if known is None or abs(known[0] - start) > _SAME_END_S or early > known[1]:
+                wait = max(wait, start - now)
+        return wait
+
+    def on_send(self, now: float) -> int:
+        """Record a request leaving; returns its sequence number for :meth:`on_answer`."""
+        with self._lock:
+            self.last_send = now
+            self.in_flight += 1
+            self.sent += 1
+            return self.sent
+
+    def on_abort(self) -> None:
+        """A sent request ended without an answer (network error, cancellation)."""
+        with self._lock:
+            self.in_flight -= 1
+
+    def on_answer(self, seq: int, now: float, status: int, hints: Hints) -> Quota | None:
+        """Learn from an answer; returns the binding quota when it fell under the host's
+        ``low_remaining`` threshold with this answer (warn once per crossing)."""
+        with self._lock:
+            self.in_flight -= 1
+            if hints.zone:
+                self.zone = hints.zone
+            failed = status == 429 or status >= 500
+            wait = hints.sharp_wait_s
+            if failed and wait is not None and status in (429, 503):
+                self.blocked_until = max(self.blocked_until, now + wait)
+            if seq > self._failure_mark:
+                if failed:
+                    self.adaptive.failure(hinted=wait is not None or hints.binding is not None)
+                    self._failure_mark = self.sent
+                else:
+                    self.adaptive.success()
+            binding = hints.binding
+            if binding is None:
+                return None
+            return self._learn(binding, now, failed)
+
+    def _learn(self, binding: Quota, now: float, failed: bool) -> Quota | None:
+        reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
+        if binding.limit is not None:
+            self.window_limit = binding.limit
+        elif self.window_limit is None or binding.remaining >= self.window_limit:
+            self.window_limit = binding.remaining + 1
+        if reset_at is not None and reset_at <= now:
+            # A report from a window that is already over says nothing about the next one.
+            return None
+        before = self.budget
+        if before is not None and before.reset_at is not None and now < before.reset_at:
+            if reset_at is not None and reset_at <= before.reset_at - _SAME_WINDOW_S:
+                return None  # a late answer from an earlier window
+            same = reset_at is None or reset_at < before.reset_at + _SAME_WINDOW_S
+            if same and binding.remaining >= before.remaining:
+                return None  # counted before the report already held
+        else:
+            same = False
+        self.budget = _Budget(binding.remaining, reset_at, binding.name)
+        threshold = self.plan.policy.low_remaining
+        crossed = binding.remaining < threshold and (
+            not same or (before is not None and before.remaining >= threshold)
+        )
+        if failed and binding.remaining <= 0 and reset_at is not None:
+            self.blocked_until = max(self.blocked_until, reset_at)
+        return binding if crossed else None
+
+    def __repr__(self) -> str:
+        return (
+            f"<HostState {self.plan.name} in_flight={self.in_flight} "
+            f"remaining~{self.estimated_remaining()} {self.adaptive!r}>"
+        )
+
+
+@dataclass(slots=True)
+class Pacer:
+    """Routes a URL to its host's state: URL-prefix keys first (longest wins), then
+    ``host:port``, then ``host``; any other host gets ``default``."""
+
+    hosts: Mapping[str, HostPolicy] = field(default_factory=dict)
+    default: HostPolicy = field(default_factory=HostPolicy)
+    backoff_base_s: float = 1.0
+    _prefixes: list[tuple[str, HostPolicy]] = field(init=False)
+    _states: dict[str, HostState] = field(init=False)
+    _lock: threading.Lock = field(init=False)
+
+    def __post_init__(self) -> None:
+        for key, policy in self.hosts.items():
+            if not isinstance(policy, HostPolicy):
+                raise ClientConfigError(
+                    f"hosts[{key!r}] must be a HostPolicy, got {type(policy).__name__}"
+                )
+        self._prefixes = sorted(
+            ((k, p) for k, p in self.hosts.items() if "://" in k),
+            key=lambda item: -len(item[0]),
+        )
+        self._states = {}
+        self._lock = threading.Lock()
+
+    def state_for(self, url: httpx.URL) -> HostState:
+        """The state of the host (or prefix) ``url`` belongs to, created on first use."""
+        text = str(url)
+        for prefix, policy in self._prefixes:
+            if text.startswith(prefix):
+                return self._state(prefix, policy)
+        host = url.host
+        port = url.port
+        if port is not None and (found := self.hosts.get(f"{host}:{port}")) is not None:
+            return self._state(f"{host}:{port}", found)
+        name = host if port is None else f"{host}:{port}"
+        return self._state(name, self.hosts.get(host, self.default))
+
+    def _state(self, name: str, policy: HostPolicy) -> HostState:
+        state = self._states.get(name)
+        if state is None:
+            with self._lock:
+                state = self._states.get(name)
+                if state is None:
+                    plan = HostPlan.build(name, policy)
+                    state = self._states[name] = HostState(plan, backoff_base_s=self.backoff_base_s)
+        return state
+
+    def states(self) -> dict[str, HostState]:
+        """Every host seen so far, by name."""
+        return dict(self._states)
