@@ -68,11 +68,13 @@ def test_limit_validates_burst_and_algorithm() -> None:
     assert Limit.parse("300/minute", "token-bucket").burst == 300
 
 
-def test_limit_set_ids_change_with_the_limits() -> None:
+def test_limit_set_ids_follow_names_and_algorithms_not_numbers() -> None:
     a = LimitSet("api", "100/minute")
     b = LimitSet("api", "200/minute")
-    assert a.id != b.id
-    assert a.id == LimitSet("api", "100/minute").id
+    assert a.id == b.id and a.spec_id != b.spec_id
+    assert a.id != LimitSet("api", "100/minute", algorithm="sliding_window").id
+    assert a.id != LimitSet("api", "100/hour").id
+    assert a.id != LimitSet("other", "100/minute").id
     with pytest.raises(LimitConfigError, match="two limits named alike"):
         LimitSet("api", "1/minute; 2/minute")
     with pytest.raises(LimitConfigError, match="non-empty name"):

@@ -96,13 +96,18 @@ class Limit:
 class LimitSet:
     """Limits checked together for one kind of key, under a name (``"api"``, ``"global"``).
 
-    ``id`` combines the name with the limits' specs, so persisted state of a set whose limits
-    were changed is never read back as if it belonged to the new limits.
+    ``id`` keys the set's stored state: the set's name with each limit's name and algorithm,
+    not its numbers. A limit lowered from 100/minute to 50/minute keeps its counts (a key that
+    used 60 is refused at once), and a day's usage survives a change of the minute limit. A
+    state is only ever read by the algorithm that wrote it (the algorithm is part of the id);
+    what a changed window length does to a state is described in ``docs/operating.md``.
+    ``spec_id`` also covers the numbers, for caches of what a set compiles to.
     """
 
     name: str
     limits: tuple[Limit, ...]
     id: str = field(init=False, repr=False, compare=False)
+    spec_id: str = field(init=False, repr=False, compare=False)
     ttl_s: float = field(init=False, repr=False, compare=False)
     steps: tuple[tuple[StepFn, Limit], ...] = field(init=False, repr=False, compare=False)
 
@@ -139,10 +144,11 @@ class LimitSet:
             )
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "limits", items)
-        digest = hashlib.blake2b(
-            "|".join(lim.spec for lim in items).encode(), digest_size=4
-        ).hexdigest()
+        shape = "|".join(f"{lim.name}={lim.algorithm.value}" for lim in items)
+        digest = hashlib.blake2b(shape.encode(), digest_size=4).hexdigest()
         object.__setattr__(self, "id", f"{name}:{digest}")
+        numbers = hashlib.blake2b("|".join(lim.spec for lim in items).encode(), digest_size=4)
+        object.__setattr__(self, "spec_id", f"{name}:{digest}:{numbers.hexdigest()}")
         object.__setattr__(self, "ttl_s", max(lim.ttl_s for lim in items))
         object.__setattr__(self, "steps", tuple((lim.step, lim) for lim in items))
 
