@@ -224,9 +224,9 @@ def test_a_key_salt_changes_every_key_name_and_stays_secret(tmp_path: Path) -> N
         salted = store_from_url(server.url + "?prefix=s&key_salt=pepper-42")
         same_salt = RedisStore(server.url, prefix="s", key_salt="pepper-42")
         other_salt = RedisStore(server.url, prefix="s", key_salt="x" * 100)
-        names = {s._key(API, "203.0.113.7") for s in (plain, salted, other_salt)}
+        names = {s._codec.key(API, "203.0.113.7") for s in (plain, salted, other_salt)}
         assert len(names) == 3
-        assert same_salt._key(API, "203.0.113.7") == salted._key(API, "203.0.113.7")
+        assert same_salt._codec.key(API, "203.0.113.7") == salted._codec.key(API, "203.0.113.7")
         # Stores with the same salt share one budget; the unsalted one counts apart.
         for _ in range(3):
             assert salted.decide(((API, "203.0.113.7"),), 1, 0.0).allowed

@@ -166,7 +166,7 @@ def test_auth_user_select_and_client_name_on_both_drivers(tmp_path: Path) -> Non
         )
         url = f"redis://app:app-secret@127.0.0.1:{srv.port}/3?client_name=rk-test"
         store = RedisStore(url, prefix="auth")
-        assert "app-secret" not in repr(store._endpoint)
+        assert "app-secret" not in repr(store._node.endpoint)
         assert store.decide(((API, "sync"),), 1, 0.0).allowed
 
         async def run() -> list[str]:

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-import ratekeeper.stores.redis as redis_store
 from ratekeeper import Limit, LimitSet
 from ratekeeper.core import EntryState, decide
-from ratekeeper.stores.redis import RedisStore
+from ratekeeper.stores.redis import RedisStore, codec
+from ratekeeper.stores.redis.cluster import cross_slot_flow
 from redis_servers import RedisServer, check_exactness, redis_cluster
 
 
@@ -45,9 +45,9 @@ _runs = itertools.count()
 
 
 def test_one_identity_lives_in_one_slot_and_the_global_key_elsewhere(store: RedisStore) -> None:
-    slots = {key_slot(store._key(s, "alice").encode()) for s in (API, MEDIA, GLOBAL)}
+    slots = {key_slot(store._codec.key(s, "alice").encode()) for s in (API, MEDIA, GLOBAL)}
     assert len(slots) == 1
-    assert key_slot(store._key(GLOBAL, "*").encode()) not in slots
+    assert key_slot(store._codec.key(GLOBAL, "*").encode()) not in slots
 
 
 @settings(max_examples=40, deadline=None)
@@ -98,21 +98,21 @@ def test_a_rejected_cross_slot_decision_charges_nothing_anywhere(store: RedisSto
     # The per-key limit passed in its slot, yet its reservation was dropped, not charged.
     peek = store.decide(((API, "carol"),), 0, 1000.0, peek=True)
     assert [s.remaining for s in peek.states] == [3, 5]
-    assert not store._client.exists(store._key(API, "carol"))
+    assert not store._client.exists(store._codec.key(API, "carol"))
 
 
 def test_a_pending_reservation_holds_its_units_until_it_settles(store: RedisStore) -> None:
     items = ((GLOBAL, "dave"), (API, "shared-dave"))
-    flow = store._cluster_flow(items, 3, 2000.0, False)
+    flow = cross_slot_flow(store._codec, items, 3, 2000.0, False)
     reserve = next(flow)
     assert len(reserve) == 2  # one reservation per slot
-    reserved = [store._eval(call) for call in reserve]
+    reserved = [store._cluster.run([call])[0] for call in reserve]
     # 3 of the 4 global units are held by the decision in flight: 1 is left for others.
     assert store.decide(((GLOBAL, "dave"),), 2, 2000.0).allowed is False
     assert store.decide(((GLOBAL, "dave"),), 1, 2000.0).allowed is True
     commits = flow.send(reserved)
     with pytest.raises(StopIteration) as stop:
-        flow.send([store._eval(call) for call in commits])
+        flow.send([store._cluster.run([call])[0] for call in commits])
     assert stop.value.value.allowed is True
     assert store.decide(((GLOBAL, "dave"),), 0, 2000.0, peek=True).remaining == 0
 
@@ -120,13 +120,13 @@ def test_a_pending_reservation_holds_its_units_until_it_settles(store: RedisStor
 def test_a_lost_reservation_rejects_the_decision_but_keeps_the_charge(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_store, "_LEASE_MS", 200)
+    monkeypatch.setattr(codec, "LEASE_MS", 200)
     items = ((GLOBAL, "erin"), (API, "shared-erin"))
-    flow = store._cluster_flow(items, 1, 3000.0, False)
-    commits = flow.send([store._eval(call) for call in next(flow)])
+    flow = cross_slot_flow(store._codec, items, 1, 3000.0, False)
+    commits = flow.send([store._cluster.run([call])[0] for call in next(flow)])
     time.sleep(0.3)
     with pytest.raises(StopIteration) as stop:
-        flow.send([store._eval(call) for call in commits])
+        flow.send([store._cluster.run([call])[0] for call in commits])
     assert stop.value.value.allowed is False
     assert store.decide(((GLOBAL, "erin"),), 0, 3000.0, peek=True).remaining == 3
 

@@ -90,10 +90,10 @@ def _same(a: Decision, b: Decision) -> None:
 
 
 def _stored(store: RedisStore, limit_set: LimitSet, key: str) -> EntryState | None:
-    raw = store._client.get(store._key(limit_set, key))
+    raw = store._client.get(store._codec.key(limit_set, key))
     if raw is None:
         return None
-    _, state_format, _ = store._plan(limit_set)
+    _, state_format, _ = store._codec.plan(limit_set)
     values = iter(struct.unpack(state_format.decode(), raw))
     widths = {Algorithm.SLIDING_WINDOW: 3, Algorithm.GCRA: 1}
     return tuple(

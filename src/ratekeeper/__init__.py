@@ -17,6 +17,7 @@ from ratekeeper.errors import (
     PolicyError,
     RatekeeperError,
     RateSyntaxError,
+    RedisStoreError,
     StoreError,
     StoreURLError,
 )
@@ -33,7 +34,7 @@ from ratekeeper.stores.url import store_from_url
 
 def __getattr__(name: str) -> Any:
     # The Redis store needs the optional redis-py: import it only when asked for.
-    if name in {"RedisStore", "RedisStoreError"}:
+    if name == "RedisStore":
         return getattr(importlib.import_module("ratekeeper.stores.redis"), name)
     raise AttributeError(f"module 'ratekeeper' has no attribute {name!r}")
 

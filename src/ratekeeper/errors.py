@@ -5,7 +5,8 @@ RatekeeperError
 ├── LimitConfigError     a limit that cannot work (zero amount, burst < 1, unknown algorithm)
 ├── PolicyError          a policy file that cannot work (names file and key path)
 ├── StoreError           a store that cannot be reached or used (URL shown, password masked)
-│   └── StoreURLError    a store URL with an unknown scheme or bad form
+│   ├── StoreURLError    a store URL with an unknown scheme or bad form
+│   └── RedisStoreError  Redis or Valkey failed during a decision
 ├── ClientConfigError    a client setting that cannot work (names the setting)
 └── WaitTooLongError     a wait past the client's cap (carries the server's deadline)
 """
@@ -18,6 +19,7 @@ __all__ = [
     "PolicyError",
     "RateSyntaxError",
     "RatekeeperError",
+    "RedisStoreError",
     "StoreError",
     "StoreURLError",
     "WaitTooLongError",
@@ -68,3 +70,7 @@ class WaitTooLongError(RatekeeperError):
         self.wait_s = wait_s
         self.deadline = deadline
         self.cap_s = cap_s
+
+
+class RedisStoreError(StoreError):
+    """Redis or Valkey failed during a decision (connection lost, timeout, refused command)."""

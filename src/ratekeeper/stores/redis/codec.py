@@ -1,0 +1,230 @@
+"""The Redis store's codec, free of I/O: key names, the script's arguments and its replies.
+
+A decision is one ``EVALSHA`` of ``lua/decide.lua``; this module packs its keys and arguments
+(little-endian doubles, see the top of the script), unpacks its replies into decisions, and says
+what to do when the server lost the script. Everything here is a pure function of its inputs, so
+it is tested without a server (tests/test_store_redis_codec.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import struct
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import TypeAlias
+
+from ratekeeper.algorithms import Algorithm, Step
+from ratekeeper.decision import Decision
+from ratekeeper.limit import LimitSet
+
+__all__ = [
+    "LOAD_SCRIPT",
+    "SCRIPT",
+    "SCRIPT_SHA",
+    "Call",
+    "Codec",
+    "Items",
+    "Parsed",
+    "decision",
+    "is_noscript",
+    "merge",
+    "pack",
+    "pack_evalsha",
+    "parse",
+    "script_flow",
+]
+
+Items: TypeAlias = Sequence[tuple[LimitSet, str]]
+# One script call: its keys and its arguments.
+Call: TypeAlias = tuple[list[str], list[bytes | str]]
+# A reply read: allowed, the server's now, per-limit steps, the largest rejecting wait.
+Parsed: TypeAlias = tuple[bool, float, list[Step], float]
+
+SCRIPT = (Path(__file__).parent / "lua" / "decide.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+_ALGORITHM_CODES = {
+    Algorithm.FIXED_WINDOW: b"f",
+    Algorithm.FIRST_HIT_WINDOW: b"h",
+    Algorithm.SLIDING_WINDOW: b"s",
+    Algorithm.GCRA: b"g",
+}
+# Numbers a limit keeps in its state, by algorithm code (lua/decide.lua's WIDTH).
+_STATE_WIDTH = {b"f": 2, b"h": 2, b"s": 3, b"g": 1}
+# The script's binary arguments; see the top of lua/decide.lua.
+_HEADER = struct.Struct("<cBBHddd")
+_PLAN_HEAD = struct.Struct("<dB")
+_PLAN_LIMIT = struct.Struct("<cddddd")
+# A reservation left by a client that died between the two phases of a cross-slot decision
+# stops holding units after this long.
+LEASE_MS = 5000
+# Wait suggested when a decision lost its reservation: another attempt will settle at once.
+_LOST_RETRY_S = 0.001
+
+
+class Codec:
+    """Key names and script arguments for one store's prefix, salt and mode.
+
+    ``hash_key`` keys blake2b (a MAC), so without the salt the key names do not tell which
+    caller they count; ``pending`` (cluster mode) adds each item's reservation key.
+    ``use_server_time=False`` sends the caller's ``now`` instead of asking for the server's.
+    """
+
+    __slots__ = ("_hash_key", "_plans", "pending", "prefix", "use_server_time")
+
+    def __init__(self, prefix: str, key_salt: str, *, pending: bool, use_server_time: bool):
+        salt = key_salt.encode()
+        # blake2b's own keyed mode takes at most 64 bytes of key: longer salts are hashed down.
+        self._hash_key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
+        self.prefix = prefix
+        self.pending = pending
+        self.use_server_time = use_server_time
+        self._plans: dict[str, tuple[bytes, bytes, int]] = {}
+
+    @property
+    def salted(self) -> bool:
+        """Whether key names are keyed by a secret salt."""
+        return bool(self._hash_key)
+
+    def key(self, limit_set: LimitSet, key: str) -> str:
+        """``<prefix>:{<hash of key>}:<limit set>``: the hash is the cluster hash tag, so every
+        limit set of one caller lives in one slot."""
+        digest = hashlib.blake2b(key.encode(), digest_size=12, key=self._hash_key).hexdigest()
+        return f"{self.prefix}:{{{digest}}}:{limit_set.id}"
+
+    def plan(self, limit_set: LimitSet) -> tuple[bytes, bytes, int]:
+        """A limit set's packed plan, its state's struct format and its number of limits."""
+        plan = self._plans.get(limit_set.spec_id)
+        if plan is None:
+            # A key lives as long as its longest-lived limit; +1 ms covers rounding to ms.
+            ttl_ms = math.ceil(limit_set.ttl_s * 1000) + 1
+            packed = [_PLAN_HEAD.pack(ttl_ms, len(limit_set.limits))]
+            state_format = "<"
+            for limit in limit_set.limits:
+                code = _ALGORITHM_CODES[limit.algorithm]
+                packed.append(
+                    _PLAN_LIMIT.pack(
+                        code,
+                        limit.amount,
+                        limit.period_s,
+                        limit.burst,
+                        limit.interval_s,
+                        limit.capacity_s,
+                    )
+                )
+                state_format += "d" * _STATE_WIDTH[code]
+            plan = (b"".join(packed), state_format.encode(), len(limit_set.limits))
+            self._plans[limit_set.spec_id] = plan
+        return plan
+
+    def marshal(
+        self, items: Items, cost: int, now: float, peek: bool, *, op: bytes, token: str = "-"
+    ) -> tuple[Call, int]:
+        """The script call for ``op`` (``d`` decide, ``r`` reserve, ``c`` commit, ``a``
+        abort) on ``items``, and how many limit results its reply holds."""
+        clock = math.nan if self.use_server_time else now
+        args: list[bytes | str] = [
+            _HEADER.pack(op, peek, self.pending, len(items), cost, LEASE_MS, clock),
+            token,
+        ]
+        keys = []
+        n_limits = 0
+        for limit_set, key in items:
+            plan, state_format, n = self.plan(limit_set)
+            args += (plan, state_format)
+            n_limits += n
+            keys.append(self.key(limit_set, key))
+        if self.pending:
+            keys += [f"{k}:p" for k in keys]
+        return (keys, args), n_limits
+
+
+def parse(reply: bytes, n_limits: int) -> Parsed:
+    """A decide or reserve reply -> (allowed, server now, per-limit steps, largest wait)."""
+    values = _reply_struct(n_limits).unpack(reply)
+    results: list[Step] = []
+    retry = 0.0
+    for i in range(2, 2 + 4 * n_limits, 4):
+        ok = values[i] == 1.0
+        wait = values[i + 3]
+        if not ok and wait > retry:
+            retry = wait
+        results.append((ok, None, values[i + 1], values[i + 2], wait))
+    return values[0] == 1.0, values[1], results, retry
+
+
+@functools.cache
+def _reply_struct(n_limits: int) -> struct.Struct:
+    return struct.Struct(f"<{2 + 4 * n_limits}d")
+
+
+def decision(reply: bytes, items: Items, n_limits: int) -> Decision:
+    """The decision a single-slot reply carries."""
+    allowed, now, results, retry = parse(reply, n_limits)
+    return Decision(allowed, retry, now, items, results)
+
+
+def merge(items: Items, groups: list[list[int]], parsed: list[Parsed], *, lost: bool) -> Decision:
+    """One decision from per-slot replies (``groups[i]``: the indexes in ``items`` that reply
+    ``parsed[i]`` covers), results back in the order of ``items``. ``lost``: a reservation
+    expired before its commit, so the decision is a rejection to be tried again at once."""
+    by_item: dict[int, list[Step]] = {}
+    for group, (_, _, steps, _) in zip(groups, parsed, strict=True):
+        results = iter(steps)
+        for index in group:
+            by_item[index] = [next(results) for _ in items[index][0].limits]
+    ordered = [step for index in range(len(items)) for step in by_item[index]]
+    allowed = not lost and all(p[0] for p in parsed)
+    retry = 0.0
+    if not allowed:
+        retry = max(*(p[3] for p in parsed), _LOST_RETRY_S if lost else 0.0)
+    # Groups are numbered by first appearance, so the first one holds the first item.
+    return Decision(allowed, retry, parsed[0][1], items, ordered)
+
+
+def pack(*words: bytes) -> bytes:
+    """The RESP bytes of one command."""
+    out = [b"*%d\r\n" % len(words)]
+    for word in words:
+        out.append(b"$%d\r\n%s\r\n" % (len(word), word))
+    return b"".join(out)
+
+
+_EVALSHA_HEAD = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode() + b"\r\n"
+LOAD_SCRIPT = pack(b"SCRIPT", b"LOAD", SCRIPT.encode())
+
+
+def pack_evalsha(call: Call) -> bytes:
+    """The RESP bytes of ``EVALSHA sha numkeys keys... args...``."""
+    keys, args = call
+    words = [str(len(keys)).encode(), *(k.encode() for k in keys)]
+    words += [a.encode() if isinstance(a, str) else a for a in args]
+    out = [_EVALSHA_HEAD % (len(words) + 2)]
+    for word in words:
+        out.append(b"$%d\r\n%s\r\n" % (len(word), word))
+    return b"".join(out)
+
+
+def is_noscript(reply: object) -> bool:
+    """Whether a reply says the server does not hold the script."""
+    return isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT")
+
+
+def script_flow() -> Generator[bool, object, bytes]:
+    """The NOSCRIPT recovery, written once for every driver.
+
+    Yields whether the script must be loaded before the call (``False`` first) and receives the
+    call's reply; returns the script's reply, or raises the refusal (an exception value).
+    """
+    reply = yield False
+    if is_noscript(reply):
+        # The server restarted or flushed its scripts: load it again, once.
+        reply = yield True
+    if type(reply) is bytes:
+        return reply
+    if isinstance(reply, Exception):
+        raise reply
+    raise TypeError(f"unexpected reply from the script: {reply!r}")

@@ -1,0 +1,187 @@
+"""The Redis / Valkey store: the codec, the wire and the cluster protocol put together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ratekeeper.decision import Decision
+from ratekeeper.errors import RedisStoreError, StoreError, StoreURLError
+from ratekeeper.flows import drive, drive_async
+from ratekeeper.stores.redis.cluster import CLUSTER_ERRORS, ClusterClient, cross_slot_flow
+from ratekeeper.stores.redis.codec import SCRIPT, Codec, Items, decision, pack, pack_evalsha
+from ratekeeper.stores.redis.url import parse_url
+from ratekeeper.stores.redis.wire import WIRE_ERRORS, Endpoint, Node
+
+__all__ = ["RedisStore"]
+
+_ERRORS = (*CLUSTER_ERRORS, *WIRE_ERRORS)
+
+
+class RedisStore:
+    """State in Redis or Valkey (standalone or Cluster), shared by every process that uses it.
+
+    ``url`` is a ``redis://``, ``rediss://`` (TLS), ``redis+cluster://`` or
+    ``rediss+cluster://`` URL (or the ``valkey`` spellings), options ``?prefix=`` (key prefix,
+    default ``rk``), ``?timeout=`` (seconds per command, default 2) and ``?key_salt=`` (a secret
+    mixed into the hash of every caller's key: without it, someone who can read Redis can test
+    guessed API keys or IPv4 addresses against the key names; every process sharing the state
+    needs the same salt). The server is contacted at once: an unreachable one raises
+    :class:`StoreError` naming the URL (password and salt masked). Decisions use the server's
+    clock; ``use_server_time=False`` makes them use the caller's ``now`` instead, for tests only.
+    Concurrent asyncio decisions share writes (``batch_async``, the default) or are each written
+    on their own (``batch_async=False``), pipelined on one connection per event loop either way.
+    """
+
+    # A decision is a network round trip: asyncio callers await decide_async instead.
+    decides_on_loop = False
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        timeout_s: float | None = None,
+        key_salt: str | None = None,
+        use_server_time: bool = True,
+        batch_async: bool = True,
+    ) -> None:
+        parsed = parse_url(url, prefix=prefix, timeout_s=timeout_s, key_salt=key_salt)
+        self.url = parsed.masked
+        self.prefix = parsed.prefix
+        self.cluster = parsed.cluster
+        self.use_server_time = use_server_time
+        self.batch_async = batch_async
+        self._password = parsed.password
+        self._codec = Codec(
+            parsed.prefix, parsed.key_salt, pending=parsed.cluster, use_server_time=use_server_time
+        )
+        self._cluster: ClusterClient | None = None
+        self._node: Node | None = None
+        self._client: Any = None
+        try:
+            if parsed.cluster:
+                self._cluster = ClusterClient(
+                    parsed.target, parsed.extra_nodes, parsed.timeout_s, batch=batch_async
+                )
+                self._client = self._cluster.client
+                self._cluster.start()
+            else:
+                # redis-py's client only for resets and start-up; decisions go on our own wire.
+                self._client = redis.Redis.from_url(
+                    parsed.target,
+                    socket_timeout=parsed.timeout_s,
+                    socket_connect_timeout=parsed.timeout_s,
+                    # One retry on a fresh connection absorbs a pooled connection that a server
+                    # restart closed; a replayed command can only over-count, never admit more.
+                    retry=Retry(NoBackoff(), 1),
+                )
+                self._client.ping()
+                self._client.script_load(SCRIPT)
+                endpoint = Endpoint.from_url(parsed.target)
+                self._node = Node(endpoint, parsed.timeout_s, coalesce=batch_async)
+        except (TypeError, ValueError) as exc:
+            raise StoreURLError(
+                f"bad option in the Redis store URL {self.url}: {self._clean(exc)} "
+                "(expected redis-py's connection options)"
+            ) from exc
+        except _ERRORS as exc:
+            raise StoreError(
+                f"cannot use the Redis store at {self.url}: {self._clean(exc)} "
+                "(expected a reachable Redis or Valkey server)"
+            ) from exc
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """Build a store from its URL; see the class docstring for the options."""
+        return cls(url)
+
+    def __repr__(self) -> str:
+        kind = "cluster" if self.cluster else "standalone"
+        salted = ", salted keys" if self._codec.salted else ""
+        return f"<RedisStore {self.url} {kind} prefix={self.prefix!r}{salted}>"
+
+    # -- the synchronous driver -------------------------------------------------------------
+
+    def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
+        """Decide and charge (unless ``peek``) atomically, in one round trip per slot."""
+        try:
+            node = self._node
+            if node is not None:
+                call, n_limits = self._codec.marshal(items, cost, now, peek, op=b"d")
+                return decision(node.script(pack_evalsha(call)), items, n_limits)
+            flow = cross_slot_flow(self._codec, items, cost, now, peek)
+            return drive(flow, self._cluster.run)  # type: ignore[union-attr]
+        except _ERRORS as exc:
+            raise self._error("decide", exc) from exc
+
+    def reset(self, items: Items) -> None:
+        """Forget the state of these keys: they start afresh."""
+        keys = [self._codec.key(limit_set, key) for limit_set, key in items]
+        try:
+            if self._cluster is not None:
+                self._cluster.delete(keys)
+            else:
+                for key in keys:
+                    self._client.delete(key)
+        except _ERRORS as exc:
+            raise self._error("reset", exc) from exc
+
+    def close(self) -> None:
+        """Close the synchronous connections (the async ones close with :meth:`close_async`)."""
+        if self._node is not None:
+            self._node.close()
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    # -- the asyncio driver -----------------------------------------------------------------
+
+    async def decide_async(
+        self, items: Items, cost: int, now: float, *, peek: bool = False
+    ) -> Decision:
+        """The asyncio twin of :meth:`decide`; concurrent calls share pipelines."""
+        try:
+            node = self._node
+            if node is not None:
+                call, n_limits = self._codec.marshal(items, cost, now, peek, op=b"d")
+                return decision(await node.script_async(pack_evalsha(call)), items, n_limits)
+            flow = cross_slot_flow(self._codec, items, cost, now, peek)
+            return await drive_async(flow, self._cluster.run_async)  # type: ignore[union-attr]
+        except _ERRORS as exc:
+            raise self._error("decide", exc) from exc
+
+    async def reset_async(self, items: Items) -> None:
+        """The asyncio twin of :meth:`reset`."""
+        keys = [self._codec.key(limit_set, key) for limit_set, key in items]
+        try:
+            if self._cluster is not None:
+                await self._cluster.delete_async(keys)
+            elif keys:
+                node: Node = self._node  # type: ignore[assignment]
+                reply = await node.call_async(pack(b"DEL", *(k.encode() for k in keys)))
+                if isinstance(reply, Exception):
+                    raise reply
+        except _ERRORS as exc:
+            raise self._error("reset", exc) from exc
+
+    async def close_async(self) -> None:
+        """Close the asyncio connections of the running event loop."""
+        if self._node is not None:
+            await self._node.close_async()
+        if self._cluster is not None:
+            await self._cluster.close_async()
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _clean(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _error(self, action: str, exc: BaseException) -> RedisStoreError:
+        return RedisStoreError(f"Redis store {self.url} failed to {action}: {self._clean(exc)}")

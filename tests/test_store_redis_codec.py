@@ -1,0 +1,127 @@
+"""The Redis store's codec without a server: key names, packed arguments, replies, merging
+per-slot replies and the NOSCRIPT recovery."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+
+from ratekeeper import Limit, LimitSet
+from ratekeeper.stores.redis.codec import (
+    SCRIPT_SHA,
+    Codec,
+    merge,
+    pack,
+    pack_evalsha,
+    parse,
+    script_flow,
+)
+
+API = LimitSet("api", [Limit.parse("3/minute"), Limit.parse("5/10s", "gcra")])
+MEDIA = LimitSet("media", [Limit.parse("2/minute", "sliding")])
+
+
+def _reply(allowed: bool, now: float, *steps: tuple[bool, float, float, float]) -> bytes:
+    values = [float(allowed), now] + [float(v) for step in steps for v in step]
+    return struct.pack(f"<{len(values)}d", *values)
+
+
+def test_key_names_hold_a_keyed_hash_in_a_hash_tag_never_the_key() -> None:
+    plain = Codec("rk", "", pending=False, use_server_time=True)
+    salted = Codec("rk", "pepper", pending=False, use_server_time=True)
+    name = plain.key(API, "sk_live_SECRET")
+    assert name.startswith("rk:{") and name.endswith("}:" + API.id)
+    assert "SECRET" not in name
+    assert salted.key(API, "sk_live_SECRET") != name
+    # Every limit set of one caller shares the hash tag, so one slot holds them all.
+    assert name.split(":")[1] == plain.key(MEDIA, "sk_live_SECRET").split(":")[1]
+    assert not plain.salted and salted.salted
+
+
+def test_a_long_salt_is_hashed_down_not_refused() -> None:
+    codec = Codec("rk", "x" * 200, pending=False, use_server_time=True)
+    assert codec.key(API, "k") != Codec("rk", "x" * 64, pending=False, use_server_time=True).key(
+        API, "k"
+    )
+
+
+def test_marshal_packs_the_header_plans_and_pending_keys() -> None:
+    codec = Codec("rk", "", pending=True, use_server_time=True)
+    (keys, args), n_limits = codec.marshal(
+        ((API, "a"), (MEDIA, "b")), 2, 123.0, False, op=b"r", token="t1"
+    )
+    assert n_limits == 3
+    assert keys[2:] == [f"{keys[0]}:p", f"{keys[1]}:p"]
+    op, peek, pending, n_items, cost, lease_ms, clock = struct.unpack("<cBBHddd", args[0])
+    assert (op, peek, pending, n_items, cost, lease_ms) == (b"r", 0, 1, 2, 2.0, 5000.0)
+    assert math.isnan(clock)  # the server's clock
+    assert args[1] == "t1"
+    assert args[3] == b"<ddd" and args[5] == b"<ddd"  # fixed window 2 + GCRA 1; sliding 3
+    ttl_ms, limits = struct.unpack_from("<dB", args[2])
+    assert (ttl_ms, limits) == (60_001.0, 2)
+    caller_clock = Codec("rk", "", pending=False, use_server_time=False)
+    (keys, args), _ = caller_clock.marshal(((API, "a"),), 1, 123.0, True, op=b"d")
+    assert len(keys) == 1
+    assert struct.unpack("<cBBHddd", args[0])[1::5] == (1, 123.0)
+
+
+def test_parse_reads_steps_and_the_largest_rejecting_wait() -> None:
+    reply = _reply(False, 50.0, (True, 2, 110, 0), (False, 0, 60, 7.5), (False, 0, 55, 2.0))
+    allowed, now, steps, retry = parse(reply, 3)
+    assert (allowed, now, retry) == (False, 50.0, 7.5)
+    assert steps[0] == (True, None, 2.0, 110.0, 0.0)
+    assert [s[0] for s in steps] == [True, False, False]
+
+
+def test_merge_puts_results_back_in_the_order_of_the_items() -> None:
+    items = ((API, "a"), (MEDIA, "g"), (API, "b"))
+    # Slot 1 holds items 0 and 2 (two limits each), slot 2 item 1.
+    steps = [(True, 2, 1, 0), (True, 4, 2, 0), (True, 1, 5, 0), (True, 3, 6, 0)]
+    first = parse(_reply(True, 9.0, *steps), 4)
+    second = parse(_reply(False, 9.5, (False, 0, 3, 4.0)), 1)
+    decision = merge(items, [[0, 2], [1]], [first, second], lost=False)
+    assert not decision.allowed and decision.retry_after_s == 4.0 and decision.now == 9.0
+    assert [s[2] for s in decision._results] == [2.0, 4.0, 0.0, 1.0, 3.0]
+
+
+def test_a_lost_reservation_merges_into_a_rejection_to_retry_at_once() -> None:
+    items = ((API, "a"), (MEDIA, "g"))
+    parsed = [
+        parse(_reply(True, 1.0, (True, 2, 1, 0), (True, 4, 2, 0)), 2),
+        parse(_reply(True, 1.0, (True, 1, 3, 0)), 1),
+    ]
+    lost = merge(items, [[0], [1]], parsed, lost=True)
+    assert not lost.allowed and 0 < lost.retry_after_s < 0.01
+
+
+def test_evalsha_is_packed_as_resp() -> None:
+    packed = pack_evalsha((["k1", "k2"], [b"\x00\r\n", "tok"]))
+    assert packed == pack(b"EVALSHA", SCRIPT_SHA.encode(), b"2", b"k1", b"k2", b"\x00\r\n", b"tok")
+
+
+def test_script_flow_reloads_once_after_noscript_and_raises_refusals() -> None:
+    flow = script_flow()
+    assert next(flow) is False
+    with pytest.raises(StopIteration) as done:
+        flow.send(b"ok")
+    assert done.value.value == b"ok"
+
+    flow = script_flow()
+    next(flow)
+    assert flow.send(Exception("NOSCRIPT No matching script")) is True
+    with pytest.raises(StopIteration) as done:
+        flow.send(b"ok")
+    assert done.value.value == b"ok"
+
+    flow = script_flow()
+    next(flow)
+    flow.send(Exception("NOSCRIPT No matching script"))
+    with pytest.raises(Exception, match="NOSCRIPT"):
+        flow.send(Exception("NOSCRIPT again"))  # a second loss is not chased forever
+
+    flow = script_flow()
+    next(flow)
+    with pytest.raises(Exception, match="OOM"):
+        flow.send(Exception("OOM command not allowed"))
