@@ -22,7 +22,7 @@ from typing import Any
 import prometheus_client
 
 from ratekeeper.decision import Decision
-from ratekeeper.errors import PolicyError, StoreError
+from ratekeeper.errors import GatewayConfigError, PolicyError, StoreError
 from ratekeeper.gateway.decide import DECIDE_PATH, REPORT_PATH, decide, report
 from ratekeeper.gateway.demo import DEMOS, demo_app
 from ratekeeper.gateway.metrics import StoreHealthExport, merged_metrics_app, multiprocess_dir
@@ -278,7 +278,7 @@ def app_from_environment() -> Gateway:
     """The uvicorn factory of ``ratekeeper serve`` workers (settings in the environment)."""
     text = os.environ.get(ENVIRONMENT_VARIABLE)
     if not text:
-        raise RuntimeError(
+        raise GatewayConfigError(
             f"{ENVIRONMENT_VARIABLE} is not set: start workers with ratekeeper serve"
         )
     quiet_uvicorn_errors()

@@ -28,7 +28,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-__all__ = ["SMALL_BODY", "UpstreamAborted", "UpstreamProxy", "error_answer", "quiet_uvicorn_errors"]
+from ratekeeper.errors import GatewayConfigError, UpstreamAborted
+
+__all__ = ["SMALL_BODY", "UpstreamProxy", "error_answer", "quiet_uvicorn_errors"]
 
 log = logging.getLogger("ratekeeper.gateway")
 
@@ -62,10 +64,6 @@ _RESPONSE_DROP = _HOP_BY_HOP | {b"date"}
 _LOG_EVERY_S = 10.0
 
 
-class UpstreamAborted(Exception):
-    """The upstream failed after the answer had started: the connection must be cut."""
-
-
 def error_answer(status: int, code: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and JSON body of the gateway's own 502/504 answers."""
     body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
@@ -97,12 +95,14 @@ class UpstreamProxy:
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
+            raise GatewayConfigError(
                 f"upstream must be an http:// or https:// URL such as http://127.0.0.1:9000, "
                 f"got {upstream!r}"
             )
         if parts.query or parts.fragment:
-            raise ValueError(f"upstream URL must not have a query or fragment, got {upstream!r}")
+            raise GatewayConfigError(
+                f"upstream URL must not have a query or fragment, got {upstream!r}"
+            )
         self.upstream = upstream
         self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self._timeout = aiohttp.ClientTimeout(

@@ -283,7 +283,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         store = gateway.enforcer.store
         if isinstance(store, Store):
             store.close()
-    except (RatekeeperError, ValueError, OSError) as exc:
+    except RatekeeperError as exc:
         print(f"ratekeeper serve: {exc}", file=sys.stderr)
         return 2
     os.environ[ENVIRONMENT_VARIABLE] = settings.to_json()

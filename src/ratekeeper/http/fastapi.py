@@ -18,30 +18,21 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ratekeeper.errors import PolicyError
+from ratekeeper.errors import PolicyError, RateLimited
 from ratekeeper.http.asgi import view_from_scope
 from ratekeeper.http.compiled import compile_rule
-from ratekeeper.http.engine import Answer, Enforcer
+from ratekeeper.http.engine import Enforcer
 
 __all__ = ["RateLimit", "RateLimited", "install", "rate_limited_handler"]
-
-
-class RateLimited(Exception):
-    """Raised by :class:`RateLimit` when a request is refused; carries the ready answer."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__(f"request refused with status {answer.status}")
-        self.answer = answer
 
 
 async def rate_limited_handler(request: Request, exc: Exception) -> Response:
     """Exception handler turning :class:`RateLimited` into the policy's answer."""
     if not isinstance(exc, RateLimited):
         raise exc
-    answer = exc.answer
-    headers = {n: v for n, v in answer.headers if n.lower() != "content-type"}
-    content_type = {n.lower(): v for n, v in answer.headers}.get("content-type")
-    return Response(answer.body, answer.status, headers=headers, media_type=content_type)
+    headers = {n: v for n, v in exc.headers if n.lower() != "content-type"}
+    content_type = {n.lower(): v for n, v in exc.headers}.get("content-type")
+    return Response(exc.body, exc.status, headers=headers, media_type=content_type)
 
 
 def install(app: Any) -> None:
@@ -78,7 +69,8 @@ class RateLimit:
         view = view_from_scope(request.scope, enforcer.header_names)
         ticket = await enforcer.admit_async(view, self.rule)
         if ticket.answer is not None:
-            raise RateLimited(ticket.answer)
+            answer = ticket.answer
+            raise RateLimited(answer.status, answer.headers, answer.body)
         for name, value in ticket.headers:
             response.headers[name] = value
         try:

@@ -4,15 +4,10 @@ Each demo answers the endpoints its seed document names with small, deterministi
 radio's episodes have cursor pagination, BeatPass's login refuses a wrong password with 401 so
 the lockout can be watched, AISoule's media upload streams the body and counts it). The data is
 made up; only the shapes and the paths matter.
-
-Run one as a stand-alone upstream (for ``serve --upstream`` or a benchmark)::
-
-    python -m ratekeeper.gateway.demo radio --port 9000
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import time
@@ -24,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["DEMOS", "demo_app", "main", "try_paths"]
+from ratekeeper.errors import GatewayConfigError
+
+__all__ = ["DEMOS", "demo_app", "try_paths"]
 
 Handler = Callable[[Request], Any]
 
@@ -378,30 +375,8 @@ def demo_app(names: Sequence[str] = tuple(DEMOS)) -> Starlette:
     """An ASGI app serving the demo APIs named (all five by default)."""
     unknown = [n for n in names if n not in DEMOS]
     if unknown:
-        raise ValueError(f"no demo API named {unknown[0]!r}: expected one of {', '.join(DEMOS)}")
+        raise GatewayConfigError(
+            f"no demo API named {unknown[0]!r}: expected one of {', '.join(DEMOS)}"
+        )
     routes = [route for name in names for route in DEMOS[name]]
     return Starlette(routes=routes)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve demo APIs on their own (an upstream for ``serve --upstream`` or benchmarks)."""
-    from ratekeeper.gateway.server import run_app  # noqa: PLC0415 (server imports demo)
-
-    parser = argparse.ArgumentParser(
-        prog="python -m ratekeeper.gateway.demo",
-        description="Serve ratekeeper's demo APIs without any rate limiting.",
-    )
-    parser.add_argument("apis", nargs="*", metavar="API", help=f"any of {', '.join(DEMOS)}")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9000, help="0 picks a free port")
-    args = parser.parse_args(argv)
-    try:
-        app = demo_app(args.apis or tuple(DEMOS))
-    except ValueError as exc:
-        parser.error(str(exc))
-    names = ", ".join(args.apis or DEMOS)
-    return run_app(app, args.host, args.port, lambda url: f"demo API ({names}) on {url}")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
