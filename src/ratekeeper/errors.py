@@ -5,7 +5,11 @@ RatekeeperError
 ├── LimitConfigError     a limit that cannot work (zero amount, burst < 1, unknown algorithm)
 ├── PolicyError          a policy file that cannot work (names file and key path)
 ├── StoreError           a store that cannot be reached or used (URL shown, password masked)
-│   └── StoreURLError    a store URL with an unknown scheme or bad form
+│   ├── StoreURLError    a store URL with an unknown scheme or bad form
+│   ├── RedisStoreError  Redis or Valkey failed during a decision
+│   └── RegistryError    a key registry entry that cannot work (bad digest, plan, address)
+├── ClientConfigError    a client setting that cannot work (names the setting)
+├── WaitTooLongError     a wait past the client's cap (carries the server's deadline)
 ├── RateLimited          a request refused by its limits, where a framework answers by raising
 └── GatewayError         ``ratekeeper serve`` cannot start or carry on
     ├── GatewayConfigError  a serve setting that cannot work (upstream URL, demo API name)
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "ClientConfigError",
     "GatewayConfigError",
     "GatewayError",
     "LimitConfigError",
@@ -24,9 +29,12 @@ __all__ = [
     "RateLimited",
     "RateSyntaxError",
     "RatekeeperError",
+    "RedisStoreError",
+    "RegistryError",
     "StoreError",
     "StoreURLError",
     "UpstreamAborted",
+    "WaitTooLongError",
 ]
 
 
@@ -52,6 +60,36 @@ class StoreError(RatekeeperError):
 
 class StoreURLError(StoreError, ValueError):
     """A store URL has an unknown scheme or a malformed form."""
+
+
+class RegistryError(StoreError, ValueError):
+    """A key registry entry that cannot work; the message names the field and the bound."""
+
+
+class ClientConfigError(RatekeeperError, ValueError):
+    """A client setting that cannot work; the message names it and what is expected."""
+
+
+class WaitTooLongError(RatekeeperError):
+    """The wait before the next attempt exceeds the caller's cap.
+
+    ``deadline`` is the epoch second from which the server would accept the request (or the
+    client's own pacing would allow it); ``wait_s`` the wait that was refused.
+    """
+
+    def __init__(self, *, url: str, wait_s: float, deadline: float, cap_s: float, why: str) -> None:
+        super().__init__(
+            f"{url}: {why} asks for a wait of {wait_s:.1f}s (until epoch {deadline:.0f}), "
+            f"over the cap of {cap_s:g}s; retry after the deadline or raise the cap"
+        )
+        self.url = url
+        self.wait_s = wait_s
+        self.deadline = deadline
+        self.cap_s = cap_s
+
+
+class RedisStoreError(StoreError):
+    """Redis or Valkey failed during a decision (connection lost, timeout, refused command)."""
 
 
 class RateLimited(RatekeeperError):
