@@ -11,6 +11,7 @@ Several worker processes build the app from :class:`ServeSettings` passed in the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from ratekeeper.errors import GatewayConfigError, PolicyError, StoreError
 from ratekeeper.gateway.decide import DECIDE_PATH, REPORT_PATH, decide, report
 from ratekeeper.gateway.demo import DEMOS, demo_app
 from ratekeeper.gateway.metrics import StoreHealthExport, merged_metrics_app, multiprocess_dir
-from ratekeeper.gateway.proxy import UpstreamProxy, quiet_uvicorn_errors
+from ratekeeper.gateway.proxy import UpstreamProxy, error_answer, quiet_uvicorn_errors
 from ratekeeper.http.asgi import ASGIApp, RateLimitMiddleware, Receive, Scope, Send
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.metrics import metrics_asgi_app
@@ -189,23 +190,30 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith("/_ratekeeper/") and (
-                path == DECIDE_PATH or path.startswith(DECIDE_PATH + "/")
-            ):
-                await decide(self.enforcer, scope, send, self._wanted)
-            elif path == REPORT_PATH:
-                await report(self.enforcer, scope, send, self._wanted)
-            elif path == "/healthz":
-                start, body = self._healthy
-                await send(start)
-                await send(body)
-            elif path == "/metrics" and self._metrics is not None:
-                await self._metrics(scope, receive, send)
-            else:
-                await self.limited(scope, receive, send)
+            try:
+                await self._http(scope, receive, send)
+            except asyncio.CancelledError:
+                # uvicorn cancels requests still running when --graceful-timeout runs out.
+                await _shutting_down(send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith("/_ratekeeper/") and (
+            path == DECIDE_PATH or path.startswith(DECIDE_PATH + "/")
+        ):
+            await decide(self.enforcer, scope, send, self._wanted)
+        elif path == REPORT_PATH:
+            await report(self.enforcer, scope, send, self._wanted)
+        elif path == "/healthz":
+            start, body = self._healthy
+            await send(start)
+            await send(body)
+        elif path == "/metrics" and self._metrics is not None:
+            await self._metrics(scope, receive, send)
+        else:
+            await self.limited(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -230,6 +238,22 @@ class Gateway:
                     log.warning("closing the store failed", exc_info=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _shutting_down(send: Send) -> None:
+    """Answer 503 to a request cancelled at shutdown; one whose answer had started is cut."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    headers, body = error_answer(
+        503, "shutting_down", "The gateway is shutting down; retry in a moment."
+    )
+    headers += [(b"retry-after", b"1"), (b"connection", b"close")]
+    try:
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except (RuntimeError, OSError):
+        log.warning("an answer in progress was cut at shutdown (--graceful-timeout ran out)")
 
 
 def _upstream_counter(enforcer: Enforcer) -> Callable[[str], None] | None:

@@ -65,6 +65,18 @@ _NO_CONTENT: tuple[dict[str, Any], dict[str, Any]] = (
 _PRINTABLE = bytes(range(0x20, 0x7F))
 
 
+def _status(text: str | None, low: int) -> int | None:
+    """A status code from a header: three ASCII digits from ``low`` to 599, else ``None``.
+
+    ``str.isdigit`` alone would let in digits ``int`` refuses (superscripts) or reads
+    (other scripts' digits), and numbers of any length.
+    """
+    if text is None or len(text) != 3 or not text.isascii() or not text.isdigit():
+        return None
+    status = int(text)
+    return status if low <= status <= 599 else None
+
+
 def _view(
     scope: MutableMapping[str, Any], wanted: frozenset[str] | None
 ) -> tuple[RequestView, list[str | None]]:
@@ -104,7 +116,7 @@ async def decide(
 ) -> None:
     """Answer one decision request (see the module docstring)."""
     view, found = _view(scope, wanted)
-    deny_as = found[4] or ""
+    deny_as = _status(found[4], 400)
     ticket = await enforcer.admit_async(view)
     # No answer will be reported back: release what admission holds at once.
     await enforcer.complete_async(ticket, 200)
@@ -123,12 +135,12 @@ async def decide(
     status = answer.status
     out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
     body = answer.body
-    if deny_as.isdigit() and 400 <= int(deny_as) <= 599:
+    if deny_as is not None:
         out.append((b"x-ratekeeper-status", str(status).encode()))
         text = body.strip()
         if not text.translate(None, _PRINTABLE):
             out.append((b"x-ratekeeper-body", text))
-        status = int(deny_as)
+        status = deny_as
         # nginx discards an auth_request answer's body without reading it, and closes the
         # keepalive connection unless the body is empty: the refusal travels in the header.
         body = b""
@@ -146,9 +158,9 @@ async def report(
     """Count a finished answer's status against the policy's lockout; answers 204, or 400 when
     ``X-Original-Status`` is missing (see the module docstring)."""
     view, found = _view(scope, wanted)
-    status_text = found[5] or ""
-    if not status_text.isdigit():
-        body = b"X-Original-Status: expected the status of the answer, such as 401\n"
+    status = _status(found[5], 100)
+    if status is None:
+        body = b"X-Original-Status: expected the status of the answer, 100 to 599, such as 401\n"
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 400, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -156,7 +168,7 @@ async def report(
     # A refusal of ratekeeper's own (X-Ratekeeper-Status set) never reached the API: as in serve
     # mode, it is not an answer that counts.
     if not found[6]:
-        await enforcer.report_async(view, int(status_text))
+        await enforcer.report_async(view, status)
     start, end = _NO_CONTENT
     await send(start)
     await send(end)

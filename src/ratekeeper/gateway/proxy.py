@@ -193,6 +193,18 @@ class UpstreamProxy:
         send: Send,
         watch: Receive | None,
     ) -> None:
+        if not 200 <= response.status <= 599:
+            # aiohttp reads any three digits; uvicorn can only write 100-599, and an informational
+            # or switching answer has no place as the final one of a proxied request.
+            response.close()
+            await self._fail(
+                send,
+                502,
+                "bad_upstream_answer",
+                "The upstream API gave an invalid answer.",
+                ValueError(f"status {response.status}"),
+            )
+            return
         drop = _RESPONSE_DROP
         named = _connection_tokens(response.raw_headers)
         if named:

@@ -35,6 +35,13 @@ from ratekeeper.gateway.app import (
     ServeSettings,
     build_gateway,
 )
+from ratekeeper.gateway.connections import (
+    ConnectionLimits,
+    GatewayConfig,
+    GuardedH11Protocol,
+    GuardedHttpToolsProtocol,
+    connection_cap,
+)
 from ratekeeper.gateway.decide import DECIDE_PATH
 from ratekeeper.gateway.demo import try_paths
 from ratekeeper.gateway.metrics import MULTIPROCESS_VARIABLE, multiprocess_dir
@@ -126,13 +133,17 @@ def event_loop_and_parser() -> tuple[str, str]:
     return loop, http
 
 
-def _uvicorn_config(app: Any, workers: int, log_level: str, graceful_s: float) -> uvicorn.Config:
+def _uvicorn_config(
+    app: Any, workers: int, log_level: str, graceful_s: float, limits: ConnectionLimits
+) -> uvicorn.Config:
     loop, http = event_loop_and_parser()
-    return uvicorn.Config(
+    return GatewayConfig(
         app,
+        limits=limits,
         factory=isinstance(app, str),
         loop=loop,
-        http=http,
+        http=GuardedHttpToolsProtocol if http == "httptools" else GuardedH11Protocol,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         workers=workers,
         proxy_headers=False,
         server_header=False,
@@ -152,15 +163,25 @@ def run_app(
     workers: int = 1,
     log_level: str = "warning",
     graceful_s: float = 30.0,
+    limits: ConnectionLimits | None = None,
 ) -> int:
     """Bind, print ``describe(url)``, serve ``app`` (an app or a factory's import string)
-    until SIGINT/SIGTERM."""
+    until SIGINT/SIGTERM, each worker within ``limits`` (see ``gateway.connections``)."""
     try:
         sock = _bind(host, port)
     except OSError as exc:
         print(f"ratekeeper: {exc}", file=sys.stderr)
         return 1
-    config = _uvicorn_config(app, workers, log_level, graceful_s)
+    limits = limits or ConnectionLimits()
+    cap = connection_cap(limits.max_connections)
+    if cap < limits.max_connections:
+        logging.getLogger("ratekeeper.gateway").warning(
+            "at most %d connections per worker: the file limit (ulimit -n) leaves no room for %d",
+            cap,
+            limits.max_connections,
+        )
+        limits = replace(limits, max_connections=cap)
+    config = _uvicorn_config(app, workers, log_level, graceful_s, limits)
     print(describe(_url(sock)), flush=True)
     if workers > 1:
         Multiprocess(config, sockets=[sock]).run()
@@ -233,6 +254,23 @@ def _parser() -> argparse.ArgumentParser:
         help="on shutdown, how long requests in flight may take to finish (default: 30)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=ConnectionLimits().max_connections,
+        metavar="N",
+        help="open client connections per worker; above it the longest-idle one is closed, or "
+        "the newcomer answered 503 when all are busy (default: %(default)s, lowered to fit "
+        "the file limit)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ConnectionLimits().header_timeout_s,
+        metavar="SECONDS",
+        help="how long a client may take to send a request's head before its connection is "
+        "closed (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     return parser
@@ -261,6 +299,10 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--port must be between 0 and 65535, got {args.port}")
     if args.timeout <= 0:
         parser.error(f"--timeout must be above 0 seconds, got {args.timeout}")
+    if args.max_connections < 1:
+        parser.error(f"--max-connections must be 1 or more, got {args.max_connections}")
+    if not args.header_timeout > 0:
+        parser.error(f"--header-timeout must be above 0 seconds, got {args.header_timeout}")
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
     settings = ServeSettings(
         preset=args.preset,
@@ -315,6 +357,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             log_level=args.log_level,
             graceful_s=args.graceful_timeout,
+            limits=ConnectionLimits(
+                max_connections=args.max_connections, header_timeout_s=args.header_timeout
+            ),
         )
     finally:
         if made is not None:

@@ -1,0 +1,355 @@
+"""Attacks on the gateway, replayed through real ``ratekeeper serve`` processes (and the shipped
+nginx example where it is involved), each of which once got past a limit or took the gateway
+down (issue 11). Each test is the attack as an attacker would run it, and what now stops it."""
+
+from __future__ import annotations
+
+import re
+import resource
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway_servers import PYTHON, Process, _start, client, serve
+
+POLICY = """
+apply = ["caller"]
+body = "musique"
+
+[identity]
+source = "api_key"
+key_headers = ["X-API-Key"]
+anonymous = "ip"
+
+[limits.caller]
+rates = "1000/hour"
+algorithm = "first_hit_window"
+
+[limits.once]
+rates = "1/hour"
+algorithm = "first_hit_window"
+scope = "global"
+
+[[rules]]
+routes = ["/once"]
+limits = ["once"]
+"""
+
+
+class RawUpstream:
+    """A raw-socket upstream: ``/status/NNN`` answers status NNN as is (600 included),
+    ``/sleep`` waits 30 s before answering, anything else is 200 with the request head."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting."""
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            path = head.split(b" ", 2)[1].decode()
+            if path.startswith("/status/"):
+                status = path.rsplit("/", 1)[1].encode()
+                conn.sendall(b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 2\r\n\r\nhi")
+                return
+            if path.startswith("/sleep"):
+                time.sleep(30)
+            body = head.split(b"\r\n\r\n", 1)[0]
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("attacks")
+    (path / "policy.toml").write_text(POLICY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RawUpstream]:
+    server = RawUpstream()
+    yield server
+    server.close()
+
+
+def no_traceback(process: Process) -> None:
+    output = process.output()
+    assert "Traceback" not in output, output
+    assert "Exception in ASGI application" not in output, output
+
+
+@contextmanager
+def serve_with_file_limit(nofile: int, *args: str, cwd: Path) -> Iterator[Process]:
+    """``ratekeeper serve`` in a process whose file limit (soft and hard) is ``nofile``."""
+    code = (
+        "import resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+        "from ratekeeper.cli import main; sys.exit(main())"
+    )
+    process = _start([PYTHON, "-c", code, "serve", "--port", "0", *args], cwd, timeout_s=60)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(root: Path, upstream: RawUpstream) -> Iterator[Process]:
+    with serve(
+        "--config",
+        str(root / "policy.toml"),
+        "--upstream",
+        upstream.url,
+        "--store",
+        f"sqlite:///{root / 'attacks.db'}",
+        "--header-timeout",
+        "2",
+        cwd=root,
+    ) as process:
+        yield process
+    no_traceback(process)
+
+
+def port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def connect(url: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port(url)), timeout=10)
+
+
+def closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    """Whether the other end closes ``sock`` within ``within_s`` (what it sends is skipped)."""
+    sock.settimeout(within_s)
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
+# Attack 4: slowloris. With the file limit at 1024, 1,100 idle connections used to leave every
+# other client with resets for as long as they were held, with no log line.
+
+
+def test_idle_connections_beyond_the_file_limit_leave_other_clients_served(
+    root: Path, upstream: RawUpstream
+) -> None:
+    with serve_with_file_limit(
+        1024,
+        "--config",
+        str(root / "policy.toml"),
+        "--upstream",
+        upstream.url,
+        "--store",
+        "memory://",
+        cwd=root,
+    ) as gateway:
+        # Raising the test's own soft limit is needed for 1,100 sockets on small defaults.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 1300 <= hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        idle = [connect(gateway.url) for _ in range(1100)]
+        try:
+            # Half of them start a request head and never finish it.
+            for sock in idle[::2]:
+                sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            with client("127.0.0.2") as http:
+                for _ in range(5):
+                    r = http.get(gateway.url + "/ok", headers={"Connection": "close"})
+                    assert r.status_code == 200
+            # The connections closed to make room are readable (at their end).
+            with selectors.DefaultSelector() as selector:
+                for sock in idle:
+                    selector.register(sock, selectors.EVENT_READ)
+                assert len(selector.select(timeout=5)) >= 1100 - 704
+        finally:
+            for sock in idle:
+                sock.close()
+        assert "at most 704 connections per worker" in gateway.output()
+        deadline = time.monotonic() + 10
+        while "shedding connections" not in gateway.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert re.search(r"shedding connections \(\d+ open, cap 704\)", gateway.output())
+    no_traceback(gateway)
+
+
+def test_a_request_head_dribbled_slowly_is_cut_at_the_header_timeout(gateway: Process) -> None:
+    sock = connect(gateway.url)
+    with sock:
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        cut = False
+        # One header byte every 0.3 s: each keeps the connection busy, none completes the head.
+        while time.monotonic() - started < 15:
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                cut = True
+                break
+            if closed_by_peer(sock, 0.3):
+                cut = True
+                break
+        assert cut
+        assert time.monotonic() - started < 10
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(
+    gateway: Process,
+) -> None:
+    with connect(gateway.url) as sock:
+        assert closed_by_peer(sock, 10)
+
+
+def test_an_oversized_request_head_is_answered_431(gateway: Process) -> None:
+    with connect(gateway.url) as sock:
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+        answer = b""
+        try:
+            for _ in range(40):
+                sock.sendall(b"X-Big: " + b"a" * 2000 + b"\r\n")
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+
+
+def test_when_every_connection_is_busy_a_newcomer_gets_a_quick_503(
+    root: Path, upstream: RawUpstream
+) -> None:
+    with serve(
+        "--config",
+        str(root / "policy.toml"),
+        "--upstream",
+        upstream.url,
+        "--store",
+        "memory://",
+        "--max-connections",
+        "2",
+        "--timeout",
+        "3",
+        "--graceful-timeout",
+        "1",
+        cwd=root,
+    ) as gateway:
+        busy = []
+        for _ in range(2):
+            sock = connect(gateway.url)
+            sock.sendall(b"GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n")
+            busy.append(sock)
+        time.sleep(0.5)
+        try:
+            with client("127.0.0.3") as http:
+                started = time.monotonic()
+                r = http.get(gateway.url + "/ok")
+                assert time.monotonic() - started < 3
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "overloaded"
+        finally:
+            for sock in busy:
+                sock.close()
+    no_traceback(gateway)
+
+
+# Attack 7: crafted values gave a 500.
+
+
+@pytest.mark.parametrize("value", ["٤٠٣", "²⁰³", "\uff14\uff10\uff13", "9" * 5000, "0403", "0x1f"])
+def test_odd_deny_status_is_ignored_not_a_500(gateway: Process, value: str) -> None:
+    headers = {"X-Original-URI": "/once", "X-Ratekeeper-Deny-Status": value.encode()}
+    with client("127.0.0.4") as http:
+        http.get(gateway.url + "/_ratekeeper/decide", headers={"X-Original-URI": "/once"})
+        r = http.get(gateway.url + "/_ratekeeper/decide", headers=headers)
+    assert r.status_code == 429
+    assert "x-ratekeeper-status" not in r.headers
+
+
+@pytest.mark.parametrize("value", ["٤٠١", "²⁰¹", "9" * 5000, "099", "600", ""])
+def test_odd_original_status_is_a_400(gateway: Process, value: str) -> None:
+    headers = {"X-Original-URI": "/ok", "X-Original-Status": value.encode()}
+    with client() as http:
+        r = http.post(gateway.url + "/_ratekeeper/report", headers=headers)
+    assert r.status_code == 400
+    assert b"X-Original-Status" in r.content
+
+
+@pytest.mark.parametrize("status", ["600", "999", "101"])
+def test_an_upstream_status_outside_http_is_a_502(gateway: Process, status: str) -> None:
+    with client() as http:
+        r = http.get(f"{gateway.url}/status/{status}")
+        assert r.status_code == 502
+        assert r.json()["error"]["code"] == "bad_upstream_answer"
+        assert http.get(gateway.url + "/ok").status_code == 200
+
+
+def test_requests_cut_by_the_graceful_timeout_get_a_clean_503(
+    root: Path, upstream: RawUpstream
+) -> None:
+    answers: list[httpx.Response] = []
+    with serve(
+        "--config",
+        str(root / "policy.toml"),
+        "--upstream",
+        upstream.url,
+        "--store",
+        "memory://",
+        "--graceful-timeout",
+        "1",
+        cwd=root,
+    ) as gateway:
+
+        def ask() -> None:
+            with client() as http:
+                answers.append(http.get(gateway.url + "/sleep"))
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        time.sleep(0.5)
+        gateway.proc.send_signal(signal.SIGTERM)
+        thread.join(20)
+    assert len(answers) == 1
+    assert answers[0].status_code == 503
+    assert answers[0].json()["error"]["code"] == "shutting_down"
+    assert answers[0].headers["retry-after"] == "1"
+    assert "CancelledError" not in gateway.output()
+    no_traceback(gateway)
