@@ -1,6 +1,10 @@
 """The public API is exported in one place, sorted, and every export resolves."""
 
 import inspect
+import subprocess
+import sys
+
+import pytest
 
 import ratekeeper
 
@@ -26,3 +30,43 @@ def test_every_export_has_a_docstring() -> None:
         value = getattr(ratekeeper, name)
         if isinstance(value, type) or inspect.isfunction(value):
             assert (value.__doc__ or "").strip(), name
+
+
+def test_importing_the_package_imports_no_extra() -> None:
+    code = (
+        "import sys, ratekeeper; "
+        "print(sorted(m for m in ('httpx', 'redis', 'starlette', 'fastapi', 'aiohttp', "
+        "'ratekeeper.http.engine', 'ratekeeper.gateway.app') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("name", "dependency", "extra"),
+    [
+        ("RedisStore", "redis", "redis"),
+        ("RateLimitTransport", "httpx", "client"),
+        ("RateLimit", "starlette", "fastapi"),
+        ("Gateway", "aiohttp", "http"),
+    ],
+)
+def test_a_missing_extra_names_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch, name: str, dependency: str, extra: str
+) -> None:
+    lazy = ("ratekeeper.stores.redis", "ratekeeper.client", "ratekeeper.http", "ratekeeper.gateway")
+    for module in [m for m in sys.modules if m.startswith((dependency, *lazy))]:
+        monkeypatch.delitem(sys.modules, module)
+    # None in sys.modules makes `import dependency` fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, dependency, None)
+    monkeypatch.delitem(vars(ratekeeper), name, raising=False)
+    # The Redis store says it itself, as a StoreError; the others through the package.
+    with pytest.raises(
+        (ImportError, ratekeeper.StoreError), match=rf"pip install 'ratekeeper\[{extra}\]'"
+    ):
+        getattr(ratekeeper, name)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        ratekeeper.Nope  # noqa: B018
