@@ -159,3 +159,27 @@ def test_sliding_window_estimate_never_exceeds_the_limit(
             counts[window] = cur + cost
     # The documented bound: never more than 2L in one aligned window pair, L in one window.
     assert all(v <= amount for v in counts.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(amounts, periods, requests, starts)
+def test_sliding_window_reset_is_when_quota_is_back_within_one_period(
+    amount: int, period: float, seq: list[tuple[int, int]], start: float
+) -> None:
+    limit = Limit.parse(f"{amount}/{period}s", "sliding_window")
+    state: State | None = None
+    now = start
+    for gap_ms, cost in seq:
+        now += gap_ms / 1000
+        ok, new, remaining, reset_at, _ = limit.step(state, now, limit, cost)
+        if ok:
+            state = new
+        assert now <= reset_at <= now + period
+        if remaining < 1 and reset_at < now + period:
+            # With nothing left, Reset is when a request of cost 1 passes again, not later.
+            assert limit.step(state, reset_at + 1e-6, limit, 1)[0]
+            if reset_at - now > 2e-3:
+                assert not limit.step(state, reset_at - 1e-3, limit, 1)[0]
+        if remaining >= 1:
+            # With some left, Reset is when the whole quota is back (or a period from now).
+            assert limit.step(state, reset_at, limit, 0)[2] == amount or reset_at == now + period

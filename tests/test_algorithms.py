@@ -74,6 +74,21 @@ def test_sliding_window_weights_the_previous_window() -> None:
     assert not sliding_window(state, 75.0 + retry - 0.01, limit, 1)[0]
 
 
+def test_sliding_window_reset_is_never_more_than_a_period_away() -> None:
+    limit = lim("120/minute", "sliding_window")  # AISoule: 120 per minute, rolling
+    ok, _, remaining, reset, _ = sliding_window(None, 30.0, limit, 1)
+    # Quota left: Reset is when the request just made has left the rolling window.
+    assert ok and remaining == 119 and reset == 90.0
+    limit = lim("10/minute", "sliding_window")
+    ok, first, *_ = sliding_window(None, 30.0, limit, 10)
+    ok, _, remaining, reset, _ = sliding_window(first, 75.0, limit, 2)
+    # Nothing left: Reset is when one more request passes (see the retry test above: 3 s).
+    assert ok and remaining == 0 and reset == pytest.approx(78.0)
+    # Only the previous window's share counts: the whole quota is back when this window ends.
+    assert sliding_window(first, 75.0, lim("20/minute", "sliding_window"), 0)[3] == 120.0
+    assert sliding_window(None, 130.0, limit, 0)[3] == 180.0
+
+
 def test_sliding_window_retry_into_the_next_window() -> None:
     limit = lim("10/minute", "sliding_window")
     ok, state, *_ = sliding_window(None, 10.0, limit, 10)

@@ -114,8 +114,16 @@ def sliding_window(state: State | None, now: float, limit: Limit, cost: int) -> 
 
     Approximates an exact sliding log in O(1) state; it admits at most ``L`` per window if
     traffic in the previous window was spread evenly, and at most ``2L`` in the worst case.
+
+    ``reset_at`` is when the caller's quota is back, never more than one period from ``now``
+    (in the rolling window this counter stands for, every request counted so far has left it
+    by then): with at least one unit left, when the count has fully decayed; with none left,
+    when one unit is back, i.e. when a request of cost 1 would pass. ``retry_after_s`` stays
+    this counter's own answer for ``cost``, which can be later than ``reset_at``: the counter
+    keeps weighting a window's requests into the next one.
     """
     period = limit.period_s
+    asked = now
     start = now - now % period
     prev: float = 0
     cur: float = 0
@@ -136,15 +144,10 @@ def sliding_window(state: State | None, now: float, limit: Limit, cost: int) -> 
         cur += cost
         # int() of a value >= -_EPS, shifted by _EPS, is never negative.
         remaining = int(amount - estimate - cost + _EPS)
-        return (
-            True,
-            (start, prev, cur),
-            remaining,
-            start + (period + period if cur else period),
-            0.0,
-        )
-    reset_at = start + (period + period if cur else period)
+        reset_at = _sliding_reset(start, prev, cur, now, elapsed, asked, amount, period, remaining)
+        return (True, (start, prev, cur), remaining, reset_at, 0.0)
     remaining = max(int(amount - estimate + _EPS), 0)
+    reset_at = _sliding_reset(start, prev, cur, now, elapsed, asked, amount, period, remaining)
     if cost > amount:
         return (False, state, remaining, reset_at, _INF)
     room = amount - cost - cur
@@ -155,6 +158,33 @@ def sliding_window(state: State | None, now: float, limit: Limit, cost: int) -> 
         # Only the next window can help: there, this window's count is the weighted one.
         retry = period - elapsed + period * (1.0 - (amount - cost) / cur)
     return (False, state, remaining, reset_at, max(retry, _MIN_RETRY_S))
+
+
+def _sliding_reset(
+    start: float,
+    prev: float,
+    cur: float,
+    now: float,
+    elapsed: float,
+    asked: float,
+    amount: int,
+    period: float,
+    remaining: int,
+) -> float:
+    """``sliding_window``'s ``reset_at`` (see there) for the state ``(start, prev, cur)``."""
+    if remaining >= 1:
+        # The previous window's share is gone at the end of this one, this one's a period later.
+        end = start + (period + period if cur else period)
+    else:
+        # The retry of sliding_window for a cost of 1. No division by zero: with no unit
+        # left, prev == 0 would mean cur > amount - 1, so room < 0 and cur > 0.
+        room = amount - 1 - cur
+        if room >= 0:
+            end = now + (period - elapsed - room * period / prev)
+        else:
+            end = now + (period - elapsed + period * (1.0 - (amount - 1) / cur))
+    latest = asked + period
+    return end if end < latest else latest
 
 
 def gcra(state: State | None, now: float, limit: Limit, cost: int) -> Step:

@@ -107,7 +107,32 @@ local function first_hit_window(s1, s2, _, t, amount, period, _, _, _, c, force)
   return window_charge(start, count, t, amount, period, c, force)
 end
 
+-- sliding_window's reset_at (see algorithms.py): when the quota is back, never more than
+-- one period after the time asked about.
+local function sliding_reset(start, prev, cur, t, elapsed, asked, amount, period, remaining)
+  local reset_at
+  if remaining >= 1 then
+    reset_at = start + period
+    if cur ~= 0 then
+      reset_at = start + 2 * period
+    end
+  else
+    local room = amount - 1 - cur
+    if room >= 0 then
+      reset_at = t + (period - elapsed - room * period / prev)
+    else
+      reset_at = t + (period - elapsed + period * (1.0 - (amount - 1) / cur))
+    end
+  end
+  local latest = asked + period
+  if reset_at < latest then
+    return reset_at
+  end
+  return latest
+end
+
 local function sliding_window(s1, s2, s3, t, amount, period, _, _, _, c, force)
+  local asked = t
   local start = t - pymod(t, period)
   local prev = 0.0
   local cur = 0.0
@@ -127,17 +152,12 @@ local function sliding_window(s1, s2, s3, t, amount, period, _, _, _, c, force)
   local estimate = prev * (period - elapsed) / period + cur
   if force or estimate + c <= amount + EPS then
     cur = cur + c
-    local reset_at = start + period
-    if cur ~= 0 then
-      reset_at = start + 2 * period
-    end
-    return true, start, prev, cur, trunc(amount - estimate - c + EPS), reset_at, 0.0
-  end
-  local reset_at = start + period
-  if cur ~= 0 then
-    reset_at = start + 2 * period
+    local remaining = trunc(amount - estimate - c + EPS)
+    local reset_at = sliding_reset(start, prev, cur, t, elapsed, asked, amount, period, remaining)
+    return true, start, prev, cur, remaining, reset_at, 0.0
   end
   local remaining = math.max(trunc(amount - estimate + EPS), 0)
+  local reset_at = sliding_reset(start, prev, cur, t, elapsed, asked, amount, period, remaining)
   if c > amount then
     return false, nil, nil, nil, remaining, reset_at, INF
   end
