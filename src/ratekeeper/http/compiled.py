@@ -11,8 +11,9 @@ pairs to enforce and to shadow, per plan tier, so a request only substitutes the
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.clock import Clock, system_clock
@@ -20,7 +21,7 @@ from ratekeeper.errors import PolicyError
 from ratekeeper.http.bodies import BodyFormat
 from ratekeeper.http.identity import Identifier, load_hook
 from ratekeeper.limit import Limit, LimitSet
-from ratekeeper.policy.schema import LimitSpec, Policy
+from ratekeeper.policy.schema import LimitSpec, LockoutSpec, Policy
 from ratekeeper.rates import Rate
 from ratekeeper.routes import RouteTable
 
@@ -110,49 +111,67 @@ def compile_rule(
 
 def compile_policy(policy: Policy, *, clock: Clock = system_clock) -> Plan:
     """Compile a validated policy; imports its hooks (errors name the file and key)."""
+    if not policy.store:
+        raise PolicyError(f"{policy.source}: store: expected a store URL such as 'memory://'")
+    status_of = {name: s.status for name, s in policy.limits.items()}
+    status_of["lockout"] = 429
+    return Plan(
+        policy=policy,
+        identifier=_identifier(policy, clock),
+        routes=_routes(policy),
+        status_of=status_of,
+        body=BodyFormat(policy.body, policy.body_template, policy.body_content_type),
+        lockout=_lockout(policy.lockout),
+        exempt_networks=tuple(ipaddress.ip_network(n, strict=False) for n in policy.exempt_ips),
+    )
+
+
+def _identifier(policy: Policy, clock: Clock) -> Identifier:
     source = policy.source
     ident = policy.identity
+    tiers = policy.tiers
     scopes = {spec.scope for spec in policy.limits.values()}
     if policy.lockout is not None:
         scopes.add(policy.lockout.scope)
-    identifier = Identifier(
-        source=ident.source,
-        key_headers=ident.key_headers
-        if ident.source in ("api_key", "account")
+    # Credential headers are read only when something needs the key: a request's headers are
+    # otherwise never looked at for one.
+    needs_key = bool(
+        ident.source in ("api_key", "account")
         or scopes & {"key", "account"}
-        or policy.tiers.keys
-        or policy.tiers.hook
-        else (),
+        or tiers.keys
+        or tiers.hook
+    )
+
+    def hook(spec: str, where: str) -> Callable[..., Any] | None:
+        return load_hook(spec, f"{source}: {where}") if spec else None
+
+    return Identifier(
+        source=ident.source,
+        key_headers=ident.key_headers if needs_key else (),
         anonymous=ident.anonymous,
         trusted_proxies=ident.trusted_proxies,
         scopes=scopes,
-        function=load_hook(ident.callable, f"{source}: identity.callable")
-        if ident.callable
-        else None,
+        function=hook(ident.callable, "identity.callable"),
         accounts=ident.accounts,
-        account_hook=load_hook(ident.account_hook, f"{source}: identity.account_hook")
-        if ident.account_hook
-        else None,
+        account_hook=hook(ident.account_hook, "identity.account_hook"),
         account_ttl_s=ident.account_hook_ttl_s,
-        plan_keys=policy.tiers.keys,
-        plan_hook=load_hook(policy.tiers.hook, f"{source}: tiers.hook")
-        if policy.tiers.hook
-        else None,
-        plan_ttl_s=policy.tiers.hook_ttl_s,
+        plan_keys=tiers.keys,
+        plan_hook=hook(tiers.hook, "tiers.hook"),
+        plan_ttl_s=tiers.hook_ttl_s,
         clock=clock,
     )
+
+
+_EXEMPT = CompiledRule(
+    name="", exempt=True, cost=1, cache_ttl_s=0.0, enforced=(), shadow=(), in_flight=()
+)
+
+
+def _routes(policy: Policy) -> RouteTable[CompiledRule]:
     entries = []
     for rule in policy.rules:
         if rule.exempt:
-            compiled = CompiledRule(
-                name=rule.name,
-                exempt=True,
-                cost=1,
-                cache_ttl_s=0.0,
-                enforced=(),
-                shadow=(),
-                in_flight=(),
-            )
+            compiled = replace(_EXEMPT, name=rule.name)
         else:
             compiled = compile_rule(
                 policy,
@@ -166,33 +185,23 @@ def compile_policy(policy: Policy, *, clock: Clock = system_clock) -> Plan:
     default = compile_rule(
         policy, "default", list(policy.default), cost=1, cache_ttl_s=0.0, shadow_rule=False
     )
-    lockout = None
-    spec = policy.lockout
-    if spec is not None:
-        failures = LimitSet(
-            "lockout-failures", Limit(rate=Rate(spec.failures, spec.window_s), name="failures")
-        )
-        lock = LimitSet(
-            "lockout",
-            Limit(rate=Rate(1, spec.duration_s), algorithm=Algorithm.FIRST_HIT_WINDOW, name="lock"),
-        )
-        lockout = CompiledLockout(
-            failures=failures,
-            lock=lock,
-            statuses=spec.statuses,
-            scope=spec.scope,
-            routes=RouteTable([(spec.routes, None, True)], False) if spec.routes else None,
-        )
-    status_of = {name: s.status for name, s in policy.limits.items()}
-    status_of["lockout"] = 429
-    if not policy.store:
-        raise PolicyError(f"{source}: store: expected a store URL such as 'memory://'")
-    return Plan(
-        policy=policy,
-        identifier=identifier,
-        routes=RouteTable(entries, default),
-        status_of=status_of,
-        body=BodyFormat(policy.body, policy.body_template, policy.body_content_type),
-        lockout=lockout,
-        exempt_networks=tuple(ipaddress.ip_network(n, strict=False) for n in policy.exempt_ips),
+    return RouteTable(entries, default)
+
+
+def _lockout(spec: LockoutSpec | None) -> CompiledLockout | None:
+    if spec is None:
+        return None
+    failures = LimitSet(
+        "lockout-failures", Limit(rate=Rate(spec.failures, spec.window_s), name="failures")
+    )
+    lock = LimitSet(
+        "lockout",
+        Limit(rate=Rate(1, spec.duration_s), algorithm=Algorithm.FIRST_HIT_WINDOW, name="lock"),
+    )
+    return CompiledLockout(
+        failures=failures,
+        lock=lock,
+        statuses=spec.statuses,
+        scope=spec.scope,
+        routes=RouteTable([(spec.routes, None, True)], False) if spec.routes else None,
     )
