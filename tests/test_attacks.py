@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_servers import PYTHON, Process, _start, client, serve
+from gateway_servers import PYTHON, Process, _start, client, demo_upstream, serve
+from nginx_servers import nginx_example
 
 POLICY = """
 apply = ["caller"]
@@ -353,3 +354,107 @@ def test_requests_cut_by_the_graceful_timeout_get_a_clean_503(
     assert answers[0].headers["retry-after"] == "1"
     assert "CancelledError" not in gateway.output()
     no_traceback(gateway)
+
+
+# Attack 1: picking your own address through nginx. The example passed the client's Forwarded
+# header through and identity preferred it: a fresh Forwarded: for= per request was a fresh
+# budget, failed logins escaped the lockout, and a chosen victim could be locked out.
+
+
+@pytest.fixture(scope="module")
+def demo(root: Path) -> Iterator[Process]:
+    with demo_upstream("musicbrainz", "beatpass", cwd=root) as process:
+        yield process
+
+
+@contextmanager
+def behind_nginx(root: Path, demo: Process, preset: str) -> Iterator[str]:
+    where = root / preset
+    where.mkdir(exist_ok=True)
+    with (
+        serve(
+            "--preset",
+            preset,
+            "--trust-proxy",
+            "127.0.0.1",
+            "--upstream",
+            demo.url,
+            "--store",
+            f"sqlite:///{where / 'rk.db'}",
+            cwd=where,
+        ) as ratekeeper,
+        nginx_example(where / "nginx", ratekeeper.url, demo.url) as url,
+    ):
+        yield url
+    no_traceback(ratekeeper)
+
+
+@pytest.fixture(scope="module")
+def musicbrainz(root: Path, demo: Process) -> Iterator[str]:
+    with behind_nginx(root, demo, "musicbrainz") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def beatpass(root: Path, demo: Process) -> Iterator[str]:
+    with behind_nginx(root, demo, "beatpass") as url:
+        yield url
+
+
+FORGED = {
+    "forwarded": lambda i: {"Forwarded": f"for=10.9.{i}.1"},
+    "forwarded-quoted-v6": lambda i: {"Forwarded": f'for="[2001:db8::{i:x}]:80"'},
+    "x-forwarded-for": lambda i: {"X-Forwarded-For": f"10.9.{i}.1"},
+    "x-real-ip": lambda i: {"X-Real-IP": f"10.9.{i}.1"},
+    "all": lambda i: {
+        "Forwarded": f"for=10.9.{i}.1",
+        "X-Forwarded-For": f"10.8.{i}.1, 127.0.0.1",
+        "X-Real-IP": f"10.7.{i}.1",
+    },
+}
+
+
+@pytest.mark.parametrize("how", sorted(FORGED))
+def test_a_forged_address_per_request_buys_no_fresh_budget(musicbrainz: str, how: str) -> None:
+    forge = FORGED[how]
+    address = f"127.0.1.{sorted(FORGED).index(how) + 1}"
+    with client(address) as http:
+        codes = [
+            http.get(musicbrainz + "/ws/2/artist/5b11f4ce?fmt=json", headers=forge(i)).status_code
+            for i in range(30)
+        ]
+    # 2 per 2-second window per address and User-Agent: a burst that straddles windows may get
+    # a few more, never 30.
+    assert codes.count(200) <= 6, codes
+    assert codes.count(503) >= 24, codes
+
+
+LOGIN = {"email": "demo@beatpass.example", "password": "wrong"}
+
+
+def test_failed_logins_from_forged_addresses_are_locked_out(beatpass: str) -> None:
+    with client("127.0.2.1") as http:
+        codes = []
+        for i in range(20):
+            r = http.post(beatpass + "/api/v1/auth/login", json=LOGIN, headers=FORGED["all"](i))
+            codes.append(r.status_code)
+            if r.status_code == 401:
+                # post_action reports after the client has its answer: let it land.
+                time.sleep(0.05)
+    # 5 failures lock the address out: every later attempt is refused before the API.
+    assert codes.count(401) <= 6, codes
+    assert codes[-1] == 429, codes
+
+
+def test_an_attacker_cannot_lock_a_chosen_victim_out(beatpass: str) -> None:
+    victim = "127.0.2.3"
+    with client("127.0.2.2") as attacker:
+        for _ in range(8):
+            attacker.post(
+                beatpass + "/api/v1/auth/login",
+                json=LOGIN,
+                headers={"Forwarded": f"for={victim}", "X-Real-IP": victim},
+            )
+            time.sleep(0.05)
+    with client(victim) as http:
+        assert http.post(beatpass + "/api/v1/auth/login", json=LOGIN).status_code == 401
