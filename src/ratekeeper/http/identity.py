@@ -24,6 +24,7 @@ __all__ = [
     "Identifier",
     "RequestView",
     "TTLCache",
+    "account_key",
     "client_ip",
     "hash_secret",
     "load_hook",
@@ -78,6 +79,11 @@ def _plain_or_hashed(value: str) -> str:
     if len(value) <= 64 and all(c in _PLAIN for c in value):
         return value
     return "#" + hash_secret(value)
+
+
+def account_key(account: str) -> str:
+    """The store key of an account's shared budget (as :meth:`Identifier.identify` makes it)."""
+    return "a:" + _plain_or_hashed(account)
 
 
 def load_hook(spec: str, where: str) -> Callable[..., Any]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ratekeeper.limit import LimitSet
+from ratekeeper.policy.keys import KeysSpec
 from ratekeeper.stores.fail_mode import FailMode
 
 __all__ = [
@@ -67,6 +68,9 @@ class RuleSpec:
     methods: frozenset[str] | None
     limits: tuple[str, ...] = ()
     cost: int = 1
+    cost_header: str = ""
+    cost_query: str = ""
+    max_cost: int = 0
     exempt: bool = False
     shadow: bool = False
     cache_ttl_s: float = 0.0
@@ -131,3 +135,4 @@ class Policy:
     tiers: TiersSpec = field(default_factory=TiersSpec)
     lockout: LockoutSpec | None = None
     cache: CacheSpec = field(default_factory=CacheSpec)
+    keys: KeysSpec = field(default_factory=KeysSpec)

@@ -13,6 +13,7 @@ from typing import Any
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.errors import LimitConfigError, PolicyError, RateSyntaxError
 from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.policy.keys import read_keys
 from ratekeeper.policy.reader import TableReader, kind_of, shown
 from ratekeeper.policy.schema import (
     BODY_STYLES,
@@ -129,6 +130,7 @@ def _read_rule(source: str, index: int, table: object, limits: Mapping[str, Limi
             known = ", ".join(sorted(limits)) or "none defined"
             raise reader.error("limits", f"names of [limits] tables ({known}); got {name!r}")
     cost = reader.number("cost", 1, 1)
+    cost_header, cost_query, max_cost = _read_cost_source(reader, cost)
     exempt = reader.flag("exempt", False)
     shadow = reader.flag("shadow", False)
     cache_ttl = reader.duration("cache_ttl", 0.0)
@@ -140,10 +142,32 @@ def _read_rule(source: str, index: int, table: object, limits: Mapping[str, Limi
         methods=methods,
         limits=names,
         cost=cost,
+        cost_header=cost_header,
+        cost_query=cost_query,
+        max_cost=max_cost,
         exempt=exempt,
         shadow=shadow,
         cache_ttl_s=cache_ttl,
     )
+
+
+def _read_cost_source(reader: TableReader, cost: int) -> tuple[str, str, int]:
+    """A rule's cost taken from the request: ``cost_header`` or ``cost_query``, up to
+    ``max_cost`` (required with either, so no request can charge without bound)."""
+    header = reader.text("cost_header", "")
+    query = reader.text("cost_query", "")
+    if header and query:
+        raise reader.error("cost_query", "one of cost_header and cost_query, not both")
+    if header and not _HEADER_RE.match(header):
+        raise reader.error("cost_header", f"a header name, got {header!r}")
+    if not header and not query:
+        if reader.has("max_cost"):
+            raise reader.error("max_cost", "cost_header or cost_query beside it")
+        return "", "", 0
+    if not reader.has("max_cost"):
+        raise reader.error("max_cost", "the largest cost a request may ask for (missing)")
+    max_cost = reader.number("max_cost", 0, max(cost, 1), 1_000_000)
+    return header.lower(), query, max_cost
 
 
 def _read_identity(reader: TableReader | None) -> IdentitySpec:
@@ -349,6 +373,7 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         tiers=tiers,
         lockout=_read_lockout(top.table_at("lockout")),
         cache=_read_cache(top.table_at("cache")),
+        keys=read_keys(top.table_at("keys"), tiers.plans),
     )
     top.done()
     if policy.ietf_partition_key and not policy.ietf_headers:

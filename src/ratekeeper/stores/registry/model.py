@@ -40,7 +40,9 @@ BlockKind: TypeAlias = Literal["key", "address", "network"]
 BLOCK_KINDS: tuple[BlockKind, ...] = ("key", "address", "network")
 _Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DIGEST = re.compile(r"^[0-9a-f]{24}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@+:/-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+:/-]{0,127}$")
+# Labels are for people: any printable text, but no control characters (log lines stay lines).
+_LABEL = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -64,7 +66,7 @@ def _name(value: object, what: str) -> str | None:
         return None
     if not isinstance(value, str) or not _NAME.match(value):
         raise RegistryError(
-            f"{what}: expected up to 128 letters, digits or ' ._@+:/-', got {str(value)[:40]!r}"
+            f"{what}: expected up to 128 letters, digits or '._@+:/-', got {str(value)[:40]!r}"
         )
     return value
 
@@ -83,7 +85,12 @@ class KeyRecord:
 
     def __post_init__(self) -> None:
         check_digest(self.digest)
-        _name(self.label, "label")
+        if self.label is not None and (
+            not isinstance(self.label, str) or not _LABEL.match(self.label)
+        ):
+            raise RegistryError(
+                f"label: expected 1 to 128 printable characters, got {str(self.label)[:40]!r}"
+            )
         _name(self.plan, "plan")
         _name(self.account, "account")
 
