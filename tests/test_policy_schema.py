@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ratekeeper.errors import PolicyError
-from ratekeeper.http.compiled import compile_policy
+from ratekeeper.http.compiled import compile_policy, compile_rule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.policy import (
     load_policy,
@@ -176,3 +176,18 @@ def test_durations(value: object, seconds: float) -> None:
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(value)
+
+
+def test_a_rate_string_stands_for_a_limit_of_its_own() -> None:
+    policy = loads_policy(BASE, "f.toml")
+    rule = compile_rule(
+        policy, "items", ["5/minute; 100/hour"], cost=1, cache_ttl_s=0.0, shadow_rule=False
+    )
+    (api, _), (own, scope) = rule.enforced
+    assert api.name == "api"
+    assert (own.name, scope) == ("items 5/minute; 100/hour", "caller")
+    assert [limit.amount for limit in own.limits] == [5, 100]
+    with pytest.raises(PolicyError, match=r"f\.toml: limit 'nope' of 'items': expected one of"):
+        compile_rule(policy, "items", ["nope"], cost=1, cache_ttl_s=0.0, shadow_rule=False)
+    with pytest.raises(PolicyError, match=r"limit '5/fortnight' .* unknown unit 'fortnight'"):
+        compile_rule(policy, "items", ["5/fortnight"], cost=1, cache_ttl_s=0.0, shadow_rule=False)

@@ -21,6 +21,7 @@ from ratekeeper.errors import PolicyError
 from ratekeeper.http.bodies import BodyFormat
 from ratekeeper.http.identity import Identifier, load_hook
 from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.policy.inline import inline_limit, looks_like_rate
 from ratekeeper.policy.schema import LimitSpec, LockoutSpec, Policy
 from ratekeeper.rates import Rate
 from ratekeeper.routes import RouteTable
@@ -80,11 +81,25 @@ def _pairs(
     return tuple(out)
 
 
+def _inline(policy: Policy, owner: str, text: str) -> LimitSpec:
+    where = f"{policy.source}: limit {text!r} of {owner!r}"
+    if not looks_like_rate(text):
+        known = ", ".join(sorted(policy.limits)) or "none defined"
+        raise PolicyError(f"{where}: expected one of the policy's limits ({known}) or a rate")
+    return inline_limit(owner, text, where)
+
+
 def compile_rule(
     policy: Policy, name: str, names: list[str], *, cost: int, cache_ttl_s: float, shadow_rule: bool
 ) -> CompiledRule:
-    """The rule charging ``names`` (after the policy's ``apply`` limits) ``cost`` units."""
+    """The rule charging ``names`` (after the policy's ``apply`` limits) ``cost`` units.
+
+    A name may be a rate string (``"5/minute"``): a budget of this rule's own, per caller.
+    """
     limits = policy.limits
+    unknown = [n for n in names if n not in limits]
+    if unknown:
+        limits = {**limits, **{n: _inline(policy, name, n) for n in unknown}}
     all_names = [*policy.apply, *names]
     shadow_names = [
         n for n in all_names if policy.shadow or limits[n].shadow or (shadow_rule and n in names)

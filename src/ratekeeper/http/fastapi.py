@@ -22,6 +22,7 @@ from ratekeeper.errors import PolicyError, RateLimited
 from ratekeeper.http.asgi import view_from_scope
 from ratekeeper.http.compiled import compile_rule
 from ratekeeper.http.engine import Enforcer
+from ratekeeper.policy.inline import looks_like_rate
 
 __all__ = ["RateLimit", "RateLimited", "install", "rate_limited_handler"]
 
@@ -41,12 +42,13 @@ def install(app: Any) -> None:
 
 
 class RateLimit:
-    """Dependency charging ``limits`` (names of the policy's ``[limits]``) ``cost`` units."""
+    """Dependency charging ``limits`` (names of the policy's ``[limits]``, or rate strings
+    such as ``"5/minute"``: a budget of this dependency's own) ``cost`` units."""
 
     def __init__(self, enforcer: Enforcer, limits: Sequence[str], *, cost: int = 1) -> None:
         policy = enforcer.plan.policy
         for name in limits:
-            if name not in policy.limits:
+            if name not in policy.limits and not looks_like_rate(name):
                 known = ", ".join(sorted(policy.limits))
                 raise PolicyError(
                     f"{policy.source}: RateLimit({name!r}): expected one of the policy's "
