@@ -8,7 +8,11 @@ source scripts/setup.sh
 ensure_venv bench
 ensure_redis
 ensure_nginx
-.venv/bin/ruff check src tests bench
-.venv/bin/ruff format --check src tests bench
+.venv/bin/ruff check src tests bench examples docs/hooks.py
+.venv/bin/ruff format --check src tests bench examples docs/hooks.py
 .venv/bin/mypy --strict src
+# The documentation site: a broken link, a missing snippet or an undocumented public name fails.
+site_dir="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site_dir"
+rm -rf "$site_dir"
 .venv/bin/python -m pytest "$@"
