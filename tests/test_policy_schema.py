@@ -74,7 +74,8 @@ def test_defaults() -> None:
         (BASE + "[limits.other]\nalgorithm = 'gcra'", r"limits\.other\.rates: expected .*missing"),
         (
             BASE + "[[rules]]\nroutes = ['/a']\nlimits = ['media']",
-            r"rules\[0\]\.limits: expected names of \[limits\] tables \(api\); got 'media'",
+            r"rules\[0\]\.limits: expected names of \[limits\] tables \(api\) or rates "
+            r"such as '5/minute'; got 'media'",
         ),
         (BASE + "[[rules]]\nroutes = ['a']", r"rules\[0\]\.routes: expected a route starting"),
         (BASE + "[[rules]]\nroutes = ['/a/*/b']", r"rules\[0\]\.routes: expected '\*' only"),
@@ -191,3 +192,30 @@ def test_a_rate_string_stands_for_a_limit_of_its_own() -> None:
         compile_rule(policy, "items", ["nope"], cost=1, cache_ttl_s=0.0, shadow_rule=False)
     with pytest.raises(PolicyError, match=r"limit '5/fortnight' .* unknown unit 'fortnight'"):
         compile_rule(policy, "items", ["5/fortnight"], cost=1, cache_ttl_s=0.0, shadow_rule=False)
+
+
+def test_a_rate_in_a_rule_is_that_rules_own_limit() -> None:
+    policy = loads_policy(
+        """
+[[rules]]
+name = "shows"
+routes = ["/shows/{id}"]
+limits = ["5/minute"]
+[[rules]]
+routes = ["/episodes"]
+limits = ["5/minute", "api"]
+[limits.api]
+rates = "100/minute"
+""",
+        "f.toml",
+    )
+    assert [rule.limits for rule in policy.rules] == [
+        ("shows 5/minute",),
+        ("/episodes 5/minute", "api"),
+    ]
+    assert policy.limits["shows 5/minute"].scope == "caller"
+    plan = compile_policy(policy)
+    ((own, _),) = plan.routes.match("GET", "/shows/7").enforced
+    assert [limit.amount for limit in own.limits] == [5]
+    with pytest.raises(PolicyError, match=r"f\.toml: apply: expected .* unknown unit 'fortnight'"):
+        loads_policy('apply = ["5/fortnight"]', "f.toml")

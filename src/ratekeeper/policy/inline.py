@@ -14,6 +14,8 @@ from ratekeeper.policy.schema import LimitSpec
 
 __all__ = ["inline_limit", "looks_like_rate"]
 
+_UNSAFE = str.maketrans({":": ".", "{": "(", "}": ")", "\n": " "})
+
 
 def looks_like_rate(text: str) -> bool:
     """Whether ``text`` is meant as a rate (``"5/minute"``, ``"10/s; 100/h"``) and not a name."""
@@ -24,8 +26,10 @@ def looks_like_rate(text: str) -> bool:
 def inline_limit(owner: str, text: str, where: str) -> LimitSpec:
     """The limit a rate string stands for in ``owner``; errors name ``where`` (file, key path)."""
     rates = "; ".join(part.strip() for part in text.split(";") if part.strip())
+    # Store keys keep ':' and braces for themselves; a route owner such as /shows/{id} has them.
+    name = f"{owner.translate(_UNSAFE)} {rates}"
     try:
-        limit_set = LimitSet(f"{owner} {rates}", rates)
+        limit_set = LimitSet(name, rates)
     except (RateSyntaxError, LimitConfigError) as exc:
         raise PolicyError(
             f"{where}: expected a limit name or a rate such as '5/minute': {exc}"

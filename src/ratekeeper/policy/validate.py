@@ -13,6 +13,7 @@ from typing import Any
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.errors import LimitConfigError, PolicyError, RateSyntaxError
 from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.policy.inline import inline_limit, looks_like_rate
 from ratekeeper.policy.keys import read_keys
 from ratekeeper.policy.reader import TableReader, kind_of, shown
 from ratekeeper.policy.schema import (
@@ -110,7 +111,27 @@ def _check_route(reader: TableReader, key: str, route: str) -> None:
             raise reader.error(key, f"a whole-segment parameter like '{{id}}', got {route!r}")
 
 
-def _read_rule(source: str, index: int, table: object, limits: Mapping[str, LimitSpec]) -> RuleSpec:
+def _limit_names(
+    reader: TableReader, key: str, owner: str, limits: dict[str, LimitSpec]
+) -> tuple[str, ...]:
+    """The limits ``key`` names; a rate string there adds a limit of ``owner``'s own."""
+    out = []
+    for written in reader.str_list(key):
+        name = written
+        if name not in limits and looks_like_rate(name):
+            spec = inline_limit(owner, name, f"{reader.source}: {reader.where(key)}")
+            limits.setdefault(spec.name, spec)
+            name = spec.name
+        if name not in limits:
+            known = ", ".join(sorted(limits)) or "none defined"
+            raise reader.error(
+                key, f"names of [limits] tables ({known}) or rates such as '5/minute'; got {name!r}"
+            )
+        out.append(name)
+    return tuple(out)
+
+
+def _read_rule(source: str, index: int, table: object, limits: dict[str, LimitSpec]) -> RuleSpec:
     reader = TableReader(source, f"rules[{index}]", table)
     routes = reader.str_list("routes")
     if not routes:
@@ -124,17 +145,13 @@ def _read_rule(source: str, index: int, table: object, limits: Mapping[str, Limi
     if methods is not None and not methods <= METHODS:
         bad = sorted(methods - METHODS)
         raise reader.error("methods", f"HTTP methods ({', '.join(sorted(METHODS))}), got {bad}")
-    names = reader.str_list("limits")
-    for name in names:
-        if name not in limits:
-            known = ", ".join(sorted(limits)) or "none defined"
-            raise reader.error("limits", f"names of [limits] tables ({known}); got {name!r}")
+    name = reader.text("name", routes[0])
+    names = _limit_names(reader, "limits", name, limits)
     cost = reader.number("cost", 1, 1)
     cost_header, cost_query, max_cost = _read_cost_source(reader, cost)
     exempt = reader.flag("exempt", False)
     shadow = reader.flag("shadow", False)
     cache_ttl = reader.duration("cache_ttl", 0.0)
-    name = reader.text("name", routes[0])
     reader.done()
     return RuleSpec(
         name=name,
@@ -311,41 +328,14 @@ def _check_template(reader: TableReader, template: str) -> None:
 def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Policy:
     """Validate a parsed TOML document; ``source`` names it in errors (usually the file path)."""
     top = TableReader(source, "", data)
-    limits_reader = top.table_at("limits")
-    limits: dict[str, LimitSpec] = {}
-    if limits_reader is not None:
-        for name in limits_reader.table:
-            limits[name] = _read_limit(source, name, limits_reader.get(name))
-    if not limits:
-        raise top.error("limits", "at least one [limits.<name>] table with a 'rates' key")
-    rules_value = top.get("rules")
-    if rules_value is None:
-        rules_value = []
-    if not isinstance(rules_value, list):
-        raise top.error("rules", f"an array of tables ([[rules]]), got {kind_of(rules_value)}")
-    rules = tuple(_read_rule(source, i, t, limits) for i, t in enumerate(rules_value))
-    applied = top.str_list("apply")
-    default = top.str_list("default")
-    for key, names in (("apply", applied), ("default", default)):
-        for name in names:
-            if name not in limits:
-                raise top.error(key, f"names of [limits] tables ({', '.join(sorted(limits))})")
-    body = top.text("body", "plain", BODY_STYLES)
-    template = top.text("body_template", "")
-    if body == "template":
-        if not template:
-            raise top.error("body_template", "a template string when body = 'template'")
-        _check_template(top, template)
+    limits = _read_limits(source, top.table_at("limits"))
+    rules = _read_rules(source, top, limits)
+    applied = _limit_names(top, "apply", "apply", limits)
+    default = _limit_names(top, "default", "default", limits)
+    body, template = _read_body(top)
     usage_path = top.text("usage_path", "")
     if usage_path and not usage_path.startswith("/"):
         raise top.error("usage_path", f"a path starting with '/', got {usage_path!r}")
-    exempt_ips = top.str_list("exempt_ips")
-    for net in exempt_ips:
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise top.error("exempt_ips", f"IP addresses or CIDR networks, got {net!r}") from None
-    identity = _read_identity(top.table_at("identity"))
     tiers = _read_tiers(source, top.table_at("plans"), top.table_at("tiers"), limits)
     policy = Policy(
         source=source,
@@ -365,9 +355,9 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         on_store_error=ON_STORE_ERROR[
             top.text("on_store_error", "fail_open", tuple(ON_STORE_ERROR))
         ],
-        exempt_ips=exempt_ips,
+        exempt_ips=_read_networks(top, "exempt_ips"),
         metrics=top.flag("metrics", True),
-        identity=identity,
+        identity=_read_identity(top.table_at("identity")),
         limits=limits,
         rules=rules,
         tiers=tiers,
@@ -376,12 +366,56 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         keys=read_keys(top.table_at("keys"), tiers.plans),
     )
     top.done()
+    _check_whole(top, policy)
+    return policy
+
+
+def _read_limits(source: str, reader: TableReader | None) -> dict[str, LimitSpec]:
+    if reader is None:
+        return {}
+    return {name: _read_limit(source, name, reader.get(name)) for name in reader.table}
+
+
+def _read_rules(
+    source: str, top: TableReader, limits: dict[str, LimitSpec]
+) -> tuple[RuleSpec, ...]:
+    value = top.get("rules")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise top.error("rules", f"an array of tables ([[rules]]), got {kind_of(value)}")
+    return tuple(_read_rule(source, i, table, limits) for i, table in enumerate(value))
+
+
+def _read_body(top: TableReader) -> tuple[str, str]:
+    body = top.text("body", "plain", BODY_STYLES)
+    template = top.text("body_template", "")
+    if body == "template":
+        if not template:
+            raise top.error("body_template", "a template string when body = 'template'")
+        _check_template(top, template)
+    return body, template
+
+
+def _read_networks(reader: TableReader, key: str) -> tuple[str, ...]:
+    networks = reader.str_list(key)
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise reader.error(key, f"IP addresses or CIDR networks, got {net!r}") from None
+    return networks
+
+
+def _check_whole(top: TableReader, policy: Policy) -> None:
+    """What no single key can say: settings that need each other, and something to enforce."""
     if policy.ietf_partition_key and not policy.ietf_headers:
         raise top.error(
             "ietf_partition_key", "ietf_headers = true as well (pk is part of RateLimit)"
         )
     if policy.ietf_partition_key_secret and not policy.ietf_partition_key:
         raise top.error("ietf_partition_key_secret", "ietf_partition_key = true as well")
-    if not applied and not default and not any(r.limits for r in rules):
+    if not policy.limits:
+        raise top.error("limits", "at least one [limits.<name>] table with a 'rates' key")
+    if not policy.apply and not policy.default and not any(r.limits for r in policy.rules):
         raise top.error("apply", "at least one limit in 'apply', 'default' or a rule's 'limits'")
-    return policy
