@@ -72,7 +72,6 @@ def test_usage_mentions_version() -> None:
     ("command", "missing", "extra"),
     [
         ("fetch", ["httpx"], "client"),
-        ("fetch", ["hishel", "hishel.httpx"], "client"),
         ("serve", ["starlette"], "http"),
     ],
 )
@@ -118,3 +117,24 @@ def test_feature_extras_carry_no_test_or_docs_tools() -> None:
     # The contributor extras build on the features, never the other way round.
     assert extras["dev"][0].startswith("ratekeeper[")
     assert "docs" in extras["dev"][0]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["import ratekeeper.client", "from ratekeeper.client import RateLimitTransport"],
+)
+def test_client_import_without_httpx_names_the_extra(statement: str) -> None:
+    result = run_python(without(["httpx"], statement))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "ModuleNotFoundError: ratekeeper.client needs the client extra (httpx is missing): "
+        "pip install 'ratekeeper[client]'"
+    )
+
+
+def test_package_imports_without_any_extra() -> None:
+    blocked = ["httpx", "hishel", "starlette", "uvicorn", "redis", "aiohttp", "prometheus_client"]
+    result = run_python(without(blocked, "import ratekeeper\nprint(ratekeeper.Limiter.__name__)"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Limiter\n"

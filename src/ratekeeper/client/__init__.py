@@ -11,6 +11,17 @@ with httpx.Client(transport=transport) as client:
 transport = RateLimitTransport.from_policy("musique", host="api.musique.example")
 """
 
+# httpx comes with the client extra: without it, say so instead of a bare ModuleNotFoundError
+# from deep inside the package.
+try:
+    import httpx as _httpx  # noqa: F401
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"ratekeeper.client needs the client extra ({exc.name} is missing): "
+        "pip install 'ratekeeper[client]'",
+        name=exc.name,
+    ) from exc
+
 from ratekeeper.client.hints import Hints, Quota, read_hints
 from ratekeeper.client.pacing import HostPolicy
 from ratekeeper.client.retry import RetryPolicy
