@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis.cluster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
@@ -89,7 +90,9 @@ def test_cross_slot_decisions_equal_the_python_core(store: RedisStore, seq: list
                 entries[(s.id, k)] = entry
 
 
-def test_a_rejected_cross_slot_decision_charges_nothing_anywhere(store: RedisStore) -> None:
+def test_a_rejected_cross_slot_decision_charges_nothing_anywhere(
+    store: RedisStore, nodes: list[RedisServer]
+) -> None:
     items = ((API, "carol"), (GLOBAL, "everyone-carol"))
     for _ in range(4):
         assert store.decide(((GLOBAL, "everyone-carol"),), 1, 1000.0).allowed
@@ -98,7 +101,9 @@ def test_a_rejected_cross_slot_decision_charges_nothing_anywhere(store: RedisSto
     # The per-key limit passed in its slot, yet its reservation was dropped, not charged.
     peek = store.decide(((API, "carol"),), 0, 1000.0, peek=True)
     assert [s.remaining for s in peek.states] == [3, 5]
-    assert not store._client.exists(store._codec.key(API, "carol"))
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=nodes[0].port)
+    assert not client.exists(store._codec.key(API, "carol"))
+    client.close()
 
 
 def test_a_pending_reservation_holds_its_units_until_it_settles(store: RedisStore) -> None:

@@ -9,9 +9,9 @@ import asyncio
 import itertools
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +28,13 @@ from redis_servers import RedisServer, redis_server
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with redis_server(tmp_path_factory.mktemp("redis-lua")) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    c = server.client()
+    yield c
+    c.close()
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +96,10 @@ def _same(a: Decision, b: Decision) -> None:
     assert steps_a == steps_b
 
 
-def _stored(store: RedisStore, limit_set: LimitSet, key: str) -> EntryState | None:
-    raw = store._client.get(store._codec.key(limit_set, key))
+def _stored(
+    store: RedisStore, client: redis.Redis, limit_set: LimitSet, key: str
+) -> EntryState | None:
+    raw = client.get(store._codec.key(limit_set, key))
     if raw is None:
         return None
     _, state_format, _ = store._codec.plan(limit_set)
@@ -109,7 +118,7 @@ def _stored(store: RedisStore, limit_set: LimitSet, key: str) -> EntryState | No
     requests,
 )
 def test_lua_decisions_equal_the_python_core(
-    store: RedisStore, sets: list[LimitSet], start: float, seq: list
+    store: RedisStore, client: redis.Redis, sets: list[LimitSet], start: float, seq: list
 ) -> None:
     run = next(_examples)
     keys = [f"ex{run}-{i}" for i in range(3)]
@@ -126,7 +135,7 @@ def test_lua_decisions_equal_the_python_core(
             for i, entry in zip(picks, expected_entries, strict=True):
                 entries[i] = entry
         for i in set(picks):
-            assert _stored(store, sets[i], keys[i]) == entries.get(i)
+            assert _stored(store, client, sets[i], keys[i]) == entries.get(i)
 
 
 def test_cost_above_the_limit_is_never_satisfiable(store: RedisStore) -> None:
@@ -166,12 +175,14 @@ def test_async_decisions_equal_sync_ones(server: RedisServer) -> None:
     sync_store.close()
 
 
-def test_keys_hold_a_hash_never_the_raw_key_and_expire(store: RedisStore, tmp_path: Path) -> None:
+def test_keys_hold_a_hash_never_the_raw_key_and_expire(
+    store: RedisStore, client: redis.Redis
+) -> None:
     limit_set = LimitSet("secret", "2/minute; 10/day")
     store.decide(((limit_set, "sk_live_SECRET"),), 1, 1000.0)
-    names = [k.decode() for k in store._client.scan_iter("lua:*secret*")]
+    names = [k.decode() for k in client.scan_iter("lua:*secret*")]
     assert len(names) == 1
     assert "SECRET" not in names[0]
     assert names[0].startswith("lua:{") and names[0].endswith(limit_set.id)
-    ttl_ms = store._client.pttl(names[0])
+    ttl_ms = client.pttl(names[0])
     assert 86_000_000 < ttl_ms <= 86_400_002

@@ -16,7 +16,9 @@ The package, from the inside out:
 - :mod:`.codec`: key names, the script's packed arguments and replies, the NOSCRIPT recovery,
   all free of I/O;
 - :mod:`.wire`: RESP on connections of our own (hiredis), blocking and asyncio-pipelined;
-- :mod:`.cluster`: the cross-slot reserve / commit protocol and the cluster's connections;
+- :mod:`.topology`: a cluster's slot map and which masters are down;
+- :mod:`.cluster`: the cross-slot reserve / commit protocol and the cluster's calls (routed by
+  the slot map, ``MOVED`` / ``ASK`` followed, on the same connections as standalone);
 - :mod:`.store`: :class:`RedisStore`, which puts them together.
 """
 

@@ -24,49 +24,55 @@ lease expired (a client stalled or died between the phases) is charged anyway at
 decision is rejected, so a slow client never over-admits either.
 
 :func:`cross_slot_flow` is that protocol free of I/O: it yields the script calls of one phase
-and receives their replies, so the sync and asyncio drivers run the same logic.
+and receives their replies, so the sync and asyncio drivers run the same logic. A slot whose
+master cannot be reached fails its call; the reservations the other slots made are aborted at
+once (not left to hold units for a lease), so the failure stays with that shard's keys.
+
+:class:`ClusterClient` makes the calls on the store's own connections (:mod:`.wire`), routed by
+its own slot map (:mod:`.topology`): each call goes to its slot's master, follows ``MOVED`` and
+``ASK``, and the calls of one phase overlap (asyncio: pipelined on each master's connection;
+threads: every call written before any reply is read).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from collections.abc import Generator
 from typing import Any
 
-import hiredis
-import redis.asyncio.cluster
-import redis.cluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ratekeeper.decision import Decision
 from ratekeeper.flows import drive, drive_async
 from ratekeeper.stores.redis.codec import (
-    SCRIPT,
-    SCRIPT_SHA,
     Call,
     Codec,
     Items,
     decision,
     merge,
+    pack,
+    pack_evalsha,
     parse,
     script_flow,
 )
+from ratekeeper.stores.redis.topology import Address, Topology
+from ratekeeper.stores.redis.wire import WIRE_ERRORS, Endpoint, Node
 
-__all__ = ["CLUSTER_ERRORS", "ClusterClient", "cross_slot_flow"]
+__all__ = ["ClusterClient", "cross_slot_flow"]
 
-CLUSTER_ERRORS = (RedisError, RedisClusterException, OSError, hiredis.HiredisError)
-# What a lost script looks like to script_flow: redis-py strips the NOSCRIPT word.
-_NOSCRIPT = hiredis.ReplyError("NOSCRIPT")
+# A command on its way: the node, its bytes, whether to load the script and to send ASKING first.
+Op = tuple[Node, bytes, bool, bool]
+# Redirections followed for one command at most (a slot moves once per failover or migration).
+_MAX_REDIRECTS = 3
 
 
 def cross_slot_flow(
     codec: Codec, items: Items, cost: int, now: float, peek: bool
-) -> Generator[list[Call], list[bytes], Decision]:
+) -> Generator[list[Call], list[Any], Decision]:
     """The reserve / commit-or-abort protocol of the module docstring for one decision: yields
-    the calls of a phase (one per slot, to be made concurrently), receives their replies."""
+    the calls of a phase (one per slot, to be made concurrently), receives their replies
+    (bytes, or the exception the call failed with)."""
     slots: dict[int, list[int]] = {}
     for index, (limit_set, key) in enumerate(items):
         slots.setdefault(key_slot(codec.key(limit_set, key).encode()), []).append(index)
@@ -74,204 +80,245 @@ def cross_slot_flow(
     if len(groups) == 1:
         call, n_limits = codec.marshal(items, cost, now, peek, op=b"d")
         (reply,) = yield [call]
-        return decision(reply, items, n_limits)
+        return decision(_ok(reply), items, n_limits)
     token = uuid.uuid4().hex
     op = b"d" if peek else b"r"
     parts = [[items[i] for i in group] for group in groups]
     marshalled = [codec.marshal(part, cost, now, peek, op=op, token=token) for part in parts]
     replies = yield [call for call, _ in marshalled]
+    failed = [reply for reply in replies if isinstance(reply, Exception)]
+    if failed:
+        if not peek:
+            # Give back at once what the other slots reserved, rather than hold it for a lease.
+            aborts = [
+                codec.marshal(part, cost, now, False, op=b"a", token=token)[0]
+                for part, reply, (_, n) in zip(parts, replies, marshalled, strict=True)
+                if not isinstance(reply, Exception) and parse(reply, n)[0]
+            ]
+            if aborts:
+                yield aborts
+        raise failed[0]
     parsed = [parse(reply, n) for reply, (_, n) in zip(replies, marshalled, strict=True)]
     allowed = all(p[0] for p in parsed)
     if not peek:
         if allowed:
             ops = [codec.marshal(part, cost, now, False, op=b"c", token=token)[0] for part in parts]
         else:
+            # An abort that fails leaves a reservation that its lease ends: nothing to raise.
             ops = [
                 codec.marshal(part, cost, now, False, op=b"a", token=token)[0]
                 for part, p in zip(parts, parsed, strict=True)
                 if p[0]
             ]
         settled = yield ops
-        if allowed and any(reply != b"1" for reply in settled):
-            return merge(items, groups, parsed, lost=True)
+        if allowed:
+            for reply in settled:
+                _ok(reply)
+            if any(reply != b"1" for reply in settled):
+                return merge(items, groups, parsed, lost=True)
     return merge(items, groups, parsed, lost=False)
 
 
+def _ok(reply: Any) -> bytes:
+    if isinstance(reply, Exception):
+        raise reply
+    result: bytes = reply
+    return result
+
+
+def script_call_flow(topology: Topology, call: Call) -> Generator[Op, Any, bytes]:
+    """One script call on its slot's master, loading the script if that master lost it."""
+    slot = key_slot(call[0][0].encode())
+    packed = pack_evalsha(call)
+    script = script_flow()
+    load_first = next(script)
+    while True:
+        reply = yield from routed_flow(topology, slot, packed, load_first)
+        try:
+            load_first = script.send(reply)
+        except StopIteration as stop:
+            result: bytes = stop.value
+            return result
+
+
+def routed_flow(
+    topology: Topology, slot: int, packed: bytes, load_first: bool = False
+) -> Generator[Op, Any, Any]:
+    """One command on ``slot``'s master, following ``MOVED`` and ``ASK``; returns its reply
+    (a refusal as a value)."""
+    node = topology.owner(slot)
+    asking = False
+    for _ in range(_MAX_REDIRECTS):
+        reply = yield node, packed, load_first, asking
+        if not isinstance(reply, Exception):
+            return reply
+        kind, _, rest = str(reply).partition(" ")
+        if kind == "MOVED":
+            node = topology.moved(slot, _redirect(rest, node))
+            asking = False
+        elif kind == "ASK":
+            node = topology.node(_redirect(rest, node))
+            asking = True
+        else:
+            if kind == "CLUSTERDOWN":
+                topology.stale = True
+            return reply
+    raise ConnectionError(f"hash slot {slot} redirected more than {_MAX_REDIRECTS} times")
+
+
+def _redirect(text: str, asked: Node) -> Address:
+    """The address of ``MOVED <slot> <host>:<port>`` (or ``ASK``); no host: the one asked."""
+    _, _, address = text.partition(" ")
+    host, _, port = address.rpartition(":")
+    return host or asked.endpoint.host, int(port)
+
+
 class ClusterClient:
-    """Script calls on a cluster through redis-py's cluster clients: one for threads, and one
-    per event loop (redis.asyncio connections belong to the loop that opened them)."""
+    """Script calls on a Redis Cluster, on the store's own connections (one :class:`Node` per
+    server), from threads and from any number of event loops."""
 
     def __init__(
-        self, url: str, extra_nodes: tuple[tuple[str, int], ...], timeout_s: float, *, batch: bool
+        self, endpoint: Endpoint, seeds: list[Address], timeout_s: float, *, coalesce: bool
     ) -> None:
-        self._url = url
-        self._extra_nodes = extra_nodes
-        self._timeout_s = timeout_s
-        self._batch = batch
-        self.client: Any = self._new_client(asynchronous=False)
-        self._aclient: Any = None
-        self._aloop: asyncio.AbstractEventLoop | None = None
-        self._astarting: asyncio.Future[Any] | None = None
-        self._batcher: _Batcher | None = None
+        self.topology = Topology(endpoint, seeds, timeout_s, coalesce=coalesce)
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
-        """Learn the topology and load the script: raises if the cluster is not usable."""
-        self.client.ping()
-        self.client.script_load(SCRIPT)
+        """Read the slot map: raises ``ConnectionError`` when no node answers."""
+        self.topology.claim_refresh()
+        if not drive(self.topology.refresh_flow(), self._ask):
+            raise ConnectionError("no cluster node answered CLUSTER SLOTS")
 
-    def run(self, calls: list[Call]) -> list[bytes]:
-        """Make the calls (one after another) and return their replies."""
-        return [drive(script_flow(), functools.partial(self._evalsha, call)) for call in calls]
+    # -- threads ------------------------------------------------------------------------------
 
-    def _evalsha(self, call: Call, load_first: bool) -> Any:
-        keys, args = call
-        if load_first:
-            self.client.script_load(SCRIPT)
-        try:
-            return self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
-        except NoScriptError:
-            return _NOSCRIPT
-
-    async def run_async(self, calls: list[Call]) -> list[bytes]:
-        """The asyncio twin of :meth:`run`; one phase's calls go out together."""
-        client = await self._async_client()
-        batcher = self._batcher
-        if batcher is not None:
-            submit = batcher.submit
-        else:
-
-            async def submit(call: Call, load_first: bool) -> Any:
-                return await _evalsha_async(client, call, load_first)
-
-        flows = [drive_async(script_flow(), functools.partial(submit, call)) for call in calls]
-        return list(await asyncio.gather(*flows))
+    def run(self, calls: list[Call]) -> list[Any]:
+        """Make the calls (each on its slot's master, all written before any reply is read);
+        their replies, or the exception each failed with."""
+        if self.topology.claim_refresh():
+            drive(self.topology.refresh_flow(), self._ask)
+        if len(calls) == 1:
+            try:
+                return [drive(script_call_flow(self.topology, calls[0]), self._call)]
+            except Exception as exc:
+                return [exc]
+        return self._lockstep([script_call_flow(self.topology, call) for call in calls])
 
     def delete(self, keys: list[str]) -> None:
-        """Delete the keys, one command each (they may live in different slots)."""
+        """Delete the keys, each on its slot's master."""
         for key in keys:
-            self.client.delete(key)
-
-    async def delete_async(self, keys: list[str]) -> None:
-        """The asyncio twin of :meth:`delete`."""
-        client = await self._async_client()
-        for key in keys:
-            await client.delete(key)
+            slot = key_slot(key.encode())
+            reply = drive(routed_flow(self.topology, slot, pack(b"DEL", key.encode())), self._call)
+            if isinstance(reply, Exception):
+                raise reply
 
     def close(self) -> None:
         """Close the connections used by threads."""
-        self.client.close()
+        for node in list(self.topology.nodes.values()):
+            node.close()
+
+    def _call(self, op: Op) -> Any:
+        node, packed, load_first, asking = op
+        try:
+            return node.call(packed, load_first, asking)
+        except WIRE_ERRORS:
+            self.topology.failed(node)
+            raise
+
+    def _ask(self, op: tuple[Node, bytes]) -> Any:
+        node, packed = op
+        try:
+            return node.call(packed)
+        except WIRE_ERRORS as exc:
+            self.topology.failed(node)
+            return exc
+
+    def _lockstep(self, flows: list[Generator[Op, Any, bytes]]) -> list[Any]:
+        """Drive several flows together: each round writes every flow's command, then reads
+        the replies, so the masters work at the same time. Specialised rather than
+        :func:`ratekeeper.flows.drive`, which runs one flow: one after another, each master
+        would wait for the previous one's reply."""
+        results: list[Any] = [None] * len(flows)
+        ops: dict[int, Op] = {}
+        for index, flow in enumerate(flows):
+            _advance(index, flow, None, ops, results)
+        while ops:
+            started = [(i, op, op[0].begin(*op[1:])) for i, op in ops.items()]
+            for index, (node, *_), exchange in started:
+                try:
+                    reply = node.finish(exchange)
+                except WIRE_ERRORS as exc:
+                    self.topology.failed(node)
+                    flows[index].close()
+                    results[index] = exc
+                    del ops[index]
+                    continue
+                _advance(index, flows[index], reply, ops, results)
+        return results
+
+    # -- asyncio ------------------------------------------------------------------------------
+
+    async def run_async(self, calls: list[Call]) -> list[Any]:
+        """The asyncio twin of :meth:`run`: the calls go out together, pipelined per master."""
+        if self.topology.claim_refresh():
+            # In the background: callers meanwhile use the map they have.
+            task = asyncio.get_running_loop().create_task(
+                drive_async(self.topology.refresh_flow(), self._ask_async)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if len(calls) == 1:
+            return [await self._one_async(calls[0])]
+        return list(await asyncio.gather(*(self._one_async(call) for call in calls)))
+
+    async def delete_async(self, keys: list[str]) -> None:
+        """The asyncio twin of :meth:`delete`."""
+        for key in keys:
+            flow = routed_flow(self.topology, key_slot(key.encode()), pack(b"DEL", key.encode()))
+            reply = await drive_async(flow, self._call_async)
+            if isinstance(reply, Exception):
+                raise reply
 
     async def close_async(self) -> None:
-        """Close the asyncio client."""
-        client, self._aclient, self._aloop, self._batcher = self._aclient, None, None, None
-        self._astarting = None
-        if client is not None:
-            await client.aclose()
+        """Close the running loop's connections."""
+        for node in list(self.topology.nodes.values()):
+            await node.close_async()
 
-    async def _async_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aloop is not loop:
-            self._aclient = client = self._new_client(asynchronous=True)
-            self._aloop = loop
-            self._batcher = _Batcher(client) if self._batch else None
-            # Concurrent first commands on a fresh cluster client race in redis-py (one
-            # task's connection is closed while another sends on it): learn the topology
-            # once, before any command; other first callers wait for it.
-            self._astarting = asyncio.ensure_future(client.initialize())
-        starting = self._astarting
-        if starting is not None:
-            try:
-                await asyncio.shield(starting)
-            except BaseException:
-                if self._astarting is starting:
-                    # The next call builds a fresh client and tries again.
-                    self._aclient = self._astarting = None
-                raise
-            self._astarting = None
-        return self._aclient
+    async def _one_async(self, call: Call) -> Any:
+        try:
+            return await drive_async(script_call_flow(self.topology, call), self._call_async)
+        except Exception as exc:
+            return exc
 
-    def _new_client(self, *, asynchronous: bool) -> Any:
-        common: dict[str, Any] = {
-            "socket_timeout": self._timeout_s,
-            "socket_connect_timeout": self._timeout_s,
-        }
-        if asynchronous:
-            nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in self._extra_nodes]
-            return redis.asyncio.cluster.RedisCluster.from_url(
-                self._url, startup_nodes=nodes, **common
-            )
-        sync_nodes = [
-            redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]
-            for h, p in self._extra_nodes
-        ]
-        return redis.cluster.RedisCluster(url=self._url, startup_nodes=sync_nodes, **common)
+    async def _call_async(self, op: Op) -> Any:
+        node, packed, load_first, asking = op
+        try:
+            return await node.call_async(packed, load_first, asking)
+        except WIRE_ERRORS:
+            self.topology.failed(node)
+            raise
+
+    async def _ask_async(self, op: tuple[Node, bytes]) -> Any:
+        node, packed = op
+        try:
+            return await node.call_async(packed)
+        except WIRE_ERRORS as exc:
+            self.topology.failed(node)
+            return exc
 
 
-async def _evalsha_async(client: Any, call: Call, load_first: bool) -> Any:
-    keys, args = call
-    if load_first:
-        await client.script_load(SCRIPT)
+def _advance(
+    index: int,
+    flow: Generator[Op, Any, bytes],
+    reply: Any,
+    ops: dict[int, Op],
+    results: list[Any],
+) -> None:
+    """Step one flow of :meth:`ClusterClient._lockstep` with ``reply`` (``None``: start it)."""
     try:
-        return await client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
-    except NoScriptError:
-        return _NOSCRIPT
-
-
-class _Batcher:
-    """Sends the script calls of concurrent tasks as pipelines: a lone call goes out at once;
-    while calls are in flight, new ones queue up and leave together in the next pipeline.
-
-    Specialised rather than a flow driven by :func:`ratekeeper.flows.drive_async`: it gathers
-    the calls of many flows into one pipeline, which no single flow's driver can see.
-    """
-
-    __slots__ = ("_client", "_lone", "_pending", "_running")
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._pending: list[tuple[Call, bool, asyncio.Future[Any]]] = []
-        self._running = False
-        self._lone = False
-
-    async def submit(self, call: Call, load_first: bool) -> Any:
-        """The reply to one call (a refusal as an exception value)."""
-        if not (self._lone or self._running):
-            self._lone = True
-            try:
-                return await _evalsha_async(self._client, call, load_first)
-            finally:
-                self._lone = False
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((call, load_first, future))
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._send(batch)
-        finally:
-            self._running = False
-
-    async def _send(self, batch: list[tuple[Call, bool, asyncio.Future[Any]]]) -> None:
-        try:
-            if any(load_first for _, load_first, _ in batch):
-                await self._client.script_load(SCRIPT)
-            pipe = self._client.pipeline(transaction=False)
-            for (keys, args), _, _ in batch:
-                # execute_command: the cluster pipeline refuses its evalsha method.
-                pipe.execute_command("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if not future.done():
-                future.set_result(_NOSCRIPT if isinstance(reply, NoScriptError) else reply)
+        ops[index] = next(flow) if reply is None else flow.send(reply)
+    except StopIteration as stop:
+        results[index] = stop.value
+        ops.pop(index, None)
+    except Exception as exc:
+        results[index] = exc
+        ops.pop(index, None)

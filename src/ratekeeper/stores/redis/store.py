@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from ratekeeper.decision import Decision
 from ratekeeper.errors import RedisStoreError, StoreError, StoreURLError
 from ratekeeper.flows import drive, drive_async
-from ratekeeper.stores.redis.cluster import CLUSTER_ERRORS, ClusterClient, cross_slot_flow
-from ratekeeper.stores.redis.codec import SCRIPT, Codec, Items, decision, pack, pack_evalsha
+from ratekeeper.stores.redis.cluster import ClusterClient, cross_slot_flow
+from ratekeeper.stores.redis.codec import Codec, Items, decision, pack, pack_evalsha
 from ratekeeper.stores.redis.url import parse_url
-from ratekeeper.stores.redis.wire import WIRE_ERRORS, Endpoint, Node
+from ratekeeper.stores.redis.wire import Endpoint, Node
 
 __all__ = ["RedisStore"]
-
-_ERRORS = (*CLUSTER_ERRORS, *WIRE_ERRORS)
 
 
 class RedisStore:
@@ -61,34 +53,23 @@ class RedisStore:
         )
         self._cluster: ClusterClient | None = None
         self._node: Node | None = None
-        self._client: Any = None
         try:
+            endpoint = Endpoint.from_url(parsed.target)
             if parsed.cluster:
+                seeds = [(endpoint.host, endpoint.port), *parsed.extra_nodes]
                 self._cluster = ClusterClient(
-                    parsed.target, parsed.extra_nodes, parsed.timeout_s, batch=batch_async
+                    endpoint, seeds, parsed.timeout_s, coalesce=batch_async
                 )
-                self._client = self._cluster.client
                 self._cluster.start()
             else:
-                # redis-py's client only for resets and start-up; decisions go on our own wire.
-                self._client = redis.Redis.from_url(
-                    parsed.target,
-                    socket_timeout=parsed.timeout_s,
-                    socket_connect_timeout=parsed.timeout_s,
-                    # One retry on a fresh connection absorbs a pooled connection that a server
-                    # restart closed; a replayed command can only over-count, never admit more.
-                    retry=Retry(NoBackoff(), 1),
-                )
-                self._client.ping()
-                self._client.script_load(SCRIPT)
-                endpoint = Endpoint.from_url(parsed.target)
                 self._node = Node(endpoint, parsed.timeout_s, coalesce=batch_async)
+                self._node.call(pack(b"PING"))
         except (TypeError, ValueError) as exc:
             raise StoreURLError(
                 f"bad option in the Redis store URL {self.url}: {self._clean(exc)} "
                 "(expected redis-py's connection options)"
             ) from exc
-        except _ERRORS as exc:
+        except Exception as exc:
             raise StoreError(
                 f"cannot use the Redis store at {self.url}: {self._clean(exc)} "
                 "(expected a reachable Redis or Valkey server)"
@@ -115,7 +96,9 @@ class RedisStore:
                 return decision(node.script(pack_evalsha(call)), items, n_limits)
             flow = cross_slot_flow(self._codec, items, cost, now, peek)
             return drive(flow, self._cluster.run)  # type: ignore[union-attr]
-        except _ERRORS as exc:
+        except Exception as exc:
+            # Whatever failed (the wire, a refusal, an unreadable reply), the caller sees a
+            # StoreError: its fail mode applies, nothing else escapes.
             raise self._error("decide", exc) from exc
 
     def reset(self, items: Items) -> None:
@@ -124,17 +107,18 @@ class RedisStore:
         try:
             if self._cluster is not None:
                 self._cluster.delete(keys)
-            else:
-                for key in keys:
-                    self._client.delete(key)
-        except _ERRORS as exc:
+            elif keys:
+                node: Node = self._node  # type: ignore[assignment]
+                reply = node.call(pack(b"DEL", *(k.encode() for k in keys)))
+                if isinstance(reply, Exception):
+                    raise reply
+        except Exception as exc:
             raise self._error("reset", exc) from exc
 
     def close(self) -> None:
         """Close the synchronous connections (the async ones close with :meth:`close_async`)."""
         if self._node is not None:
             self._node.close()
-            self._client.close()
         if self._cluster is not None:
             self._cluster.close()
 
@@ -151,7 +135,9 @@ class RedisStore:
                 return decision(await node.script_async(pack_evalsha(call)), items, n_limits)
             flow = cross_slot_flow(self._codec, items, cost, now, peek)
             return await drive_async(flow, self._cluster.run_async)  # type: ignore[union-attr]
-        except _ERRORS as exc:
+        except Exception as exc:
+            # Whatever failed (the wire, a refusal, an unreadable reply), the caller sees a
+            # StoreError: its fail mode applies, nothing else escapes.
             raise self._error("decide", exc) from exc
 
     async def reset_async(self, items: Items) -> None:
@@ -165,7 +151,7 @@ class RedisStore:
                 reply = await node.call_async(pack(b"DEL", *(k.encode() for k in keys)))
                 if isinstance(reply, Exception):
                     raise reply
-        except _ERRORS as exc:
+        except Exception as exc:
             raise self._error("reset", exc) from exc
 
     async def close_async(self) -> None:

@@ -31,7 +31,15 @@ import redis.asyncio
 from ratekeeper.flows import drive, drive_async
 from ratekeeper.stores.redis.codec import LOAD_SCRIPT, pack, script_flow
 
-__all__ = ["WIRE_BROKEN", "WIRE_ERRORS", "AsyncConnection", "Endpoint", "Node", "SyncConnection"]
+__all__ = [
+    "WIRE_BROKEN",
+    "WIRE_ERRORS",
+    "AsyncConnection",
+    "Endpoint",
+    "Exchange",
+    "Node",
+    "SyncConnection",
+]
 
 # What the wire drivers raise: socket and TLS errors (ConnectionError and TimeoutError among
 # them), a reply hiredis cannot parse, and a reply that is an error.
@@ -44,6 +52,9 @@ WIRE_BROKEN = (OSError, hiredis.ProtocolError)
 # while the client still prepares the next (measured with 64 tasks: ~1.7x the decisions/s of
 # an uncapped batch, at about the same CPU per decision, and less than a write per call).
 _COALESCE_MAX = 16
+_ASKING = pack(b"ASKING")
+# The waiter of a reply nobody waits for (ASKING's).
+_UNHEARD: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +116,12 @@ class SyncConnection:
             sock.close()
             raise
 
-    def call(self, packed: bytes, load_first: bool = False) -> Any:
-        """Send one packed command (after ``SCRIPT LOAD`` with ``load_first``); its reply,
-        a refusal as a ``ReplyError`` value."""
-        if load_first:
-            return self._exchange(LOAD_SCRIPT + packed, 2)[1]
-        return self._exchange(packed, 1)[0]
-
-    def _exchange(self, data: bytes, replies: int) -> list[Any]:
+    def send(self, data: bytes) -> None:
+        """Write commands; :meth:`receive` reads their replies."""
         self._sock.sendall(data)
+
+    def receive(self, replies: int) -> list[Any]:
+        """Read ``replies`` replies, refusals as ``ReplyError`` values."""
         reader = self._reader
         out: list[Any] = []
         while len(out) < replies:
@@ -126,6 +134,10 @@ class SyncConnection:
             else:
                 out.append(reply)
         return out
+
+    def _exchange(self, data: bytes, replies: int) -> list[Any]:
+        self.send(data)
+        return self.receive(replies)
 
     def close(self) -> None:
         """Close the socket."""
@@ -151,8 +163,8 @@ class AsyncConnection(asyncio.Protocol):
         self._coalesce = coalesce
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader()
-        # One entry per reply to come: the caller's future, or None for a script load whose
-        # reply nobody waits for.
+        # One entry per reply to come: the caller's future, None for a script load and
+        # _UNHEARD for an ASKING, whose replies nobody waits for.
         self._waiting: deque[asyncio.Future[Any] | None] = deque()
         self._queued: list[bytes] = []
         self._flush: asyncio.Handle | None = None
@@ -174,7 +186,7 @@ class AsyncConnection(asyncio.Protocol):
                 future = waiting.popleft()
                 if future is None:
                     self._loading = False
-                elif not future.done():
+                elif future is not _UNHEARD and not future.done():
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:
             self._break(ConnectionError(f"unreadable reply from the server: {exc!r}"))
@@ -197,13 +209,21 @@ class AsyncConnection(asyncio.Protocol):
         self._send(endpoint.hello, futures)
         return futures
 
-    def call(self, packed: bytes, load_first: bool = False) -> asyncio.Future[Any]:
+    def call(
+        self, packed: bytes, load_first: bool = False, asking: bool = False
+    ) -> asyncio.Future[Any]:
         """Send one packed command; its reply (a refusal as a ``ReplyError`` value). With
-        ``load_first`` the script is loaded before, unless a load is already on its way."""
+        ``load_first`` the script is loaded before, unless a load is already on its way; with
+        ``asking`` the command is preceded by ``ASKING`` (a cluster slot in migration)."""
         future = self.loop.create_future()
         if load_first and not self._loading:
             self._loading = True
-            self._send(LOAD_SCRIPT + packed, [None, future])
+            if asking:
+                self._send(LOAD_SCRIPT + _ASKING + packed, [None, _UNHEARD, future])
+            else:
+                self._send(LOAD_SCRIPT + packed, [None, future])
+        elif asking:
+            self._send(_ASKING + packed, [_UNHEARD, future])
         else:
             self._send(packed, [future])
         return future
@@ -257,7 +277,7 @@ class AsyncConnection(asyncio.Protocol):
         self._queued = []
         waiting, self._waiting = self._waiting, deque()
         for future in waiting:
-            if future is not None and not future.done():
+            if future is not None and future is not _UNHEARD and not future.done():
                 future.set_exception(type(reason)(*reason.args))
         if self._transport is not None:
             self._transport.abort()
@@ -265,6 +285,19 @@ class AsyncConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection; calls still waiting fail."""
         self._break(ConnectionError("the connection was closed by the store"))
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A command written by :meth:`Node.begin`, its reply not read yet."""
+
+    connection: SyncConnection | None
+    data: bytes
+    replies: int
+    # Whether the connection had been used before: a failure then may be a stale socket.
+    reused: bool
+    # Why nothing could be written (connection is None).
+    error: BaseException | None
 
 
 class Node:
@@ -291,31 +324,66 @@ class Node:
 
     # -- threads ------------------------------------------------------------------------------
 
-    def call(self, packed: bytes, load_first: bool = False) -> Any:
-        """Send one command on an idle connection and return its reply (see the module)."""
-        idle = self._idle
+    def call(self, packed: bytes, load_first: bool = False, asking: bool = False) -> Any:
+        """Send one command on an idle connection and return its reply (see the module);
+        ``load_first`` loads the script before, ``asking`` sends ``ASKING`` before."""
+        return self.finish(self.begin(packed, load_first, asking))
+
+    def begin(self, packed: bytes, load_first: bool = False, asking: bool = False) -> Exchange:
+        """Write one command (as :meth:`call`) without waiting for its reply, so that calls
+        to several servers overlap; :meth:`finish` reads the reply."""
+        data = packed
+        replies = 1
+        if asking:
+            data = _ASKING + data
+            replies += 1
+        if load_first:
+            data = LOAD_SCRIPT + data
+            replies += 1
         try:
-            connection: SyncConnection | None = idle.pop()
+            connection: SyncConnection | None = self._idle.pop()
+            reused = True
         except IndexError:
             connection = None
+            reused = False
         try:
             if connection is None:
                 connection = SyncConnection(self.endpoint, self._timeout_s)
-            reply = connection.call(packed, load_first)
-        except WIRE_BROKEN:
-            # One retry on a fresh connection absorbs an idle connection that a server restart
-            # closed; a replayed script can only over-count, never admit more.
+            connection.send(data)
+        except WIRE_ERRORS as exc:
             if connection is not None:
                 connection.close()
-            connection = None
+            return Exchange(None, data, replies, reused, exc)
+        return Exchange(connection, data, replies, reused, None)
+
+    def finish(self, exchange: Exchange) -> Any:
+        """The reply of a command written by :meth:`begin`."""
+        connection = exchange.connection
+        if connection is not None:
             try:
-                connection = SyncConnection(self.endpoint, self._timeout_s)
-                reply = connection.call(packed, load_first)
-            except BaseException:
-                if connection is not None:
-                    connection.close()
-                raise
-        idle.append(connection)
+                reply = connection.receive(exchange.replies)[-1]
+            except WIRE_BROKEN as exc:
+                connection.close()
+                error: BaseException = exc
+            else:
+                self._idle.append(connection)
+                return reply
+        else:
+            error = exchange.error  # type: ignore[assignment]
+        if not exchange.reused:
+            raise error
+        # One retry on a fresh connection absorbs an idle connection that a server restart
+        # closed; a replayed script can only over-count, never admit more.
+        connection = None
+        try:
+            connection = SyncConnection(self.endpoint, self._timeout_s)
+            connection.send(exchange.data)
+            reply = connection.receive(exchange.replies)[-1]
+        except BaseException:
+            if connection is not None:
+                connection.close()
+            raise
+        self._idle.append(connection)
         return reply
 
     def script(self, packed: bytes) -> bytes:
@@ -330,7 +398,9 @@ class Node:
 
     # -- asyncio ------------------------------------------------------------------------------
 
-    async def call_async(self, packed: bytes, load_first: bool = False) -> Any:
+    async def call_async(
+        self, packed: bytes, load_first: bool = False, asking: bool = False
+    ) -> Any:
         """The asyncio twin of :meth:`call`, pipelined on the running loop's connection."""
         connection = self._aconn
         if (
@@ -339,7 +409,7 @@ class Node:
             or connection.loop is not asyncio.get_running_loop()
         ):
             connection = await self._connection()
-        return await connection.call(packed, load_first)
+        return await connection.call(packed, load_first, asking)
 
     async def script_async(self, packed: bytes) -> bytes:
         """The asyncio twin of :meth:`script`."""
