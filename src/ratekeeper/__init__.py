@@ -34,7 +34,14 @@ from ratekeeper.errors import (
 )
 from ratekeeper.limit import Limit, LimitSet
 from ratekeeper.limiter import AsyncLimiter, Limiter
-from ratekeeper.policy import Policy, load_policy, loads_policy, policy_from_mapping, preset_path
+from ratekeeper.policy import (
+    Policy,
+    PolicyBuilder,
+    load_policy,
+    loads_policy,
+    policy_from_mapping,
+    preset_path,
+)
 from ratekeeper.rates import Rate, parse_rate, parse_rates
 from ratekeeper.stores.base import AsyncStore, Store
 from ratekeeper.stores.fail_mode import FailMode
@@ -134,6 +141,7 @@ __all__ = [
     "ManualClock",
     "MemoryStore",
     "Policy",
+    "PolicyBuilder",
     "PolicyError",
     "Quota",
     "Rate",

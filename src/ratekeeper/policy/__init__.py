@@ -12,12 +12,14 @@ from importlib import resources
 from pathlib import Path
 
 from ratekeeper.errors import PolicyError
+from ratekeeper.policy.builder import PolicyBuilder
 from ratekeeper.policy.reader import parse_duration
 from ratekeeper.policy.schema import Policy
 from ratekeeper.policy.validate import policy_from_mapping
 
 __all__ = [
     "Policy",
+    "PolicyBuilder",
     "load_policy",
     "loads_policy",
     "parse_duration",
