@@ -73,6 +73,7 @@ def usage(client: httpx.Client) -> dict[str, Any]:
 def main(base_url: str = "http://127.0.0.1:8080", api_key: str = "demo-key") -> None:
     """Fetch 95 tracks (the last ones warn), then print the usage endpoint's view."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     with musique_client(base_url, api_key) as client:
         tracks = fetch_tracks(client, (f"trk_{1 + n % 20}" for n in range(95)))
         print(f"{len(tracks)} tracks; remaining: {usage(client)['remaining']}")
