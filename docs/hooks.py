@@ -1,15 +1,23 @@
 """mkdocs hooks: the API reference written from the public names, a warning (a failure under
 ``--strict``) for each public name or method without a docstring, and pages added to the docs
-folder listed in the navigation even before someone edits ``mkdocs.yml``."""
+folder listed in the navigation even before someone edits ``mkdocs.yml``.
+
+Also a griffe extension (:class:`SphinxRoles`, named in ``mkdocs.yml``): the docstrings use
+Sphinx roles (``:class:`~ratekeeper.stores.base.Store```), shown as code that links to the
+object when the reference renders it."""
 
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
 import inspect
 import logging
+import re
 from pathlib import Path
 from typing import Any
+
+import griffe
 
 log = logging.getLogger("mkdocs.plugins.ratekeeper")
 
@@ -140,3 +148,36 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     if MARKER in markdown:
         return markdown.replace(MARKER, reference_markdown())
     return markdown
+
+
+_ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc|obj):`(~?)([^`]+)`")
+
+
+@functools.cache
+def _public_paths() -> dict[str, str]:
+    """Public name -> the path the reference renders it under."""
+    return {name: path for name, path, _obj in public_objects()}
+
+
+def _role(match: re.Match[str]) -> str:
+    tilde, target = match.groups()
+    shown = target.rsplit(".", 1)[-1] if tilde else target
+    paths = _public_paths()
+    head, _, rest = target.partition(".")
+    if head == "ratekeeper" and rest in paths:
+        identifier = paths[rest]  # ratekeeper.Limiter: where the reference shows it
+    elif head in paths:
+        identifier = paths[head] + (f".{rest}" if rest else "")  # Limiter.hit
+    else:
+        identifier = target
+    # optional: a target the reference does not render is shown as code, without a warning.
+    return f'<autoref identifier="{identifier}" optional><code>{shown}</code></autoref>'
+
+
+class SphinxRoles(griffe.Extension):
+    """Sphinx roles in docstrings rendered as (optional) cross-references."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        """Rewrite the roles of each object's docstring as it is loaded."""
+        if obj.docstring is not None:
+            obj.docstring.value = _ROLE.sub(_role, obj.docstring.value)
