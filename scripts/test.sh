@@ -11,6 +11,8 @@ ensure_nginx
 .venv/bin/ruff check src tests bench examples docs/hooks.py
 .venv/bin/ruff format --check src tests bench examples docs/hooks.py
 .venv/bin/mypy --strict src
+# The documentation's recipes are code users copy: typed against the public API.
+.venv/bin/mypy --strict examples/recipes
 # The documentation site: a broken link, a missing snippet or an undocumented public name fails.
 site_dir="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site_dir"

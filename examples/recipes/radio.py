@@ -74,7 +74,7 @@ async def now_playing(
     return [await poller.poll() for _ in range(rounds)]
 
 
-async def main(base_url: str = "http://127.0.0.1:8080", api_key: str = "demo-key") -> None:
+async def main(base_url: str = "http://127.0.0.1:8080", api_key: str = "radio-demo-a1") -> None:
     """Show the home page twice (the second from the cache), list every episode, and follow
     now-playing for a minute."""
     async with await radio_client(base_url, api_key) as client:
