@@ -81,26 +81,36 @@ def _pairs(
     return tuple(out)
 
 
-def _inline(policy: Policy, owner: str, text: str) -> LimitSpec:
+def _inline(policy: Policy, owner: str, text: str, scope: str) -> LimitSpec:
     where = f"{policy.source}: limit {text!r} of {owner!r}"
     if not looks_like_rate(text):
         known = ", ".join(sorted(policy.limits)) or "none defined"
         raise PolicyError(f"{where}: expected one of the policy's limits ({known}) or a rate")
-    return inline_limit(owner, text, where)
+    return replace(inline_limit(owner, text, where), scope=scope)
 
 
 def compile_rule(
-    policy: Policy, name: str, names: list[str], *, cost: int, cache_ttl_s: float, shadow_rule: bool
+    policy: Policy,
+    name: str,
+    names: list[str],
+    *,
+    cost: int,
+    cache_ttl_s: float,
+    shadow_rule: bool,
+    apply: bool = True,
+    inline_scope: str = "caller",
 ) -> CompiledRule:
-    """The rule charging ``names`` (after the policy's ``apply`` limits) ``cost`` units.
+    """The rule charging ``names`` (after the policy's ``apply`` limits, unless ``apply`` is
+    false) ``cost`` units.
 
-    A name may be a rate string (``"5/minute"``): a budget of this rule's own, per caller.
+    A name may be a rate string (``"5/minute"``): a budget of this rule's own, counted per
+    ``inline_scope`` (the caller by default).
     """
     limits = policy.limits
     unknown = [n for n in names if n not in limits]
     if unknown:
-        limits = {**limits, **{n: _inline(policy, name, n) for n in unknown}}
-    all_names = [*policy.apply, *names]
+        limits = {**limits, **{n: _inline(policy, name, n, inline_scope) for n in unknown}}
+    all_names = [*policy.apply, *names] if apply else list(names)
     shadow_names = [
         n for n in all_names if policy.shadow or limits[n].shadow or (shadow_rule and n in names)
     ]

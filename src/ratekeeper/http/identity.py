@@ -13,7 +13,7 @@ import importlib
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ratekeeper.clock import Clock, system_clock
@@ -41,13 +41,16 @@ _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 @dataclass(frozen=True, slots=True)
 class RequestView:
     """What ratekeeper needs of a request: ``headers`` has lower-case names (repeated headers
-    joined with ``", "``); ``peer`` is the address of the socket's other end."""
+    joined with ``", "``); ``peer`` is the address of the socket's other end. ``request`` is
+    the framework's own request object when a framework integration admits the request (what
+    identity callables and key and cost functions receive), else ``None``."""
 
     method: str
     path: str
     headers: Mapping[str, str]
     peer: str | None
     query: str = ""
+    request: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
