@@ -292,3 +292,41 @@ def test_aisoule_recipe_retries_a_429_when_another_process_spent_the_burst(
 
     assert asyncio.run(run())["success"] is True
     assert len(retries(caplog)) == 1
+
+
+# --- Each recipe as a script ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "printed"),
+    [
+        ("musique", "95 tracks; remaining: "),
+        ("beatpass", "7 keystrokes, 1 request, 11 hits"),
+        ("radio", "50 episodes"),
+        ("musicbrainz", "Demo Artist"),
+        ("aisoule", "sent 10 messages"),
+    ],
+)
+def test_recipe_main_runs(
+    gateway: Callable[..., Process],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    printed: str,
+) -> None:
+    module = recipe(name)
+    # The pages' intervals (30 s polls) made short: the script's flow is what is tested here.
+    for constant in ("POLL_INTERVAL_S", "NOW_PLAYING_EVERY_S"):
+        if hasattr(module, constant):
+            monkeypatch.setattr(module, constant, 0.2)
+    if name == "musique":
+        clear_of_boundary(60, 10)
+    second = "ops@example.org" if name == "musicbrainz" else key()
+    httpx_level = logging.getLogger("httpx").level  # the musique script quiets httpx
+    try:
+        result = module.main(gateway(name).url, second)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    finally:
+        logging.getLogger("httpx").setLevel(httpx_level)
+    assert printed in capsys.readouterr().out

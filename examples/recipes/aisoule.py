@@ -59,9 +59,9 @@ async def send_all(
 
 
 async def main(base_url: str = "http://127.0.0.1:8080", api_key: str = "demo-key") -> None:
-    """Send 20 messages: the first 5 at once, then 5 a second."""
+    """Send 10 messages: the first 5 at once, then 5 a second."""
     async with aisoule_client(base_url, api_key) as client:
-        answers = await send_all(client, ((f"+4470000000{n:02d}", "hello") for n in range(20)))
+        answers = await send_all(client, ((f"+4470000000{n:02d}", "hello") for n in range(10)))
         print(f"sent {len(answers)} messages")
 
 

@@ -79,7 +79,7 @@ async def main(base_url: str = "http://127.0.0.1:8080", api_key: str = "demo-key
         typed = ["t", "tr", "tra", "trac", "track", "track ", "track 1"]
         hits = await search_as_you_type(client, typed)
         print(f"{len(typed)} keystrokes, 1 request, {len(hits)} hits")
-        listings = await poll_tracks(client, rounds=2)
+        listings = await poll_tracks(client, rounds=2, interval_s=POLL_INTERVAL_S)
         print(f"polled {len(listings)} times, {POLL_INTERVAL_S:g} s apart")
 
 

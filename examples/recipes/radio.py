@@ -82,7 +82,7 @@ async def main(base_url: str = "http://127.0.0.1:8080", api_key: str = "radio-de
             page = await home_page(client)
         print(f"{page['station']['name']}: {len(page['shows'])} shows")
         print(f"{len(await all_episodes(client))} episodes")
-        for answer in await now_playing(client, rounds=3):
+        for answer in await now_playing(client, rounds=3, every_s=NOW_PLAYING_EVERY_S):
             print("now playing:", answer["show"]["title"])
 
 
