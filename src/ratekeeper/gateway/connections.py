@@ -67,6 +67,44 @@ class GatewayConfig(uvicorn.Config):
         super().__init__(app, **kwargs)
         self.connection_limits = limits
 
+    def configure_logging(self) -> None:
+        """uvicorn's logging, with its per-request warnings about clients thinned out."""
+        super().configure_logging()
+        logger = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, _ThinClientWarnings) for f in logger.filters):
+            logger.addFilter(_ThinClientWarnings())
+
+
+class _ThinClientWarnings(logging.Filter):
+    """One line per ``_LOG_EVERY_S`` for each of uvicorn's warnings that any client can cause
+    at will (a malformed request each), with the number left out: they must not fill a disk."""
+
+    _THINNED = frozenset(
+        {
+            "Invalid HTTP request received.",
+            "Unsupported upgrade request.",
+            "Exceeded concurrency limit.",
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str) or message not in self._THINNED:
+            return True
+        if record.created - self._last.get(message, float("-inf")) < _LOG_EVERY_S:
+            self._quiet[message] = self._quiet.get(message, 0) + 1
+            return False
+        quiet = self._quiet.pop(message, 0)
+        if quiet:
+            record.msg = f"{message} ({quiet} more since the last report)"
+        self._last[message] = record.created
+        return True
+
 
 def connection_cap(wanted: int) -> int:
     """``wanted``, lowered so that the connections fit under this process's file limit
