@@ -3,6 +3,7 @@ on free loopback ports in a temporary directory, never the default port."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import random
 import shutil
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from ratekeeper import Limit, LimitSet
+from ratekeeper.errors import StoreError
 from ratekeeper.stores.redis import RedisStore
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -136,6 +139,14 @@ class RedisServer:
             self.process.wait()
             self.process = None
 
+    def role(self) -> str:
+        """``master`` or ``slave``, as the server says now."""
+        client = self.client(socket_timeout=1)
+        try:
+            return str(client.execute_command("ROLE")[0].decode())
+        finally:
+            client.close()
+
     def client(self, **options: Any) -> redis.Redis:
         if self.tls_dir is not None:
             options |= {"ssl": True, "ssl_ca_certs": str(self.tls_dir / "ca.crt")}
@@ -155,12 +166,22 @@ def redis_server(directory: Path, *args: str, tls_dir: Path | None = None) -> It
 
 @contextmanager
 def redis_cluster(
-    directory: Path, nodes: int = 3, tls_dir: Path | None = None
+    directory: Path,
+    nodes: int = 3,
+    tls_dir: Path | None = None,
+    *,
+    replicas: int = 0,
+    node_timeout_ms: int = 2000,
+    full_coverage: bool = True,
 ) -> Iterator[list[RedisServer]]:
-    """A running cluster of ``nodes`` primaries (no replicas), killed on exit."""
+    """A running cluster of ``nodes`` masters with ``replicas`` replicas each, killed on exit.
+
+    The masters come first in the list, then the replicas. ``full_coverage=False`` sets
+    ``cluster-require-full-coverage no``: the other masters keep serving while one is down.
+    """
     servers: list[RedisServer] = []
     try:
-        for i in range(nodes):
+        for i in range(nodes * (1 + replicas)):
             server = RedisServer(
                 directory / f"node{i}",
                 args=(
@@ -169,7 +190,15 @@ def redis_cluster(
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    str(node_timeout_ms),
+                    # Replicas sync at once rather than after the default 5 s pause, and are
+                    # listed in CLUSTER SLOTS within a second (once their offset is not 0).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--repl-ping-replica-period",
+                    "1",
+                    "--cluster-require-full-coverage",
+                    "yes" if full_coverage else "no",
                 ),
                 tls_dir=tls_dir,
             )
@@ -184,21 +213,23 @@ def redis_cluster(
                 "create",
                 *(f"127.0.0.1:{s.port}" for s in servers),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
             capture_output=True,
             timeout=30,
         )
-        _wait_cluster_ok(servers)
-        yield servers
+        _wait_cluster_ok(servers, nodes, replicas)
+        # redis-cli makes the first `nodes` servers the masters; say so in the order.
+        masters = [s for s in servers if s.role() == "master"]
+        yield masters + [s for s in servers if s not in masters]
     finally:
         for server in servers:
             server.kill()
 
 
-def _wait_cluster_ok(servers: list[RedisServer]) -> None:
+def _wait_cluster_ok(servers: list[RedisServer], masters: int, replicas: int) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         states = []
@@ -206,10 +237,17 @@ def _wait_cluster_ok(servers: list[RedisServer]) -> None:
             client = server.client()
             try:
                 info = client.cluster("info")
-                slots = client.cluster("slots")
+                slots = client.execute_command("CLUSTER SLOTS")
+                linked = client.info("replication")
             finally:
                 client.close()
-            states.append(info.get("cluster_state") == "ok" and len(slots) == len(servers))
+            states.append(
+                info.get("cluster_state") == "ok"
+                and len(slots) == masters
+                # Each entry: first slot, last slot, the master, then its replicas.
+                and all(len(entry) - 3 == replicas for entry in slots)
+                and (linked["role"] == "master" or linked.get("master_link_status") == "up")
+            )
         if all(states):
             return
         time.sleep(0.05)
@@ -296,3 +334,104 @@ def check_exactness(url: str, prefix: str, seconds: float = 3.0) -> dict[str, in
         "windowed_admitted": sum(v[1] for v in windows.values()),
         "global_admitted": sum(admitted.values()),
     }
+
+
+# -- a workload for the failover tests, run in child processes ---------------------------------
+
+FAILOVER_WINDOWED = "4/second"  # per key, aligned: the first 4 decided in a second pass
+FAILOVER_GLOBAL = 100_000  # per hour, every cross-slot decision: never binds, always touched
+
+
+def failover_load(
+    url: str,
+    prefix: str,
+    victim: tuple[int, int],
+    until: float,
+    threads: int,
+    seed: int,
+    driver: str = "sync",
+) -> dict[str, Any]:
+    """Decide from ``threads`` threads (or asyncio tasks, with ``driver="async"``) until the
+    wall clock reaches ``until``: a windowed decision for one of 30 keys, or that key's limits
+    plus a global key on another shard. Keys whose slot is in ``victim`` (first, last) are the
+    failed shard's. Returns ``events[(victim?, 50 ms bucket)] = [decided, store errors]``,
+    ``windows[(key, second)] = [decided, admitted]`` and any other exception as text in
+    ``unexpected``."""
+    windowed = LimitSet("w", FAILOVER_WINDOWED)
+    global_ = LimitSet("g", [Limit.parse(f"{FAILOVER_GLOBAL}/hour", "first_hit_window")])
+    store = RedisStore(url, prefix=prefix)
+    keys = [f"key{i}" for i in range(30)]
+    on_victim = {
+        k: victim[0] <= key_slot(store._codec.key(windowed, k).encode()) <= victim[1] for k in keys
+    }
+    everyone = next(
+        f"all{i}"
+        for i in range(1000)
+        if not victim[0] <= key_slot(store._codec.key(global_, f"all{i}").encode()) <= victim[1]
+    )
+    events: dict[tuple[bool, int], list[int]] = {}
+    windows: dict[tuple[str, int], list[int]] = {}
+    unexpected: list[str] = []
+
+    def pick(rng: random.Random) -> tuple[str, Any]:
+        key = rng.choice(keys)
+        if rng.random() < 0.3:
+            return key, ((windowed, key), (global_, everyone))
+        return key, ((windowed, key),)
+
+    def record(key: str, at: float, decision: Any) -> None:
+        # The sync driver calls this under a lock; asyncio tasks never interleave inside it.
+        bucket = (on_victim[key], int(at * 20))
+        if isinstance(decision, StoreError):
+            events.setdefault(bucket, [0, 0])[1] += 1
+            return
+        if isinstance(decision, BaseException):
+            unexpected.append(repr(decision))
+            return
+        events.setdefault(bucket, [0, 0])[0] += 1
+        entry = windows.setdefault((key, int(decision.now)), [0, 0])
+        entry[0] += 1
+        entry[1] += decision.allowed
+
+    if driver == "async":
+
+        async def task(n: int) -> None:
+            rng = random.Random(seed * 1000 + n)
+            while (at := time.time()) < until:
+                key, items = pick(rng)
+                try:
+                    outcome: Any = await store.decide_async(items, 1, 0.0)
+                except Exception as exc:
+                    outcome = exc
+                record(key, at, outcome)
+                if isinstance(outcome, Exception):
+                    await asyncio.sleep(0.001)
+
+        async def run() -> None:
+            await asyncio.gather(*(task(n) for n in range(threads)))
+            await store.close_async()
+
+        asyncio.run(run())
+    else:
+        lock = threading.Lock()
+
+        def work(n: int) -> None:
+            rng = random.Random(seed * 1000 + n)
+            while (at := time.time()) < until:
+                key, items = pick(rng)
+                try:
+                    outcome: Any = store.decide(items, 1, 0.0)
+                except Exception as exc:
+                    outcome = exc
+                with lock:
+                    record(key, at, outcome)
+                if isinstance(outcome, Exception):
+                    time.sleep(0.001)
+
+        pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    store.close()
+    return {"events": events, "windows": windows, "unexpected": unexpected, "victim": on_victim}
