@@ -127,7 +127,8 @@ def test_musique_recipe_retries_a_429_after_retry_after(
     ]
     assert len(retries(caplog)) == 1
     assert "429 with a hint" in retries(caplog)[0]
-    assert time.monotonic() - started < 4
+    # Retry-After is at most the 2 s window; the rest is slack for a loaded machine.
+    assert time.monotonic() - started < 10
 
 
 # --- BeatPass ---------------------------------------------------------------------------------
