@@ -37,11 +37,12 @@ def plan(
     )
 
 
-def test_backoff_doubles_from_one_second_with_full_jitter() -> None:
+def test_backoff_doubles_from_one_second_with_jitter_on_top() -> None:
     policy = RetryPolicy(backoff_max_s=10)
-    assert [backoff_s(n, policy, lambda: 1.0) for n in range(6)] == [1, 2, 4, 8, 10, 10]
-    assert backoff_s(3, policy, lambda: 0.25) == 2.0
-    assert backoff_s(1000, policy, lambda: 0.5) == 5.0
+    assert [backoff_s(n, policy, lambda: 0.0) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+    assert [backoff_s(n, policy, lambda: 1.0) for n in range(4)] == [1.5, 3, 6, 10]
+    assert backoff_s(3, policy, lambda: 0.25) == 9.0
+    assert backoff_s(1000, policy, lambda: 0.5) == 10.0
 
 
 def test_success_and_unlisted_statuses_are_not_retried() -> None:
@@ -61,11 +62,11 @@ def test_body_hint_when_no_header() -> None:
 
 
 def test_no_hint_backs_off() -> None:
-    assert plan(429, retries=2, rnd=0.5).wait_s == 2.0
+    assert plan(429, retries=2, rnd=0.5).wait_s == 5.0
 
 
 def test_retry_after_zero_on_503_waits_at_least_the_backoff() -> None:
-    assert plan(503, Hints(retry_after_s=0.0), retries=1, rnd=1.0).wait_s == 2.0
+    assert plan(503, Hints(retry_after_s=0.0), retries=1, rnd=1.0).wait_s == 3.0
     assert plan(503, Hints(retry_after_s=30.0), retries=1, rnd=1.0).wait_s == 30.0
 
 

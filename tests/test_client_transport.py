@@ -63,7 +63,7 @@ def client_for(handler, clock: ManualClock, **kwargs) -> httpx.Client:
 def test_known_policy_zero_429_at_theoretical_minimum() -> None:
     clock = ManualClock(T0)
     server = Server(clock, "10/second")
-    policy = HostPolicy(limits="10/second", margin_s=0.01)
+    policy = HostPolicy(limits="10/second", algorithm="fixed_window", margin_s=0.01)
     with client_for(server, clock, hosts={"api.test": policy}) as client:
         for _ in range(45):
             assert client.get(URL).status_code == 200
@@ -138,7 +138,8 @@ def test_retry_after_http_date_and_body_hint() -> None:
     with client_for(handler, clock, random_fn=lambda: 0.0) as client:
         assert client.get(URL).status_code == 200
     start = times[0]
-    assert [t - start for t in times] == pytest.approx([0.0, 5.0, 8.0, 10.0])
+    # The 503's hint (2 s) is shorter than its backoff (the third retry's 4 s): the backoff.
+    assert [t - start for t in times] == pytest.approx([0.0, 5.0, 8.0, 12.0])
 
 
 def test_503_backoff_doubles_with_jitter_and_gives_up() -> None:
@@ -153,7 +154,8 @@ def test_503_backoff_doubles_with_jitter_and_gives_up() -> None:
     retry = RetryPolicy(max_retries=3)
     with client_for(handler, clock, default=policy, retry=retry, random_fn=lambda: 1.0) as c:
         assert c.get(URL).status_code == 503
-    assert [t - T0 for t in times] == pytest.approx([0.0, 1.0, 3.0, 7.0])
+    # 1, 2, 4 s, each with up to half again of jitter (all of it here).
+    assert [t - T0 for t in times] == pytest.approx([0.0, 1.5, 4.5, 10.5])
 
 
 def test_post_not_retried_after_503() -> None:
@@ -215,11 +217,16 @@ def test_low_remaining_warning_and_callback(caplog: pytest.LogCaptureFixture) ->
     seen = []
     with (
         caplog.at_level(logging.WARNING, logger="ratekeeper.client"),
-        client_for(server, clock, on_low_remaining=lambda host, q: seen.append(q.remaining)) as c,
+        client_for(
+            server,
+            clock,
+            default=HostPolicy(low_remaining=0.8),
+            on_low_remaining=lambda host, q: seen.append(q.remaining),
+        ) as c,
     ):
         for _ in range(5):
             c.get(URL)
-    assert seen == [9]  # once, when it crossed under 10
+    assert seen == [9]  # once in the window, when it fell under 0.8 x 12
     assert "9 request(s) left of 12" in caplog.text
 
 
@@ -268,7 +275,9 @@ def test_async_twin_paces_the_same() -> None:
     async def main() -> None:
         transport = AsyncRateLimitTransport(
             httpx.MockTransport(server),
-            hosts={"api.test": HostPolicy(limits="10/second", margin_s=0.01)},
+            hosts={
+                "api.test": HostPolicy(limits="10/second", algorithm="fixed_window", margin_s=0.01)
+            },
             clock=clock,
             sleep=sleep,
         )
@@ -293,7 +302,7 @@ def test_known_aligned_policy_sends_early_at_a_window_edge_only_into_room() -> N
     still go at once while the current window has room for every such early request."""
     clock = ManualClock(T0 + 0.2)
     server = Server(clock, "10/second")
-    policy = HostPolicy(limits="10/second", margin_s=0.01)
+    policy = HostPolicy(limits="10/second", algorithm="fixed_window", margin_s=0.01)
     with client_for(server, clock, hosts={"api.test": policy}) as client:
         for _ in range(3):
             client.get(URL)
@@ -318,7 +327,7 @@ def test_known_aligned_policy_with_latency_at_edges_never_429() -> None:
         clock.advance(0.004)
         return response
 
-    policy = HostPolicy(limits="10/second", margin_s=0.01)
+    policy = HostPolicy(limits="10/second", algorithm="fixed_window", margin_s=0.01)
     with client_for(slow, clock, hosts={"api.test": policy}) as client:
         for _ in range(35):
             assert client.get(URL).status_code == 200

@@ -16,9 +16,15 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import httpx
 
-from ratekeeper.client.hints import NO_HINTS, Quota, hint_headers, read_hints
+from ratekeeper.client.hints import NO_HINTS, Hints, Quota, hint_headers, read_hints
 from ratekeeper.client.pacing import Charge, HostPolicy
-from ratekeeper.client.retry import RetryPolicy, check_wait, plan_retry
+from ratekeeper.client.retry import (
+    IDEMPOTENT_METHODS,
+    RetryPolicy,
+    RetryVerdict,
+    check_wait,
+    plan_retry,
+)
 from ratekeeper.client.state import HostState, Pacer
 from ratekeeper.clock import Clock
 from ratekeeper.decision import Decision
@@ -72,6 +78,15 @@ class Wire(Protocol[ReqT_contra, RespT_contra]):
 
     def body(self, response: RespT_contra) -> bytes:
         """The answer's body, once :class:`Read` has been carried out."""
+
+    def is_stale(self, error: BaseException) -> bool:
+        """Whether ``error`` says a kept-alive connection was closed before an answer came."""
+
+    def user_agent(self, request: ReqT_contra) -> str | None:
+        """The request's ``User-Agent``, if any."""
+
+    def set_user_agent(self, request: ReqT_contra, value: str) -> None:
+        """Set the request's ``User-Agent``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +194,8 @@ class _HostOps:
 
 # Error bodies larger than this are not read for hints (they would be buffered in memory).
 _MAX_HINT_BODY = 64 * 1024
+# What HTTP libraries send when the caller sets no User-Agent.
+_LIBRARY_AGENTS = ("python-httpx/", "python-requests/", "python-urllib3/")
 
 
 def _loggable(url: httpx.URL) -> str:
@@ -221,57 +238,101 @@ class ClientFlow(Generic[Req, Resp]):
         ops = self._ops.get(state.plan.name)
         if ops is None:
             ops = self._ops.setdefault(state.plan.name, _HostOps.of(state))
+            self._identify(state, request)
+        elif state.plan.policy.user_agent is not None:
+            self._identify(state, request)
         send: Send[Req] = Send(request, state)
         charge = state.plan.charge_for(method, url.path)
-        statuses = self.retry.statuses
         retries = 0
         waited = 0.0
+        # A refused attempt or one that never reached the server was charged already: its
+        # retry is not charged again.
+        paid = False
+        stale_retried = False
         while True:
             yield ops.enter
-            waited = yield from self._pace(state, ops, charge, url, waited)
-            seq = state.on_send(self.clock())
+            waited = yield from self._pace(state, ops, None if paid else charge, url, waited)
+            sent_at = self.clock()
+            seq = state.on_send(sent_at)
             outcome = yield send
             if type(outcome) is Failed:
-                yield from self._abort(state, ops)
-                raise outcome.error
+                yield from self._abort(state, ops, seq)
+                if stale_retried or not self._stale(method, outcome.error):
+                    raise outcome.error
+                # A keep-alive connection the server closed as the request left: it never
+                # arrived. Once, on a fresh connection (the pool dropped the dead one).
+                log.info("%s %s: %r, retrying once", method, _loggable(url), outcome.error)
+                state.refund(sent_at)
+                stale_retried = paid = True
+                continue
             response: Resp = outcome
-            now = self.clock()
-            status = wire.status(response)
-            retried = status in statuses
-            found = hint_headers(wire.raw_headers(response))
-            body = None
-            if retried or status == 429:
-                length = wire.content_length(response) or "0"
-                if not length.isdigit() or int(length) <= _MAX_HINT_BODY:
-                    read = yield Read(response)
-                    if type(read) is Failed:
-                        yield from self._abort(state, ops)
-                        raise read.error
-                    body = wire.body(response)[:_MAX_HINT_BODY]
-            hints = read_hints(found, body, now) if found or body else NO_HINTS
-            low = state.on_answer(seq, now, status, hints)
-            # Read after on_answer: a request that starts waiting later sees the free slot.
-            if state.slot_waiters:
-                yield ops.answered
-            if low is not None:
-                self._warn_low(state, low)
-            if not retried:
+            hints, status = yield from self._answer(state, ops, seq, response)
+            if status not in self.retry.statuses:
                 return response
-            loggable = _loggable(url)
-            verdict = plan_retry(
-                method=method,
-                status=status,
-                hints=hints,
-                retries_done=retries,
-                waited_s=waited,
-                policy=self.retry,
-                random=self.random,
-                url=loggable,
-                now=now,
-            )
+            verdict = self._verdict(method, url, status, hints, retries, waited)
             if not verdict.retry:
-                log.info("%s %s: %s, giving up (%s)", method, loggable, status, verdict.reason)
                 return response
+            if status == 429 or hints.sharp_wait_s is not None:
+                # Refused, not failed: the server did not count it.
+                state.refund(sent_at)
+                paid = True
+            yield Close(response)
+            if verdict.wait_s > 0:
+                yield Sleep(verdict.wait_s)
+            waited += verdict.wait_s
+            retries += 1
+
+    def _answer(
+        self, state: HostState, ops: _HostOps, seq: int, response: Resp
+    ) -> Generator[Op, Any, tuple[Hints, int]]:
+        """Read what an answer says about the limits and learn from it."""
+        wire = self.wire
+        now = self.clock()
+        status = wire.status(response)
+        found = hint_headers(wire.raw_headers(response))
+        body = None
+        if status in self.retry.statuses or status == 429:
+            length = wire.content_length(response) or "0"
+            if not length.isdigit() or int(length) <= _MAX_HINT_BODY:
+                read = yield Read(response)
+                if type(read) is Failed:
+                    yield from self._abort(state, ops, seq)
+                    raise read.error
+                body = wire.body(response)[:_MAX_HINT_BODY]
+        date = found.get("date")
+        skew = state.observe_date(date, now) if date is not None else state.skew.skew_s
+        useful = len(found) > (date is not None) or body
+        hints = read_hints(found, body, now, skew) if useful else NO_HINTS
+        low = state.on_answer(seq, now, status, hints)
+        # Read after on_answer: a request that starts waiting later sees the free slot.
+        if state.slot_waiters:
+            yield ops.answered
+        if low is not None:
+            self._warn_low(state, low)
+        return hints, status
+
+    def _verdict(
+        self,
+        method: str,
+        url: httpx.URL,
+        status: int,
+        hints: Hints,
+        retries: int,
+        waited: float,
+    ) -> RetryVerdict:
+        loggable = _loggable(url)
+        verdict = plan_retry(
+            method=method,
+            status=status,
+            hints=hints,
+            retries_done=retries,
+            waited_s=waited,
+            policy=self.retry,
+            random=self.random,
+            url=loggable,
+            now=self.clock(),
+        )
+        if verdict.retry:
             log.info(
                 "%s %s: retry %d in %.2fs (%s)",
                 method,
@@ -280,15 +341,37 @@ class ClientFlow(Generic[Req, Resp]):
                 verdict.wait_s,
                 verdict.reason,
             )
-            yield Close(response)
-            if verdict.wait_s > 0:
-                yield Sleep(verdict.wait_s)
-            waited += verdict.wait_s
-            retries += 1
+        else:
+            log.info("%s %s: %s, giving up (%s)", method, loggable, status, verdict.reason)
+        return verdict
 
-    def _abort(self, state: HostState, ops: _HostOps) -> Generator[Op, Any, None]:
-        """A sent request ended without an answer: free its slot."""
-        state.on_abort()
+    def _stale(self, method: str, error: BaseException) -> bool:
+        """Whether ``error`` is a kept-alive connection found closed, on a request safe to
+        send again."""
+        return method.upper() in IDEMPOTENT_METHODS and self.wire.is_stale(error)
+
+    def _identify(self, state: HostState, request: Req) -> None:
+        """Send the host's ``user_agent`` instead of a library's default; warn once when the
+        host's policy requires one and none is set."""
+        policy = state.plan.policy
+        agent = policy.user_agent
+        current = self.wire.user_agent(request)
+        if current is not None and not current.startswith(_LIBRARY_AGENTS):
+            return
+        if agent is not None:
+            self.wire.set_user_agent(request, agent)
+            return
+        server = policy.server_policy
+        if server is not None and server.user_agent_required:
+            log.warning(
+                "%s requires a User-Agent that lets its owner reach you; set "
+                "HostPolicy(user_agent='yourapp/1.0 (you@example.com)')",
+                state.plan.name,
+            )
+
+    def _abort(self, state: HostState, ops: _HostOps, seq: int) -> Generator[Op, Any, None]:
+        """Request ``seq`` ended without an answer: free its slot."""
+        state.on_abort(seq, self.clock())
         if state.slot_waiters:
             yield ops.answered
 
@@ -334,7 +417,11 @@ class ClientFlow(Generic[Req, Resp]):
             waited += wait
 
     def _warn_low(self, state: HostState, quota: Quota) -> None:
-        log.warning(
+        # A warning the first time for a host; after that the log would repeat every window.
+        level = logging.INFO if state.warned else logging.WARNING
+        state.warned = True
+        log.log(
+            level,
             "%s: %d request(s) left of %s (quota %r), reset in %s",
             state.plan.name,
             quota.remaining,

@@ -55,6 +55,9 @@ class Quota:
 
     ``reset_in_s`` is the wait until it is whole again (or its window ends), relative to the
     moment the answer was read; ``window_s`` is known only from ``RateLimit-Policy``.
+    ``reset_rounding_s`` is how coarse the reset was written (1.0 for whole seconds: the true
+    reset may be up to that much earlier or later), ``reset_epoch`` whether it was a moment
+    (an epoch) rather than a delta.
     """
 
     name: str
@@ -62,6 +65,8 @@ class Quota:
     remaining: int
     reset_in_s: float | None
     window_s: float | None = None
+    reset_rounding_s: float = 1.0
+    reset_epoch: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -294,8 +299,7 @@ _HINT_HEADERS = frozenset(
 
 def hint_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """The headers :func:`read_hints` reads, in one pass over raw ``(name, value)`` pairs, with
-    lower-case names; repeated fields are joined with ", " as HTTP allows. Empty when an answer
-    carries none but ``Date`` (which only anchors other hints)."""
+    lower-case names; repeated fields are joined with ", " as HTTP allows."""
     found: dict[str, str] = {}
     for name, value in raw:
         lower = name.lower()
@@ -303,8 +307,6 @@ def hint_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
             key = lower.decode("ascii")
             text = value.decode("latin-1")
             found[key] = f"{found[key]}, {text}" if key in found else text
-    if len(found) == 1 and "date" in found:
-        return {}
     return found
 
 
@@ -312,18 +314,25 @@ def read_hints(
     headers: Mapping[str, str],
     body: bytes | None,
     now: float,
+    skew_s: float | None = None,
 ) -> Hints:
     """Every hint of one answer. ``headers`` is case-insensitive (``httpx.Headers``) or has
-    lower-case keys; ``now`` is the local epoch clock; the answer's ``Date`` header, when
-    readable, anchors epochs and HTTP-dates so clock skew does not distort waits."""
+    lower-case keys; ``now`` is the local epoch clock. Epochs and HTTP-dates are read against
+    the server's clock: ``now + skew_s`` when the caller has estimated the skew from many
+    answers (:class:`ratekeeper.client.skew.SkewEstimate`), else this answer's ``Date`` when it
+    disagrees with ``now`` by more than its whole-second resolution explains."""
     retry_after = headers.get("retry-after")
     reset_text = headers.get("x-ratelimit-reset")
-    # Date matters only to read an epoch or an HTTP-date: most answers have neither.
-    date = headers.get("date") if retry_after or reset_text else None
-    server_now = parse_http_date(date) if date else None
-    # Date has one-second resolution: trust it only when it disagrees by more than that.
-    if server_now is not None and abs(server_now - now) <= 1.5:
-        server_now = None
+    server_now: float | None = None
+    if skew_s is not None:
+        server_now = now + skew_s if skew_s else None
+    elif retry_after or reset_text:
+        # Date matters only to read an epoch or an HTTP-date: most answers have neither.
+        date = headers.get("date")
+        server_now = parse_http_date(date) if date else None
+        # Date has one-second resolution: trust it only when it disagrees by more than that.
+        if server_now is not None and abs(server_now - now) <= 1.5:
+            server_now = None
 
     retry_after_s = parse_retry_after(retry_after, now, server_now) if retry_after else None
     body_s = parse_body_hint(body) if body else None
@@ -344,12 +353,16 @@ def read_hints(
     x_remaining = _int(remaining_text) if remaining_text else None
     if x_remaining is not None:
         limit_text = headers.get("x-ratelimit-limit")
+        reset_number = _number(reset_text) if reset_text else None
         quotas.append(
             Quota(
                 name="x-ratelimit",
                 limit=_int(limit_text) if limit_text else None,
                 remaining=x_remaining,
                 reset_in_s=parse_reset(reset_text, now, server_now) if reset_text else None,
+                # Written with a fraction ("1796034905.000"), it was not rounded to seconds.
+                reset_rounding_s=0.0 if reset_text and "." in reset_text else 1.0,
+                reset_epoch=reset_number is not None and reset_number >= _EPOCH_FLOOR,
             )
         )
     return Hints(

@@ -20,7 +20,7 @@ from ratekeeper.policy import Policy, load_policy, preset_path
 from ratekeeper.rates import Rate, parse_rates
 from ratekeeper.routes import RouteTable
 
-__all__ = ["Charge", "HostPlan", "HostPolicy", "client_limit_set"]
+__all__ = ["Charge", "HostPlan", "HostPolicy", "client_limit_set", "told_windows"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,19 +28,28 @@ class HostPolicy:
     """How to treat one host (or URL prefix).
 
     ``limits`` is the server's policy when known (``"10/second"``, ``"100/minute; 1000/hour"``
-    or a :class:`LimitSet`), counted the way the server counts (``algorithm``). Without it the
-    client learns from the answers, starting with one request in flight. ``min_interval_s`` is
-    Picard's per-host minimum delay between requests. ``margin_s`` is the slack kept for network
-    latency so that the client's windows never straddle the server's. ``spread`` spaces a learned
-    budget evenly until its reset instead of sending it at once. ``key`` names the budget in a
-    shared store (default: the host), so several processes can share it.
+    or a :class:`LimitSet`). Told how the server counts (``algorithm``, or a :class:`LimitSet`),
+    the client counts the same way, in ``store``. Not told, it keeps at most N requests in any
+    span of W, which no server refuses, and switches to clock-aligned windows once the answers'
+    resets show the server aligns them (see :mod:`ratekeeper.client.windows`). Without
+    ``limits`` the client learns from the answers, starting with one request in flight.
+    ``min_interval_s`` is Picard's per-host minimum delay between requests. ``margin_s`` is the
+    slack kept for network latency so that the client's windows never straddle the server's.
+    ``spread`` spaces a learned budget evenly until its reset instead of sending it at once.
+    ``key`` names the budget in a shared store (default: the host), so several processes can
+    share it (with ``algorithm`` told: the moving-window count of an untold one is kept per
+    process).
+    ``low_remaining`` is the fraction of a reported limit under which the transport warns (at
+    most once per window; 0 never). ``user_agent`` is sent as ``User-Agent`` on requests that
+    carry only their library's default; a host whose policy requires one is warned about once
+    when none is set.
 
     ``server_policy`` is the provider's published policy file instead of ``limits`` (see
     :meth:`from_policy`): each request is charged the limits its route has there.
     """
 
     limits: LimitSet | str | None = None
-    algorithm: Algorithm | str = Algorithm.FIXED_WINDOW
+    algorithm: Algorithm | str | None = None
     burst: int = 0
     min_interval_s: float = 0.0
     max_in_flight: int = 8
@@ -48,7 +57,8 @@ class HostPolicy:
     spread: bool = False
     adaptive: bool = True
     max_delay_s: float = 32.0
-    low_remaining: int = 10
+    low_remaining: float = 0.1
+    user_agent: str | None = None
     key: str | None = None
     server_policy: Policy | None = None
     tier: str | None = None
@@ -80,6 +90,16 @@ class HostPolicy:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ClientConfigError(f"HostPolicy.{name} must be a number >= 0, got {value!r}")
+        low = self.low_remaining
+        if not isinstance(low, int | float) or not 0 <= low < 1:
+            raise ClientConfigError(
+                f"HostPolicy.low_remaining is a fraction of the limit in [0, 1), got {low!r}"
+            )
+        agent = self.user_agent
+        if agent is not None and (not agent.strip() or any(c in agent for c in "\r\n\0")):
+            raise ClientConfigError(
+                "HostPolicy.user_agent must be a non-empty header value without line breaks"
+            )
         if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             raise ClientConfigError(
                 f"HostPolicy.max_in_flight must be a whole number >= 1, got {self.max_in_flight!r}"
@@ -98,15 +118,36 @@ class HostPolicy:
             raise ClientConfigError("HostPolicy.tier needs a server_policy (see from_policy)")
         # Read the limits now, so a bad rate fails where it is configured, not at first use.
         client_limit_set(self)
+        told_windows(self)
+
+
+def told_windows(policy: HostPolicy) -> tuple[tuple[int, float, bool], ...]:
+    """``(amount, period, learn)`` of each window of ``policy.limits`` paced by arrivals: those
+    whose counting is not told (``learn``: the server may align them), and windows told to
+    start at a first hit (a client-side window would start a network delay too early)."""
+    limits = policy.limits
+    if limits is None:
+        return ()
+    if isinstance(limits, str) and policy.algorithm is None:
+        return tuple((rate.amount, rate.period_s, True) for rate in parse_rates(limits))
+    known = client_limit_set(policy)
+    assert known is not None
+    return tuple(
+        (limit.amount, limit.period_s - policy.margin_s, False)
+        for limit in known[0].limits
+        if limit.algorithm is Algorithm.FIRST_HIT_WINDOW
+    )
 
 
 def client_limit_set(policy: HostPolicy) -> tuple[LimitSet, float] | None:
     """The limit set the client enforces on itself for ``policy.limits``, and the clock shift
-    (``None`` when the limits are not given as such)."""
+    (``None`` when the limits are not given with the way they are counted)."""
     limits = policy.limits
     if limits is None:
         return None
     if isinstance(limits, str):
+        if policy.algorithm is None:
+            return None
         algorithm = Algorithm.parse(policy.algorithm)
         parsed: Iterable[Limit] = tuple(
             Limit(rate=rate, algorithm=algorithm, burst=policy.burst)
@@ -201,7 +242,9 @@ def _policy_routes(
 class HostPlan:
     """A host's fixed configuration: its policy, whether its limits are known, what each
     request is charged then (one :class:`Charge`, or one per route of a server's policy file),
-    the clock shift for those limits, and the key its budget is stored under."""
+    the clock shift for those limits, the key its budget is stored under, and the windows
+    told without their way of counting (paced by :class:`~ratekeeper.client.windows.WindowPacer`).
+    """
 
     name: str
     policy: HostPolicy
@@ -210,6 +253,7 @@ class HostPlan:
     key: str
     charge: Charge | None = None
     routes: RouteTable[Charge | None] | None = None
+    windows: tuple[tuple[int, float, bool], ...] = ()
 
     def charge_for(self, method: str, path: str) -> Charge | None:
         """What a request costs (``None``: nothing, its route is exempt or the policy unknown)."""
@@ -223,8 +267,10 @@ class HostPlan:
         if policy.server_policy is not None:
             routes, shift = _policy_routes(policy.server_policy, policy.tier, key, policy.margin_s)
             return cls(name, policy, True, shift, key, routes=routes)
+        windows = told_windows(policy)
         known = client_limit_set(policy)
         if known is None:
-            return cls(name, policy, False, 0.0, key)
+            return cls(name, policy, bool(windows), 0.0, key, windows=windows)
         limit_set, shift = known
-        return cls(name, policy, True, shift, key, charge=Charge.of([(limit_set, key)]))
+        charge = Charge.of([(limit_set, key)])
+        return cls(name, policy, True, shift, key, charge=charge, windows=windows)

@@ -32,7 +32,7 @@ class RetryPolicy:
     ``statuses`` are retried (429 and 503 by default); a non-idempotent request (POST, PATCH)
     is retried after a 429 (the server did not process it) but after any other status only with
     ``retry_unsafe=True``. Waits: the server's hint if any (``Retry-After``, then the body), else
-    exponential backoff from ``backoff_base_s`` doubling up to ``backoff_max_s`` with full jitter;
+    exponential backoff from ``backoff_base_s`` doubling up to ``backoff_max_s``, jitter on top;
     a 503 or a hint of 0 waits at least the backoff. Any single wait over ``max_wait_s``, or
     waits adding up past ``max_total_wait_s``, raise :class:`WaitTooLongError`.
     """
@@ -65,9 +65,11 @@ class RetryVerdict:
 
 
 def backoff_s(retry_number: int, policy: RetryPolicy, random: Callable[[], float]) -> float:
-    """Full-jitter exponential backoff: uniform in ``[0, min(max, base * 2**n))``."""
-    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2.0 ** min(retry_number, 62))
-    return ceiling * random()
+    """Exponential backoff with jitter on top: ``base * 2**n`` (capped at ``backoff_max_s``)
+    plus up to half of it again. Never below the base: the seeds ask to start at one second
+    and double, and not to retry at once."""
+    step = min(policy.backoff_max_s, policy.backoff_base_s * 2.0 ** min(retry_number, 62))
+    return min(policy.backoff_max_s, step * (1.0 + random() / 2.0))
 
 
 def check_wait(

@@ -18,6 +18,8 @@ import httpx
 from ratekeeper.client.adaptive import Adaptive
 from ratekeeper.client.hints import Hints, Quota
 from ratekeeper.client.pacing import Charge, HostPlan, HostPolicy
+from ratekeeper.client.skew import SkewEstimate
+from ratekeeper.client.windows import WindowPacer
 from ratekeeper.decision import Decision
 from ratekeeper.errors import ClientConfigError
 
@@ -75,6 +77,24 @@ class HostState:
         # their answers echo that failure, they are not news (TCP's one cut per round trip).
         self._failure_mark = 0
         self.zone: str | None = None
+        self.skew = SkewEstimate()
+        self.pacers = tuple(
+            WindowPacer(n, w, policy.margin_s, learn=learn) for n, w, learn in plan.windows
+        )
+        # Told windows: when each request in flight left (its answer bounds its arrival).
+        self._sent_at: dict[int, float] = {}
+        # Learned budgets whose resets are written in whole seconds: the window's first send,
+        # the true period once a probe confirmed it, and whether a probe was refused.
+        self._window_start: float | None = None
+        self.period_s: float | None = None
+        self._probe_at: float | None = None
+        self._probe_sent = 0
+        self._probe_refused = False
+        self._guessed_period: float | None = None
+        self._rounded = False
+        # The reset of the window last warned about (warn once per window at most).
+        self._warned_reset: float | None = None
+        self.warned = False
         # Per aligned limit: (end of the window, its room when its last margin_s began).
         self._room: dict[tuple[str, int], tuple[float, int]] = {}
 
@@ -86,6 +106,11 @@ class HostState:
         in_flight = self.in_flight
         if in_flight >= max(int(self.adaptive.window), 1):
             return False
+        if self._probe_sent and in_flight:
+            return False
+        for pacer in self.pacers:
+            if pacer.waits_for_answer():
+                return False
         budget = self.budget
         return in_flight == 0 or budget is None or self.plan.known or budget.remaining > in_flight
 
@@ -106,24 +131,52 @@ class HostState:
                 else self.plan.policy.min_interval_s
             )
             wait = max(self.last_send + delay - now, self.blocked_until - now, 0.0)
+            for pacer in self.pacers:
+                wait = max(wait, pacer.wait_s(now))
             budget = self.budget
             # A known policy paces by itself: servers often report resets late (slowapi and
             # Flask-Limiter add a second), and obeying them would halve short windows.
             if budget is None or budget.reset_at is None or self.plan.known:
                 return wait
-            if now >= budget.reset_at:
+            probe = self._probe_at
+            if now >= budget.reset_at or (probe is not None and now >= probe):
                 # The window the report described is over: a new one holds a window's size,
-                # or, when that is unknown, one request probes it.
+                # or, when that is unknown or only guessed, one request probes it.
                 limit = self.window_limit
-                self.budget = _Budget(limit if limit is not None else 1, None, budget.name)
+                sure = probe is None or self.period_s is not None
+                size = limit if limit is not None and sure else 1
+                self.budget = _Budget(size, None, budget.name)
+                self._window_start = None
+                if probe is not None:
+                    self._probe_sent = -1  # the next send probes the guess, alone
+                self._probe_at = None
                 return wait
             remaining = budget.remaining - self.in_flight
             # No margin on the reset: a request sent at it arrives after it.
             if remaining <= 0:
-                return max(wait, budget.reset_at - now)
+                return max(wait, self._refill_at(budget.reset_at) - now)
             if self.plan.policy.spread:
                 return max(wait, self.last_send + (budget.reset_at - now) / (remaining + 1) - now)
             return wait
+
+    def _refill_at(self, reset_at: float) -> float:
+        """When a spent learned budget is worth trying again: its reset, or, when the reset
+        was written in whole seconds and may be rounded up (Flask-Limiter adds a second),
+        a period after the window's first send, probed by one request (once a probe was
+        refused, resets are believed as written)."""
+        start = self._window_start
+        if not self._rounded or self._probe_refused or start is None:
+            return reset_at
+        period = self.period_s
+        if period is None:
+            period = self._guessed_period = math.floor(reset_at - start)
+            if period < 1:
+                return reset_at
+        at = start + period + self.plan.policy.margin_s
+        if at >= reset_at - _SAME_END_S:
+            return reset_at
+        self._probe_at = at
+        return at
 
     def needs_room(self, charge: Charge, now: float) -> bool:
         """Whether ``now`` is within ``margin_s`` of an aligned window's end whose room is not
@@ -185,18 +238,49 @@ class HostState:
             self.last_send = now
             self.in_flight += 1
             self.sent += 1
+            if self.pacers:
+                self._sent_at[self.sent] = now
+                for pacer in self.pacers:
+                    pacer.record(now)
+            if self._window_start is None:
+                self._window_start = now
+            if self._probe_sent < 0:
+                self._probe_sent = self.sent
             return self.sent
 
-    def on_abort(self) -> None:
-        """A sent request ended without an answer (network error, cancellation)."""
+    def observe_date(self, date: str, now: float) -> float:
+        """Take an answer's ``Date``; returns the server's clock skew to act on."""
+        with self._lock:
+            return self.skew.observe(date, now)
+
+    def refund(self, sent_at: float) -> None:
+        """The request sent at ``sent_at`` was refused or never reached the server: it is not
+        counted against the told windows (its retry is)."""
+        with self._lock:
+            for pacer in self.pacers:
+                pacer.refund(sent_at)
+
+    def on_abort(self, seq: int, now: float) -> None:
+        """Request ``seq`` ended without an answer (network error, cancellation) at ``now``."""
         with self._lock:
             self.in_flight -= 1
+            self._probe_sent = 0
+            self._reached(seq, now)
+
+    def _reached(self, seq: int, now: float) -> None:
+        """Request ``seq`` reached the server by ``now``, if it ever did."""
+        sent = self._sent_at.pop(seq, None)
+        if sent is not None:
+            for pacer in self.pacers:
+                pacer.answered(sent, now)
 
     def on_answer(self, seq: int, now: float, status: int, hints: Hints) -> Quota | None:
         """Learn from an answer; returns the binding quota when it fell under the host's
         ``low_remaining`` threshold with this answer (warn once per crossing)."""
         with self._lock:
             self.in_flight -= 1
+            if self.pacers:
+                self._reached(seq, now)
             if hints.zone:
                 self.zone = hints.zone
             failed = status == 429 or status >= 500
@@ -209,10 +293,23 @@ class HostState:
                     self._failure_mark = self.sent
                 else:
                     self.adaptive.success()
+            if seq == self._probe_sent:
+                self._probed(failed)
             binding = hints.binding
             if binding is None:
                 return None
+            for pacer in self.pacers:
+                if binding.limit in (None, pacer.amount):
+                    pacer.observe(binding, now)
             return self._learn(binding, now, failed)
+
+    def _probed(self, failed: bool) -> None:
+        """The answer to the first send of a window refilled before its written reset."""
+        self._probe_sent = 0
+        if failed:
+            self._probe_refused = True
+        elif self.period_s is None:
+            self.period_s = self._guessed_period
 
     def _learn(self, binding: Quota, now: float, failed: bool) -> Quota | None:
         reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
@@ -233,13 +330,28 @@ class HostState:
         else:
             same = False
         self.budget = _Budget(binding.remaining, reset_at, binding.name)
-        threshold = self.plan.policy.low_remaining
-        crossed = binding.remaining < threshold and (
-            not same or (before is not None and before.remaining >= threshold)
-        )
+        self._rounded = binding.reset_rounding_s > 0
         if failed and binding.remaining <= 0 and reset_at is not None:
             self.blocked_until = max(self.blocked_until, reset_at)
-        return binding if crossed else None
+        return self._low(binding, reset_at, same, before)
+
+    def _low(
+        self, binding: Quota, reset_at: float | None, same: bool, before: _Budget | None
+    ) -> Quota | None:
+        """``binding`` when it fell under ``low_remaining`` of its limit, at most once a window
+        (a window without a reset: once per crossing)."""
+        limit = binding.limit if binding.limit is not None else self.window_limit
+        threshold = self.plan.policy.low_remaining * (limit or 0)
+        if binding.remaining >= threshold:
+            return None
+        if reset_at is None:
+            crossed = not same or (before is not None and before.remaining >= threshold)
+            return binding if crossed else None
+        warned = self._warned_reset
+        if warned is not None and abs(reset_at - warned) < _SAME_WINDOW_S:
+            return None
+        self._warned_reset = reset_at
+        return binding
 
     def __repr__(self) -> str:
         return (

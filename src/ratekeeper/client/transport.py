@@ -81,6 +81,19 @@ class HttpxWire:
         """The answer's body (read)."""
         return response.content
 
+    def is_stale(self, error: BaseException) -> bool:
+        """A connection closed under the request: nothing, or no answer, came back."""
+        return isinstance(error, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
+
+    def user_agent(self, request: httpx.Request) -> str | None:
+        """The request's ``User-Agent``."""
+        agent: str | None = request.headers.get("user-agent")
+        return agent
+
+    def set_user_agent(self, request: httpx.Request, value: str) -> None:
+        """Set the request's ``User-Agent``."""
+        request.headers["User-Agent"] = value
+
 
 _WIRE = HttpxWire()
 

@@ -1,0 +1,169 @@
+"""Pacing by windows that are told ("N per W") when the server's way of counting is not.
+
+Servers count "N per W" in three ways: windows aligned to the clock (MusicBrainz), windows that
+start at a key's first hit (slowapi, Flask-Limiter) and a true moving window (``limits``'
+moving window). A client that keeps at most N requests in any span of W, as the server sees
+them arrive, is refused by none of them, and at full speed it is as fast as the first-hit and
+moving-window servers allow. Only aligned windows allow more: a new burst at each boundary. So
+:class:`WindowPacer` starts as a moving window and switches to aligned windows once a ``Reset``
+proves the server aligns them: a reset earlier than any window started by this client's sends
+could end. Pure state: every method takes the clock reading.
+
+A request reaches the server between its send and its answer, so the span is measured from the
+answer of the request N back (no fixed guess of the network's delay); aligned windows, where a
+new request's arrival matters, count it in every window its send could land in.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+from ratekeeper.client.hints import Quota
+
+__all__ = ["WindowPacer"]
+
+# How far a reset read from an answer may be off besides its rounding: the network's delay.
+_RESET_SLACK_S = 0.05
+# Clock readings on both sides are not infinitely fine.
+_TICK_S = 0.001
+
+
+class _Send:
+    """One request: when it left and when its answer came (``inf`` while in flight)."""
+
+    __slots__ = ("answered", "sent")
+
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.answered = math.inf
+
+
+class WindowPacer:
+    """At most ``amount`` requests in any ``period_s`` span as the server sees them, until the
+    server shows it counts in clock-aligned windows; then at most ``amount`` per aligned window,
+    a request counted in every window it could reach the server in (``margin_s`` at least, or
+    the longest round trip lately). ``learn=False`` keeps the moving window (told first-hit
+    windows, whose server starts them when the first request arrives)."""
+
+    __slots__ = ("_rtts", "_sends", "aligned_phase_s", "amount", "learn", "margin_s", "period_s")
+
+    def __init__(
+        self, amount: int, period_s: float, margin_s: float, *, learn: bool = True
+    ) -> None:
+        self.amount = amount
+        self.learn = learn
+        self.period_s = period_s
+        self.margin_s = margin_s
+        self._sends: collections.deque[_Send] = collections.deque()
+        self._rtts: collections.deque[float] = collections.deque(maxlen=16)
+        # Learned: where the server's windows start (local time modulo the period).
+        self.aligned_phase_s: float | None = None
+
+    @property
+    def model(self) -> str:
+        """``"moving"`` (safe against every server) or ``"aligned"`` (learned)."""
+        return "moving" if self.aligned_phase_s is None else "aligned"
+
+    def waits_for_answer(self) -> bool:
+        """Whether the next request must wait for an answer in flight before its time is known
+        (the request ``amount`` back has not been answered)."""
+        if self.aligned_phase_s is not None:
+            return False  # aligned windows count a request in flight where it may land
+        sends = self._sends
+        return len(sends) >= self.amount and sends[-self.amount].answered == math.inf
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until one more request may be sent."""
+        if self.aligned_phase_s is None:
+            sends = self._sends
+            if len(sends) < self.amount:
+                return 0.0
+            # With it in flight the flow waits for its answer first (waits_for_answer).
+            reached = sends[-self.amount].answered
+            return max(reached + self.period_s + _TICK_S - now, 0.0) if reached < math.inf else 0.0
+        at = now
+        flight = self._flight_s()
+        # Two windows at most are full in a row (a boundary's requests count on both sides).
+        for _ in range(3):
+            window = self._window(at)
+            if self._count(window, flight) >= self.amount:
+                at = self._start(window + 1)
+                continue
+            late = self._window(at + flight)
+            if late != window and self._count(late, flight) >= self.amount:
+                at = self._start(late + 1)
+                continue
+            break
+        return max(at - now, 0.0)
+
+    def record(self, at: float) -> None:
+        """A request was sent at ``at``."""
+        sends = self._sends
+        sends.append(_Send(at))
+        horizon = at - 2 * self.period_s - self._flight_s()
+        # Requests answered long ago count in no span or window any more.
+        while sends and sends[0].answered < horizon:
+            sends.popleft()
+
+    def answered(self, sent_at: float, at: float) -> None:
+        """The request sent at ``sent_at`` was answered at ``at`` (it reached the server)."""
+        for send in reversed(self._sends):
+            if send.sent == sent_at:
+                send.answered = at
+                self._rtts.append(at - sent_at)
+                return
+
+    def refund(self, sent_at: float) -> None:
+        """The request sent at ``sent_at`` was refused or never reached the server: servers do
+        not count it."""
+        for send in reversed(self._sends):
+            if send.sent == sent_at:
+                self._sends.remove(send)
+                return
+
+    def observe(self, quota: Quota, now: float) -> None:
+        """Learn from a reported quota read at ``now`` (``reset_in_s`` on the local clock)."""
+        if not self.learn or self.aligned_phase_s is not None or quota.reset_in_s is None:
+            return
+        # A whole-second delta says too little about where a window starts to align on it.
+        if quota.reset_rounding_s and not quota.reset_epoch:
+            return
+        reset_at = now + quota.reset_in_s
+        period = self.period_s
+        # Windows started by this client's requests (first hit, or the oldest a moving window
+        # still counts) end a period after one of them at the earliest.
+        recent = [s.sent for s in self._sends if s.answered > now - period]
+        if not recent:
+            return
+        earliest_end = recent[0] + period - quota.reset_rounding_s - _RESET_SLACK_S
+        if reset_at < earliest_end:
+            self.aligned_phase_s = reset_at % period
+
+    def _flight_s(self) -> float:
+        """How long a request may take to reach the server: ``margin_s``, or more lately."""
+        rtts = self._rtts
+        return max(self.margin_s, *rtts) if rtts else self.margin_s
+
+    def _window(self, at: float) -> int:
+        assert self.aligned_phase_s is not None
+        return math.floor((at - self.aligned_phase_s) / self.period_s)
+
+    def _start(self, window: int) -> float:
+        assert self.aligned_phase_s is not None
+        return window * self.period_s + self.aligned_phase_s
+
+    def _count(self, window: int, flight: float) -> int:
+        """Requests that may have reached the server within aligned window ``window``."""
+        start = self._start(window)
+        end = start + self.period_s
+        count = 0
+        for send in reversed(self._sends):
+            if send.sent + flight < start:
+                break
+            if send.sent < end and min(send.answered, send.sent + flight) >= start:
+                count += 1
+        return count
+
+    def __repr__(self) -> str:
+        return f"<WindowPacer {self.amount}/{self.period_s:g}s {self.model}>"
