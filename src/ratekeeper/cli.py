@@ -22,6 +22,7 @@ options:
 commands:
   serve   enforce a policy's rate limits in front of an HTTP API (or a demo API)
   fetch   fetch URLs politely: paced and retried within the server's rate limits
+  admin   operate a running gateway: keys, blocks, lockouts, near-limit callers, reload
 
 'ratekeeper COMMAND --help' describes a command's options.
 """
@@ -48,6 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return serve_main(rest)
+    if command == "admin":
+        try:
+            from ratekeeper.gateway.admin.cli import admin_main  # noqa: PLC0415 (extras)
+        except ImportError as exc:
+            print(
+                f"ratekeeper admin needs the client extra ({exc.name} is missing): "
+                "pip install 'ratekeeper[client]'",
+                file=sys.stderr,
+            )
+            return 2
+        return admin_main(rest)
     if command == "fetch":
         try:
             from ratekeeper.client.fetch import fetch_main  # noqa: PLC0415 (extras)

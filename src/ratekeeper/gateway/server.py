@@ -44,7 +44,15 @@ from ratekeeper.gateway.connections import (
 )
 from ratekeeper.gateway.decide import DECIDE_PATH
 from ratekeeper.gateway.demo import try_paths
+from ratekeeper.gateway.logs import configure_logging
 from ratekeeper.gateway.metrics import MULTIPROCESS_VARIABLE, multiprocess_dir
+from ratekeeper.gateway.serve_operator import (
+    OperatorRun,
+    ReloadingMultiprocess,
+    add_operator_arguments,
+    operator_words,
+    with_environment,
+)
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import Store
 from ratekeeper.stores.url import mask_url
@@ -60,7 +68,6 @@ _SCOPE_WORDS = {
     "global": "whole service",
     "callable": "caller",
 }
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def describe_policy(policy: Policy) -> str:
@@ -87,6 +94,8 @@ def describe_policy(policy: Policy) -> str:
         extras.append(f"lockout after {lock.failures} failures in {lock.window_s:g}s")
     if policy.usage_path:
         extras.append(f"usage at {policy.usage_path}")
+    if policy.keys.declared:
+        extras.append(f"{len(policy.keys.known)} known keys, unknown keys: {policy.keys.unknown}")
     if policy.user_agent_required:
         extras.append("User-Agent required")
     return "; ".join([*parts, *extras])
@@ -164,9 +173,11 @@ def run_app(
     log_level: str = "warning",
     graceful_s: float = 30.0,
     limits: ConnectionLimits | None = None,
+    operator: OperatorRun | None = None,
 ) -> int:
     """Bind, print ``describe(url)``, serve ``app`` (an app or a factory's import string)
-    until SIGINT/SIGTERM, each worker within ``limits`` (see ``gateway.connections``)."""
+    until SIGINT/SIGTERM, each worker within ``limits`` (see ``gateway.connections``);
+    ``operator`` adds the admin listener and reloads the policy on SIGHUP."""
     try:
         sock = _bind(host, port)
     except OSError as exc:
@@ -183,10 +194,15 @@ def run_app(
         limits = replace(limits, max_connections=cap)
     config = _uvicorn_config(app, workers, log_level, graceful_s, limits)
     print(describe(_url(sock)), flush=True)
-    if workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+    sockets = [sock, *(operator.sockets if operator else ())]
+    if operator is not None:
+        operator.start(single_process=workers == 1)
+    if workers > 1 and operator is not None:
+        ReloadingMultiprocess(config, sockets=sockets, on_hup=operator.on_hup).run()
+    elif workers > 1:
+        Multiprocess(config, sockets=sockets).run()
     else:
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=sockets)
     return 0
 
 
@@ -273,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
+    add_operator_arguments(parser)
     return parser
 
 
@@ -292,7 +309,8 @@ def _store_of(args: argparse.Namespace, settings: ServeSettings) -> str:
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """The ``ratekeeper serve`` command; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(with_environment(parser, given, dict(os.environ)))
     if args.workers < 1:
         parser.error(f"--workers must be 1 or more, got {args.workers}")
     if not 0 <= args.port <= 65535:
@@ -303,7 +321,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-connections must be 1 or more, got {args.max_connections}")
     if not args.header_timeout > 0:
         parser.error(f"--header-timeout must be above 0 seconds, got {args.header_timeout}")
-    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    configure_logging(args.log_level, args.log_format)
     settings = ServeSettings(
         preset=args.preset,
         config=args.config,
@@ -325,6 +343,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         store = gateway.enforcer.store
         if isinstance(store, Store):
             store.close()
+        operator = OperatorRun(args, settings)
     except RatekeeperError as exc:
         print(f"ratekeeper serve: {exc}", file=sys.stderr)
         return 2
@@ -338,7 +357,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         line = (
             f"ratekeeper serve: {what}: {describe_policy(policy)} | store "
             f"{_store_words(settings.store)} | {target} | listening on {url} ({workers}; "
-            f"decisions at {DECIDE_PATH}, /healthz, /metrics)"
+            f"{operator_words(args, operator.admin_url)})"
         )
         for options, path in hints[:1]:
             line += f"\n  try: curl -i {options} {url}{path}"
@@ -350,7 +369,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         made = os.environ[MULTIPROCESS_VARIABLE] = tempfile.mkdtemp(prefix="ratekeeper-metrics-")
     try:
         return run_app(
-            "ratekeeper.gateway.app:app_from_environment",
+            "ratekeeper.gateway.operating:app_from_environment",
             args.host,
             args.port,
             describe,
@@ -360,7 +379,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
             limits=ConnectionLimits(
                 max_connections=args.max_connections, header_timeout_s=args.header_timeout
             ),
+            operator=operator,
         )
     finally:
+        operator.close()
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)

@@ -1,0 +1,7 @@
+"""The operator's side of a running gateway.
+
+- :mod:`ratekeeper.gateway.admin.operator`: the tasks (inspect, reset, block, lift lockouts,
+  near-limit lists), free of HTTP;
+- :mod:`ratekeeper.gateway.admin.api`: the admin API serving them as JSON under ``/admin/``;
+- :mod:`ratekeeper.gateway.admin.cli`: ``ratekeeper admin``, the same over httpx.
+"""

@@ -1,0 +1,124 @@
+"""The key registry's stages: ``blocks`` refuses blocked keys, addresses and networks; ``keys``
+gives a known key its plan, account and label, and an unknown key what the policy says.
+
+Both read the registry's current view (a dict lookup, no I/O; the view is refreshed in the
+background, see :class:`~ratekeeper.stores.registry.Registry`). They run after ``identify``:
+the caller's key digest is the one identity computes, so the registry never sees a raw key.
+Unknown keys (``[keys] unknown``): ``own`` leaves them their own budget; ``refuse`` answers 401
+in the policy's body format; ``ip`` counts them by address, as if they had sent no key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from ratekeeper.http.flow import Context, Kit, Stage, StageFactory, Ticket
+from ratekeeper.http.identity import Caller, account_key, hash_secret
+from ratekeeper.http.stages.answer import Answers
+from ratekeeper.stores.registry import Registry
+from ratekeeper.stores.registry.model import Block, KeyRecord
+
+__all__ = ["blocks", "key_registry"]
+
+_WHO = {"key": "This API key", "address": "Your address", "network": "Your network"}
+
+
+def blocks(registry: Registry, clock: Callable[[], float] = time.time) -> StageFactory:
+    """The stage refusing (403) requests from blocked keys, addresses and networks."""
+
+    def make(kit: Kit) -> Stage:
+        answers, metrics = kit.answers, kit.metrics
+
+        def stage(ctx: Context) -> Ticket | None:
+            view = registry.view
+            if not (view.key_blocks or view.address_blocks or view.network_blocks):
+                return None
+            caller = ctx.identified
+            api_key = caller.api_key
+            digest = hash_secret(api_key) if api_key is not None else None
+            block = view.blocked(digest, caller.ip, clock())
+            if block is None:
+                return None
+            metrics.count(ctx.matched.name, "blocked", "refused")
+            return _blocked(answers, block, clock())
+
+        return stage
+
+    return make
+
+
+def _blocked(answers: Answers, block: Block, now: float) -> Ticket:
+    headers = []
+    message = f"{_WHO[block.kind]} is blocked."
+    if block.until is not None:
+        wait = max(1, int(-(-(block.until - now) // 1)))
+        headers.append(("Retry-After", str(wait)))
+        message = f"{_WHO[block.kind]} is blocked for {wait} more seconds."
+    return answers.error(403, "blocked", message, headers)
+
+
+def key_registry(registry: Registry) -> StageFactory:
+    """The stage applying the registry to the caller's key (see the module docstring)."""
+
+    def make(kit: Kit) -> Stage:
+        policy = kit.plan.policy
+        unknown = policy.keys.unknown
+        source = policy.identity.source
+        answers, metrics = kit.answers, kit.metrics
+
+        def stage(ctx: Context) -> Ticket | None:
+            caller = ctx.identified
+            api_key = caller.api_key
+            if api_key is None:
+                return None
+            record = registry.view.keys.get(hash_secret(api_key))
+            if record is not None:
+                ctx.caller = ctx.ticket.caller = known(caller, record, source)
+                return None
+            if unknown == "own":
+                return None
+            if unknown == "refuse":
+                metrics.count(ctx.matched.name, "unknown_key", "refused")
+                return answers.error(
+                    401,
+                    "unknown_api_key",
+                    "This API key is not known.",
+                    [("WWW-Authenticate", "Bearer")],
+                )
+            ctx.caller = ctx.ticket.caller = by_address(caller, source)
+            return None
+
+        return stage
+
+    return make
+
+
+def known(caller: Caller, record: KeyRecord, source: str) -> Caller:
+    """``caller`` with the plan, account and label the registry gives its key."""
+    keys = dict(caller.keys)
+    if record.account is not None:
+        shared = account_key(record.account)
+        if "account" in keys:
+            keys["account"] = shared
+        if source == "account":
+            keys["caller"] = shared
+    return dataclasses.replace(
+        caller,
+        keys=keys,
+        plan=record.plan or caller.plan,
+        label=record.label or caller.label,
+    )
+
+
+def by_address(caller: Caller, source: str) -> Caller:
+    """``caller`` counted by address, as if no key had come (an unknown key under ``ip``)."""
+    ip_key = "ip:" + caller.ip
+    keys = dict(caller.keys)
+    for scope in ("key", "account"):
+        if scope in keys:
+            keys[scope] = ip_key
+    if source in ("api_key", "account"):
+        keys["caller"] = ip_key
+    return dataclasses.replace(caller, keys=keys, api_key=None, plan=None, label="ip")
