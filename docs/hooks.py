@@ -38,7 +38,7 @@ AREAS = {
 }
 
 # Where pages that are not in mkdocs.yml's nav go, by folder (or "" for the top level).
-SECTIONS = {"frameworks": "Frameworks", "": "Guides"}
+SECTIONS = {"frameworks": "Frameworks", "reference": "Reference", "": "Guides"}
 
 
 def public_objects() -> list[tuple[str, str, Any]]:
