@@ -53,7 +53,7 @@ def test_marshal_packs_the_header_plans_and_pending_keys() -> None:
         ((API, "a"), (MEDIA, "b")), 2, 123.0, False, op=b"r", token="t1"
     )
     assert n_limits == 3
-    assert keys[2:] == [f"{keys[0]}:p", f"{keys[1]}:p"]
+    assert keys[2:] == [f"{keys[0]}:p", f"{keys[1]}:p", f"{keys[0]}:m", f"{keys[1]}:m"]
     op, peek, pending, n_items, cost, lease_ms, clock = struct.unpack("<cBBHddd", args[0])
     assert (op, peek, pending, n_items, cost, lease_ms) == (b"r", 0, 1, 2, 2.0, 5000.0)
     assert math.isnan(clock)  # the server's clock

@@ -266,9 +266,7 @@ class ClusterClient:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if len(calls) == 1:
-            return [await self._one_async(calls[0])]
-        return list(await asyncio.gather(*(self._one_async(call) for call in calls)))
+        return await self._lockstep_async([script_call_flow(self.topology, c) for c in calls])
 
     async def delete_async(self, keys: list[str]) -> None:
         """The asyncio twin of :meth:`delete`."""
@@ -283,11 +281,34 @@ class ClusterClient:
         for node in list(self.topology.nodes.values()):
             await node.close_async()
 
-    async def _one_async(self, call: Call) -> Any:
-        try:
-            return await drive_async(script_call_flow(self.topology, call), self._call_async)
-        except Exception as exc:
-            return exc
+    async def _lockstep_async(self, flows: list[Generator[Op, Any, bytes]]) -> list[Any]:
+        """The asyncio twin of :meth:`_lockstep`: every flow's command is written before any
+        reply is awaited (no task per call: they cost more than the call)."""
+        results: list[Any] = [None] * len(flows)
+        ops: dict[int, Op] = {}
+        for index, flow in enumerate(flows):
+            _advance(index, flow, None, ops, results)
+        while ops:
+            started: list[tuple[int, Node, Any]] = []
+            for index, (node, packed, load_first, asking) in ops.items():
+                try:
+                    future: Any = await node.begin_async(packed, load_first, asking)
+                except WIRE_ERRORS as exc:
+                    future = exc
+                started.append((index, node, future))
+            for index, node, future in started:
+                try:
+                    if isinstance(future, BaseException):
+                        raise future
+                    reply = await future
+                except WIRE_ERRORS as exc:
+                    self.topology.failed(node)
+                    flows[index].close()
+                    results[index] = exc
+                    del ops[index]
+                    continue
+                _advance(index, flows[index], reply, ops, results)
+        return results
 
     async def _call_async(self, op: Op) -> Any:
         node, packed, load_first, asking = op

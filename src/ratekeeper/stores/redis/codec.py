@@ -69,7 +69,7 @@ class Codec:
     """Key names and script arguments for one store's prefix, salt and mode.
 
     ``hash_key`` keys blake2b (a MAC), so without the salt the key names do not tell which
-    caller they count; ``pending`` (cluster mode) adds each item's reservation key.
+    caller they count; ``pending`` (cluster mode) adds each item's reservation and commit-mark keys.
     ``use_server_time=False`` sends the caller's ``now`` instead of asking for the server's.
     """
 
@@ -138,7 +138,8 @@ class Codec:
             n_limits += n
             keys.append(self.key(limit_set, key))
         if self.pending:
-            keys += [f"{k}:p" for k in keys]
+            # Each item's reservations and commit marks (see lua/decide.lua), in its slot.
+            keys += [f"{k}:p" for k in keys] + [f"{k}:m" for k in keys]
         return (keys, args), n_limits
 
 

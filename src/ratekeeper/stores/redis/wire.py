@@ -402,6 +402,13 @@ class Node:
         self, packed: bytes, load_first: bool = False, asking: bool = False
     ) -> Any:
         """The asyncio twin of :meth:`call`, pipelined on the running loop's connection."""
+        return await (await self.begin_async(packed, load_first, asking))
+
+    async def begin_async(
+        self, packed: bytes, load_first: bool = False, asking: bool = False
+    ) -> asyncio.Future[Any]:
+        """Write one command (as :meth:`call_async`); the future of its reply. Awaiting this
+        waits only for a connection to open, so calls to several servers overlap."""
         connection = self._aconn
         if (
             connection is None
@@ -409,7 +416,7 @@ class Node:
             or connection.loop is not asyncio.get_running_loop()
         ):
             connection = await self._connection()
-        return await connection.call(packed, load_first, asking)
+        return connection.call(packed, load_first, asking)
 
     async def script_async(self, packed: bytes) -> bytes:
         """The asyncio twin of :meth:`script`."""

@@ -6,8 +6,9 @@
 -- Numbers travel and rest as little-endian IEEE doubles (struct): exact both ways, and far
 -- cheaper than formatting and parsing text (Redis would truncate Lua numbers in a reply).
 --
--- KEYS: one state key per item; in cluster mode (pend = 1) followed by one pending key
---       per item (a sorted set of reservations of cross-slot decisions, see redis.py).
+-- KEYS: one state key per item; in cluster mode (pend = 1) followed by one pending key per
+--       item (a sorted set of the reservations of cross-slot decisions, see cluster.py), then
+--       one commit-mark key per item (a sorted set of the tokens committed, never scanned).
 -- ARGV[1]: header "<c1 B B H d d d": op, peek, pend, n_items, cost, lease_ms, now (NaN: the
 --       server clock, TIME; otherwise the caller's clock, for tests only);
 --   op  'd' decide (charge unless peek), 'r' reserve (check, record cost as pending),
@@ -199,11 +200,8 @@ local function pending_units(pkey)
   call('ZREMRANGEBYSCORE', pkey, '-inf', server_ms)
   local total = 0
   for _, entry in ipairs(call('ZRANGE', pkey, 0, -1)) do
-    -- Reservations are "cost:token"; commit marks ("+token", "-token") hold no units.
-    local units = string.match(entry, '^(%d+):')
-    if units then
-      total = total + tonumber(units)
-    end
+    -- Reservations are "cost:token".
+    total = total + tonumber(string.match(entry, '^(%d+):'))
   end
   return total
 end
@@ -283,9 +281,12 @@ if op == 'c' then
   local lost_mark = '-' .. token
   for i = 1, n_items do
     local pkey = KEYS[n_items + i]
-    if call('ZSCORE', pkey, lost_mark) then
+    -- Marks live apart from the reservations, so that counting pending units never reads
+    -- the marks of every decision of the last lease.
+    local mkey = KEYS[2 * n_items + i]
+    if call('ZSCORE', mkey, lost_mark) then
       held = false
-    elseif not call('ZSCORE', pkey, held_mark) then
+    elseif not call('ZSCORE', mkey, held_mark) then
       local mark = held_mark
       if call('ZREM', pkey, member) == 0 then
         held = false
@@ -294,8 +295,9 @@ if op == 'c' then
       -- Charge even a lost reservation: over-counting is the safe side.
       local _, value, ttl_ms = step_item(i, cost, 0, true, nil)
       call('SET', KEYS[i], value, 'PX', ttl_ms)
-      call('ZADD', pkey, server_ms + lease_ms, mark)
-      call('PEXPIRE', pkey, lease_ms)
+      call('ZREMRANGEBYSCORE', mkey, '-inf', server_ms)
+      call('ZADD', mkey, server_ms + lease_ms, mark)
+      call('PEXPIRE', mkey, lease_ms)
     end
   end
   if held then
