@@ -7,60 +7,47 @@ from the policy's ``trusted_proxies``. Run uvicorn with ``proxy_headers=False`` 
 ``--no-proxy-headers``): by default it rewrites ``client`` from ``X-Forwarded-For`` sent by
 127.0.0.1, which would let the server, not the policy, decide who the caller is. A warning is
 logged once when a request looks rewritten that way.
+
+When a rule of the policy has a ``cache_ttl``, the app is wrapped in a
+:class:`~ratekeeper.http.cache_asgi.ResponseCacheMiddleware` (``response_cache`` says where
+answers are kept; this process by default). The admission ticket is left in the scope under
+``"ratekeeper.ticket"`` for it and for the app.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
 
 from ratekeeper.clock import Clock, system_clock
+from ratekeeper.http.asgi_scope import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_answer,
+    view_from_scope,
+)
+from ratekeeper.http.cache import TICKET, ResponseStore, caches
+from ratekeeper.http.cache_asgi import ResponseCacheMiddleware
 from ratekeeper.http.compiled import Plan
-from ratekeeper.http.engine import Answer, Enforcer
+from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
 
-__all__ = ["RateLimitMiddleware", "send_answer", "view_from_scope"]
+__all__ = [
+    "ASGIApp",
+    "RateLimitMiddleware",
+    "Receive",
+    "Scope",
+    "Send",
+    "send_answer",
+    "view_from_scope",
+]
 
 log = logging.getLogger("ratekeeper.http")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def view_from_scope(scope: Scope, wanted: frozenset[str] | None) -> RequestView:
-    """The request view of an HTTP scope; only ``wanted`` headers (all when ``None``)."""
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        if wanted is not None and name not in wanted:
-            continue
-        value = raw_value.decode("latin-1")
-        previous = headers.get(name)
-        headers[name] = value if previous is None else f"{previous}, {value}"
-    client = scope.get("client")
-    query = scope.get("query_string", b"")
-    return RequestView(
-        scope["method"],
-        scope["path"],
-        headers,
-        client[0] if client else None,
-        query.decode("latin-1") if query else "",
-    )
-
-
-async def send_answer(send: Send, answer: Answer) -> None:
-    """Send one of ratekeeper's own answers."""
-    headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
-    headers.append((b"content-length", str(len(answer.body)).encode()))
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
 
 
 class RateLimitMiddleware:
@@ -73,10 +60,16 @@ class RateLimitMiddleware:
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,
+        response_cache: ResponseStore | None = None,
     ) -> None:
         self.app = app
-        self.enforcer = Enforcer.of(policy, store=store, clock=clock)
-        self._wanted = self.enforcer.header_names
+        self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
+        self._inner: ASGIApp = app
+        if caches(enforcer.plan):
+            self._inner = ResponseCacheMiddleware(
+                app, enforcer.plan, cache=response_cache, clock=enforcer.clock
+            )
+        self._wanted = enforcer.header_names
         self._warned = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,31 +85,20 @@ class RateLimitMiddleware:
         if answer is not None:
             await send_answer(send, answer)
             return
+        scope[TICKET] = ticket
         extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in ticket.headers]
         status = 500
-        capture: list[bytes] | None = [] if ticket.cache_key is not None else None
-        start_headers: list[tuple[str, str]] = []
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, capture
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if extra:
                     message["headers"] = [*message.get("headers", ()), *extra]
-                if capture is not None:
-                    start_headers.extend(
-                        (n.decode("latin-1"), v.decode("latin-1"))
-                        for n, v in message.get("headers", ())
-                    )
-            elif message["type"] == "http.response.body" and capture is not None:
-                capture.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    enforcer.store_response(ticket, status, start_headers, b"".join(capture))
-                    capture = None
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self._inner(scope, receive, send_with_headers)
         finally:
             await enforcer.complete_async(ticket, status)
 

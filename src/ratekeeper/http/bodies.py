@@ -87,43 +87,13 @@ class BodyFormat:
         wait = retry_after if retry_after is not None else 0
         style = self.style
         if style == "musique":
-            message = (
-                f"Rate limit exceeded. Please retry after {wait} seconds."
-                if retry_after is not None
-                else "Rate limit exceeded: this request costs more than the limit allows."
-            )
-            return _dump(
-                {
-                    "error": {
-                        "code": "rate_limit_exceeded",
-                        "message": message,
-                        "type": "rate_limit_error",
-                        "retryAfter": wait,
-                    }
-                }
-            ), _JSON
+            return _musique(wait, retry_after is not None)
         if style == "aisoule":
-            return _dump(
-                {
-                    "success": False,
-                    "error": {
-                        "code": "rate_limit_exceeded",
-                        "message": "Too many requests. Please wait before retrying.",
-                        "retry_after_seconds": wait,
-                    },
-                }
-            ), _JSON
+            return _aisoule(wait)
         if style == "radio":
             return _dump({"message": _radio_message(binding)}), _JSON
         if style == "problem":
-            return _dump(
-                {
-                    "type": _QUOTA_TYPE,
-                    "title": _QUOTA_TITLE,
-                    "status": status,
-                    "violated-policies": _violated(decision),
-                }
-            ), "application/problem+json"
+            return _problem(decision, status)
         if style == "template":
             text = self.template.format_map(
                 {
@@ -160,6 +130,35 @@ class BodyFormat:
                 "application/problem+json"
             )
         return f"{message}\n".encode(), "text/plain; charset=utf-8"
+
+
+def _musique(wait: int, can_wait: bool) -> tuple[bytes, str]:
+    message = (
+        f"Rate limit exceeded. Please retry after {wait} seconds."
+        if can_wait
+        else "Rate limit exceeded: this request costs more than the limit allows."
+    )
+    error = {"code": "rate_limit_exceeded", "message": message, "type": "rate_limit_error"}
+    return _dump({"error": {**error, "retryAfter": wait}}), _JSON
+
+
+def _aisoule(wait: int) -> tuple[bytes, str]:
+    error = {
+        "code": "rate_limit_exceeded",
+        "message": "Too many requests. Please wait before retrying.",
+        "retry_after_seconds": wait,
+    }
+    return _dump({"success": False, "error": error}), _JSON
+
+
+def _problem(decision: Decision, status: int) -> tuple[bytes, str]:
+    body = {
+        "type": _QUOTA_TYPE,
+        "title": _QUOTA_TITLE,
+        "status": status,
+        "violated-policies": _violated(decision),
+    }
+    return _dump(body), "application/problem+json"
 
 
 def _ceil(value: float) -> int:

@@ -1,20 +1,40 @@
 """The server-side GET response cache: whole 200 answers kept for a rule's TTL.
 
-A hit is served after the caller's limits were charged, so cached answers still count. Only
-small, complete answers are kept; per-request headers (rate limits, dates, cookies) are not.
+The cache is not rate limiting: it is a middleware of its own (:mod:`ratekeeper.http.cache_asgi`,
+:mod:`ratekeeper.http.cache_wsgi`) placed inside the rate-limit middleware, so a hit is served
+after the caller's limits were charged and cached answers still count. Only small, complete
+answers are kept; per-request headers (rate limits, dates, cookies, the length, which the
+middleware writes once itself) are not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from ratekeeper.clock import Clock
+from ratekeeper.http.compiled import Plan
+from ratekeeper.http.flow import Ticket
+from ratekeeper.http.identity import RequestView
 
-__all__ = ["CachedResponse", "ResponseCache"]
+__all__ = [
+    "TICKET",
+    "CacheKeys",
+    "CachedResponse",
+    "ResponseCache",
+    "ResponseStore",
+    "cacheable_headers",
+    "caches",
+]
+
+TICKET = "ratekeeper.ticket"
+"""The ASGI scope / WSGI environ key under which the rate-limit middleware leaves its ticket."""
 
 _SKIP = frozenset(
     {
         "connection",
+        "content-length",
         "date",
         "keep-alive",
         "retry-after",
@@ -46,6 +66,69 @@ def cacheable_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], 
     )
 
 
+class ResponseStore(Protocol):
+    """Where cached answers live: this process (:class:`ResponseCache`) or a shared store."""
+
+    def get(self, key: str) -> CachedResponse | None:
+        """The fresh answer stored under ``key``, if any."""
+        ...
+
+    def put(self, key: str, ttl_s: float, response: CachedResponse) -> None:
+        """Keep ``response`` for ``ttl_s`` seconds (if small enough)."""
+        ...
+
+
+def caches(plan: Plan) -> bool:
+    """Whether any rule of the plan caches answers."""
+    return any(rule.cache_ttl_s for rule in plan.policy.rules)
+
+
+class CacheKeys:
+    """Which GET answers a plan caches, for how long, under which key.
+
+    A request the rate-limit middleware admitted is keyed by its ticket (rule and caller); one
+    it let through unidentified (exempt) is not cached. Without a ticket (the cache used on its
+    own) the rule is matched and, when answers vary by caller, the caller identified here.
+    """
+
+    __slots__ = ("_by_caller", "_plan")
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+        self._by_caller = plan.policy.cache.vary == "caller"
+
+    def entry(self, view: RequestView, ticket: Ticket | None) -> tuple[str, float] | None:
+        """``(key, ttl_s)`` of a cacheable request, else ``None``."""
+        if view.method != "GET":
+            return None
+        if ticket is not None:
+            rule, caller = ticket.rule, ticket.caller
+            if rule is None or caller is None:
+                return None
+        else:
+            rule = self._plan.routes.match(view.method, view.path)
+            caller = self._plan.identifier.identify(view) if self._by_caller else None
+            if rule.exempt or (self._by_caller and caller is None):
+                return None
+        if not rule.cache_ttl_s:
+            return None
+        key = f"{view.path}?{view.query}"
+        if self._by_caller and caller is not None:
+            key = f"{key}|{caller.keys['caller']}"
+        return key, rule.cache_ttl_s
+
+    @property
+    def wanted(self) -> frozenset[str] | None:
+        """The request headers keying needs (those identifying the caller)."""
+        return self._plan.identifier.header_names
+
+
+def ticket_of(carrier: Mapping[str, object]) -> Ticket | None:
+    """The rate-limit middleware's ticket in an ASGI scope or WSGI environ, if any."""
+    ticket = carrier.get(TICKET)
+    return ticket if isinstance(ticket, Ticket) else None
+
+
 class ResponseCache:
     """A bounded in-process cache; expired entries are dropped when met or when full."""
 
@@ -56,6 +139,12 @@ class ResponseCache:
         self.max_body_bytes = max_body_bytes
         self._clock = clock
         self._data: dict[str, tuple[float, CachedResponse]] = {}
+
+    @classmethod
+    def for_plan(cls, plan: Plan, clock: Clock) -> ResponseCache:
+        """An empty cache sized by the policy's ``[cache]``."""
+        spec = plan.policy.cache
+        return cls(max_entries=spec.max_entries, max_body_bytes=spec.max_body_bytes, clock=clock)
 
     def __len__(self) -> int:
         return len(self._data)

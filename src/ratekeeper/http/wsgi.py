@@ -3,95 +3,50 @@
     app.wsgi_app = RateLimitWSGIMiddleware(app.wsgi_app, "policy.toml")
 
 The client address is ``REMOTE_ADDR``; forwarding headers count only from the policy's
-``trusted_proxies``.
+``trusted_proxies``. When a rule of the policy has a ``cache_ttl``, the app is wrapped in a
+:class:`~ratekeeper.http.cache_wsgi.ResponseCacheWSGIMiddleware`; the admission ticket is
+left in the environ under ``"ratekeeper.ticket"`` for it and for the app.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ratekeeper.clock import Clock, system_clock
+from ratekeeper.http.cache import TICKET, ResponseStore, caches
+from ratekeeper.http.cache_wsgi import ResponseCacheWSGIMiddleware
 from ratekeeper.http.compiled import Plan
-from ratekeeper.http.engine import Answer, Enforcer, Ticket
-from ratekeeper.http.identity import RequestView
+from ratekeeper.http.engine import Enforcer, Ticket
+from ratekeeper.http.wsgi_environ import (
+    Environ,
+    StartResponse,
+    WSGIApp,
+    send_answer,
+    view_from_environ,
+)
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
 
 __all__ = ["RateLimitWSGIMiddleware", "view_from_environ"]
 
-Environ = dict[str, Any]
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-_REASONS = {
-    200: "OK",
-    401: "Unauthorized",
-    403: "Forbidden",
-    429: "Too Many Requests",
-    503: "Service Unavailable",
-}
-
-
-def view_from_environ(environ: Environ, wanted: frozenset[str] | None) -> RequestView:
-    """The request view of a WSGI environ; only ``wanted`` headers (all when ``None``)."""
-    headers: dict[str, str] = {}
-    if wanted is None:
-        for name, value in environ.items():
-            if name.startswith("HTTP_"):
-                headers[name[5:].replace("_", "-").lower()] = value
-    else:
-        for name in wanted:
-            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
-            if value is not None:
-                headers[name] = value
-    return RequestView(
-        environ.get("REQUEST_METHOD", "GET"),
-        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-        headers,
-        environ.get("REMOTE_ADDR"),
-        environ.get("QUERY_STRING", ""),
-    )
-
-
-def _status_line(status: int) -> str:
-    return f"{status} {_REASONS.get(status, 'Error')}"
-
-
-def _send(answer: Answer, start_response: StartResponse) -> list[bytes]:
-    headers = [*answer.headers, ("Content-Length", str(len(answer.body)))]
-    start_response(_status_line(answer.status), headers)
-    return [answer.body]
-
 
 class _Body:
     """The app's body iterable, passed through; completes the ticket when closed."""
 
+    __slots__ = ("_body", "_enforcer", "_state", "_ticket")
+
     def __init__(
-        self,
-        enforcer: Enforcer,
-        ticket: Ticket,
-        body: Iterable[bytes],
-        state: dict[str, Any],
+        self, enforcer: Enforcer, ticket: Ticket, body: Iterable[bytes], state: list[int]
     ) -> None:
         self._enforcer = enforcer
         self._ticket = ticket
         self._body = body
         self._state = state
-        self._chunks: list[bytes] | None = [] if ticket.cache_key is not None else None
 
     def __iter__(self) -> Iterator[bytes]:
-        chunks = self._chunks
-        for chunk in self._body:
-            if chunks is not None:
-                chunks.append(chunk)
-            yield chunk
-        if chunks is not None:
-            state = self._state
-            self._enforcer.store_response(
-                self._ticket, state["status"], state["headers"], b"".join(chunks)
-            )
+        return iter(self._body)
 
     def close(self) -> None:
         try:
@@ -99,7 +54,7 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            self._enforcer.complete(self._ticket, self._state["status"])
+            self._enforcer.complete(self._ticket, self._state[0])
 
 
 class RateLimitWSGIMiddleware:
@@ -112,27 +67,33 @@ class RateLimitWSGIMiddleware:
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,
+        response_cache: ResponseStore | None = None,
     ) -> None:
         self.app = app
-        self.enforcer = Enforcer.of(policy, store=store, clock=clock)
-        self._wanted = self.enforcer.header_names
+        self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
+        self._inner: WSGIApp = app
+        if caches(enforcer.plan):
+            self._inner = ResponseCacheWSGIMiddleware(
+                app, enforcer.plan, cache=response_cache, clock=enforcer.clock
+            )
+        self._wanted = enforcer.header_names
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         enforcer = self.enforcer
         ticket = enforcer.admit(view_from_environ(environ, self._wanted))
         if ticket.answer is not None:
-            return _send(ticket.answer, start_response)
+            return send_answer(ticket.answer, start_response)
+        environ[TICKET] = ticket
         extra = ticket.headers
-        state: dict[str, Any] = {"status": 500, "headers": []}
+        state = [500]
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             code = status[:3]
-            state["status"] = int(code) if code.isdigit() else 500
-            state["headers"] = headers
+            state[0] = int(code) if code.isdigit() else 500
             return start_response(status, [*headers, *extra], exc_info)
 
         try:
-            body = self.app(environ, start)
+            body = self._inner(environ, start)
         except BaseException:
             enforcer.complete(ticket, 500)
             raise

@@ -1,4 +1,10 @@
-"""What a store is: one decision method with sync and async twins, plus reset and close."""
+"""What a store is: one decision method with sync and async twins, plus reset and close.
+
+How asyncio code drives a store is the store's to say, with one optional attribute,
+``decides_on_loop``: true when its synchronous face is quick enough to run on the event loop
+(a hop to a worker thread would cost more than the decision). :func:`decides_on_loop` reads it;
+a store without the attribute decides on the loop exactly when it has no async face.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from ratekeeper.decision import Decision
 from ratekeeper.limit import LimitSet
 
-__all__ = ["AsyncStore", "Items", "Store"]
+__all__ = ["AsyncStore", "Items", "Store", "decides_on_loop"]
 
 Items = Sequence[tuple[LimitSet, str]]
 
@@ -53,3 +59,11 @@ class AsyncStore(Protocol):
     async def close_async(self) -> None:
         """Release connections or files."""
         ...
+
+
+def decides_on_loop(store: Store | AsyncStore) -> bool:
+    """Whether asyncio code should call ``store``'s synchronous face on the event loop."""
+    declared = getattr(store, "decides_on_loop", None)
+    if declared is not None:
+        return bool(declared)
+    return not isinstance(store, AsyncStore)

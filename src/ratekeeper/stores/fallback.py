@@ -23,18 +23,17 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 from ratekeeper.algorithms import Step
 from ratekeeper.core import decide
 from ratekeeper.decision import Decision
-from ratekeeper.errors import LimitConfigError
+from ratekeeper.errors import LimitConfigError, StoreError
 from ratekeeper.limit import LimitSet
-from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.base import AsyncStore, Store, decides_on_loop
 from ratekeeper.stores.fail_mode import FailMode
 from ratekeeper.stores.memory import MemoryStore
 
-__all__ = ["DegradedDecision", "DualStore", "FallbackStore"]
+__all__ = ["DegradedDecision", "FallbackStore"]
 
 logger = logging.getLogger("ratekeeper.store")
 
@@ -43,10 +42,6 @@ Items = Sequence[tuple[LimitSet, str]]
 # How a call reaches the primary: not at all (degraded, no probe due), as a normal call, or as
 # the one probe allowed to end an outage.
 _SKIP, _NORMAL, _PROBE = 0, 1, 2
-
-
-class DualStore(Store, AsyncStore, Protocol):
-    """A store with both the sync and the async twins, as every ratekeeper store has."""
 
 
 _DOING = {
@@ -107,12 +102,12 @@ class FallbackStore:
 
     def __init__(
         self,
-        primary: DualStore,
+        primary: Store | AsyncStore,
         mode: FailMode | str = FailMode.FALLBACK,
         *,
         probe_interval_s: float = 0.5,
         retry_after_s: float = 1.0,
-        local: DualStore | None = None,
+        local: MemoryStore | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(probe_interval_s, int | float) or not 0 < probe_interval_s < math.inf:
@@ -127,7 +122,12 @@ class FallbackStore:
         self.mode = FailMode.parse(mode)
         self.probe_interval_s = float(probe_interval_s)
         self.retry_after_s = float(retry_after_s)
-        self.local: DualStore = local if local is not None else MemoryStore()
+        self.local = local if local is not None else MemoryStore()
+        self._sync = primary if isinstance(primary, Store) else None
+        self._async = primary if isinstance(primary, AsyncStore) else None
+        # Asyncio callers use the primary's synchronous face when it asks for that (or has no
+        # other), and so does this wrapper's async face.
+        self.decides_on_loop = decides_on_loop(primary)
         self.degraded = False
         self.outages = 0
         self.failures = 0
@@ -150,10 +150,13 @@ class FallbackStore:
     def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
         """Decide on the primary store, or by the fail mode while it is down; never raises
         because of the primary."""
+        sync = self._sync
+        if sync is None:
+            sync = self._sync_face()
         route = self._route()
         if route != _SKIP:
             try:
-                decision = self.primary.decide(items, cost, now, peek=peek)
+                decision = sync.decide(items, cost, now, peek=peek)
             except Exception as exc:
                 self._failed(exc, route)
             except BaseException:
@@ -169,10 +172,13 @@ class FallbackStore:
         self, items: Items, cost: int, now: float, *, peek: bool = False
     ) -> Decision:
         """The asyncio twin of :meth:`decide`."""
+        primary = self._async
+        if primary is None or self.decides_on_loop:
+            return self.decide(items, cost, now, peek=peek)
         route = self._route()
         if route != _SKIP:
             try:
-                decision = await self.primary.decide_async(items, cost, now, peek=peek)
+                decision = await primary.decide_async(items, cost, now, peek=peek)
             except Exception as exc:
                 self._failed(exc, route)
             except BaseException:
@@ -188,10 +194,11 @@ class FallbackStore:
 
     def reset(self, items: Items) -> None:
         """Forget these keys on the primary (if reachable) and on the local store."""
+        sync = self._sync_face()
         route = self._route()
         if route != _SKIP:
             try:
-                self.primary.reset(items)
+                sync.reset(items)
             except Exception as exc:
                 self._failed(exc, route)
             except BaseException:
@@ -203,10 +210,14 @@ class FallbackStore:
 
     async def reset_async(self, items: Items) -> None:
         """The asyncio twin of :meth:`reset`."""
+        primary = self._async
+        if primary is None or self.decides_on_loop:
+            self.reset(items)
+            return
         route = self._route()
         if route != _SKIP:
             try:
-                await self.primary.reset_async(items)
+                await primary.reset_async(items)
             except Exception as exc:
                 self._failed(exc, route)
             except BaseException:
@@ -219,18 +230,30 @@ class FallbackStore:
     def close(self) -> None:
         """Close both stores; a primary that fails to close is logged, not raised."""
         try:
-            self.primary.close()
+            self._sync_face().close()
         except Exception as exc:
             logger.warning("store %r failed to close: %s", self.primary, _describe(exc))
         self.local.close()
 
     async def close_async(self) -> None:
         """The asyncio twin of :meth:`close`."""
+        primary = self._async
+        if primary is None or self.decides_on_loop:
+            self.close()
+            return
         try:
-            await self.primary.close_async()
+            await primary.close_async()
         except Exception as exc:
             logger.warning("store %r failed to close: %s", self.primary, _describe(exc))
         await self.local.close_async()
+
+    def _sync_face(self) -> Store:
+        if self._sync is None:
+            raise StoreError(
+                f"store {self.primary!r} has no synchronous interface: use it from asyncio "
+                "(the ASGI middleware)"
+            )
+        return self._sync
 
     @property
     def _uses_local(self) -> bool:

@@ -61,6 +61,9 @@ class _Table:
 class MemoryStore:
     """State in this process's memory; thread-safe and usable from asyncio."""
 
+    # A decision holds the lock for microseconds: asyncio callers decide on the loop.
+    decides_on_loop = True
+
     def __init__(self, *, max_entries: int = 2_000_000) -> None:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise LimitConfigError(f"max_entries must be a whole number >= 1, got {max_entries!r}")

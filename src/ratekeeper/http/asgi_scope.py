@@ -1,0 +1,46 @@
+"""ASGI plumbing shared by the middlewares: the types, a scope's request view, our answers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ratekeeper.http.flow import Answer
+from ratekeeper.http.identity import RequestView
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "send_answer", "view_from_scope"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def view_from_scope(scope: Scope, wanted: frozenset[str] | None) -> RequestView:
+    """The request view of an HTTP scope; only ``wanted`` headers (all when ``None``)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        if wanted is not None and name not in wanted:
+            continue
+        value = raw_value.decode("latin-1")
+        previous = headers.get(name)
+        headers[name] = value if previous is None else f"{previous}, {value}"
+    client = scope.get("client")
+    query = scope.get("query_string", b"")
+    return RequestView(
+        scope["method"],
+        scope["path"],
+        headers,
+        client[0] if client else None,
+        query.decode("latin-1") if query else "",
+    )
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    """Send one of ratekeeper's own answers (its length added here, once)."""
+    headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})

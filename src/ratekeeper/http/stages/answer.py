@@ -1,0 +1,84 @@
+"""Answering: the bodies and headers of ratekeeper's own answers, and the usage endpoint.
+
+:class:`Answers` renders every refusal (error bodies in the policy's format, rejections with
+their rate-limit headers, overload) and the rate-limit headers of an admitted request; the
+``usage`` stage answers the policy's usage endpoint from the decision that admitted it.
+"""
+
+from __future__ import annotations
+
+from ratekeeper.decision import Decision
+from ratekeeper.http.compiled import Plan
+from ratekeeper.http.flow import Answer, Context, Kit, Stage, Ticket
+from ratekeeper.http.headers import PartitionKeys, rate_headers, retry_after_s
+from ratekeeper.http.usage import usage_document
+
+__all__ = ["Answers", "usage"]
+
+
+class Answers:
+    """The policy's answer formats: body style, zone and IETF headers, statuses per limit."""
+
+    __slots__ = ("_body", "_ietf", "_pk", "_status_of", "_zone")
+
+    def __init__(self, plan: Plan) -> None:
+        spec = plan.policy
+        self._body = plan.body
+        self._status_of = plan.status_of
+        self._zone = spec.zone_header
+        self._ietf = spec.ietf_headers
+        self._pk = (
+            PartitionKeys(spec.ietf_partition_key_secret) if spec.ietf_partition_key else None
+        )
+
+    def error(
+        self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> Ticket:
+        """A ticket answering ``status`` with an error body in the policy's format."""
+        content, content_type = self._body.error(status, code, message)
+        return Ticket(
+            answer=Answer(status, [*(headers or ()), ("Content-Type", content_type)], content),
+            reason=code,
+        )
+
+    def headers(self, decision: Decision) -> list[tuple[str, str]]:
+        """The rate-limit headers of a decision, as the policy asks for them."""
+        return rate_headers(decision, zone=self._zone, ietf=self._ietf, partition_keys=self._pk)
+
+    def rejected(self, decision: Decision) -> Ticket:
+        """The refusal of a rejected decision: its limit's status, headers and body."""
+        zone = decision.binding.limit_set
+        status = self._status_of.get(zone, 429)
+        wait = retry_after_s(decision)
+        headers = self.headers(decision)
+        if wait is not None:
+            headers.append(("Retry-After", str(wait)))
+        body, content_type = self._body.rejection(decision, status, wait)
+        headers.append(("Content-Type", content_type))
+        return Ticket(answer=Answer(status, headers, body), reason=zone)
+
+    def overloaded(self, zone: str) -> Ticket:
+        """The refusal of a request over the in-flight limit ``zone``."""
+        status = self._status_of.get(zone, 503)
+        headers = [("Retry-After", "1")]
+        if self._zone:
+            headers.append(("X-RateLimit-Zone", zone))
+        return self.error(
+            status, "overloaded", "The service is overloaded; retry shortly.", headers
+        )
+
+
+def usage(kit: Kit) -> Stage | None:
+    """Answer the policy's usage endpoint with the decision that admitted the request."""
+    path = kit.plan.policy.usage_path
+    if not path:
+        return None
+
+    def stage(ctx: Context) -> Ticket | None:
+        decision = ctx.decision
+        if ctx.view.path != path or decision is None:
+            return None
+        headers = [*ctx.ticket.headers, ("Content-Type", "application/json")]
+        return Ticket(answer=Answer(200, headers, usage_document(decision)))
+
+    return stage
