@@ -143,3 +143,41 @@ def test_refusal_lines_one_per_caller_per_window_with_a_count(
     counts = [r.fields["count"] for r in caplog.records]  # type: ignore[attr-defined]
     assert counts == [1, 1, 99]
     assert "key=k:1234abcd" in caplog.records[0].getMessage()
+
+
+COST_POLICY = """
+body = "problem"
+apply = ["api"]
+[limits.api]
+rates = "100/minute"
+[[rules]]
+routes = ["/batch"]
+cost_header = "X-Batch-Size"
+max_cost = 50
+[[rules]]
+routes = ["/search"]
+cost_query = "n"
+max_cost = 10
+cost = 2
+"""
+
+
+def test_a_batch_is_charged_what_its_header_or_query_says() -> None:
+    clock = ManualClock(1_800_000_010.0)
+    enforcer = Enforcer(loads_policy(COST_POLICY), store=MemoryStore(), clock=clock)
+
+    def remaining(path: str, headers: dict[str, str], query: str = "") -> str | int:
+        ticket = enforcer.admit(RequestView("GET", path, headers, "10.0.0.1", query))
+        if ticket.answer is not None:
+            return ticket.answer.status
+        return dict(ticket.headers)["X-RateLimit-Remaining"]
+
+    assert enforcer.header_names is not None and "x-batch-size" in enforcer.header_names
+    assert remaining("/batch", {"x-batch-size": "40"}) == "60"
+    assert remaining("/batch", {}) == "59"
+    assert remaining("/search", {}, "q=x") == "57"
+    assert remaining("/search", {}, "q=x&n=7") == "50"
+    for bad in ("0", "51", "-3", "1e3", "²", "99999999999999999999"):
+        assert remaining("/batch", {"x-batch-size": bad}) == 400
+    ticket = enforcer.admit(RequestView("GET", "/search", {}, "10.0.0.1", "n=11"))
+    assert ticket.answer is not None and b"from 1 to 10" in ticket.answer.body

@@ -43,6 +43,8 @@ class CompiledRule:
     shadow: Pairs
     in_flight: tuple[tuple[str, int], ...]
     tiers: Mapping[str, tuple[Pairs, Pairs]] = field(default_factory=dict)
+    # ("header" | "query", name, max_cost) when the request says what it costs.
+    cost_source: tuple[str, str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,9 +142,13 @@ def compile_policy(policy: Policy, *, clock: Clock = system_clock) -> Plan:
         raise PolicyError(f"{policy.source}: store: expected a store URL such as 'memory://'")
     status_of = {name: s.status for name, s in policy.limits.items()}
     status_of["lockout"] = 429
+    identifier = _identifier(policy, clock)
+    cost_headers = {rule.cost_header for rule in policy.rules if rule.cost_header}
+    if cost_headers and identifier.header_names is not None:
+        identifier.header_names = identifier.header_names | cost_headers
     return Plan(
         policy=policy,
-        identifier=_identifier(policy, clock),
+        identifier=identifier,
         routes=_routes(policy),
         status_of=status_of,
         body=BodyFormat(policy.body, policy.body_template, policy.body_content_type),
@@ -165,6 +171,7 @@ def _identifier(policy: Policy, clock: Clock) -> Identifier:
         or scopes & {"key", "account"}
         or tiers.keys
         or tiers.hook
+        or policy.keys.declared
     )
 
     def hook(spec: str, where: str) -> Callable[..., Any] | None:
@@ -206,6 +213,10 @@ def _routes(policy: Policy) -> RouteTable[CompiledRule]:
                 cache_ttl_s=rule.cache_ttl_s,
                 shadow_rule=rule.shadow,
             )
+            if rule.max_cost:
+                kind = "header" if rule.cost_header else "query"
+                source = (kind, rule.cost_header or rule.cost_query, rule.max_cost)
+                compiled = replace(compiled, cost_source=source)
         entries.append((rule.routes, rule.methods, compiled))
     default = compile_rule(
         policy, "default", list(policy.default), cost=1, cache_ttl_s=0.0, shadow_rule=False
