@@ -42,3 +42,18 @@ def uvicorn_in_thread(app: Any, **options: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextlib.contextmanager
+def waitress_in_thread(app: Any) -> Iterator[str]:
+    """Serve the WSGI ``app`` with waitress until the block ends; yields its base URL."""
+    import waitress.server  # noqa: PLC0415 (only the WSGI framework tests need it)
+
+    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        thread.join(10)

@@ -78,5 +78,5 @@ def test_dependency_limits_one_route(url: str) -> None:
 
 def test_dependency_refuses_unknown_limits() -> None:
     enforcer = Enforcer(loads_policy(POLICY, "p.toml"))
-    with pytest.raises(PolicyError, match=r"p\.toml: RateLimit\('nope'\): expected one of"):
+    with pytest.raises(PolicyError, match=r"p\.toml: limit 'nope' of .*: expected one of"):
         RateLimit(enforcer, ["nope"])

@@ -1,30 +1,51 @@
-"""A FastAPI dependency for per-route limits, driven by the same policy as the middleware.
+"""The Starlette-level pieces of the FastAPI integration: the route dependency and the answer.
 
     enforcer = Enforcer("policy.toml")
-    install(app)                                   # renders rejections in the policy's format
+    install(app)                                   # renders refusals in the policy's format
 
     @app.post("/v1/uploads", dependencies=[Depends(RateLimit(enforcer, ["media"], cost=2))])
     async def upload(): ...
 
-The dependency charges the policy's ``apply`` limits plus the ones named, in one decision, and
-adds the rate-limit headers to the route's answer.
+The dependency charges, in one decision, the policy's limits for the request (``apply`` and the
+policy's rule for the path) and its own (names of the policy's limits, or rates such as
+``"5/minute"``: a budget of the route's own). Under the integration's middleware
+(:class:`ratekeeper.integrations.fastapi.RateKeeper`) the middleware leaves such routes to the
+dependency and adds the one set of headers itself. Under the plain
+:class:`~ratekeeper.http.asgi.RateLimitMiddleware`, which has decided already, the dependency
+charges only the limits that decision did not cover, and adds no second set of headers.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ratekeeper.errors import PolicyError, RateLimited
 from ratekeeper.http.asgi import view_from_scope
-from ratekeeper.http.compiled import compile_rule
+from ratekeeper.http.cache import TICKET
+from ratekeeper.http.compiled import CompiledRule, Pairs
 from ratekeeper.http.engine import Enforcer
-from ratekeeper.policy.inline import looks_like_rate
+from ratekeeper.http.flow import Ticket
+from ratekeeper.http.route_limits import CostFunction, KeyFunction, RouteGuard, RouteLimits
 
-__all__ = ["RateLimit", "RateLimited", "install", "rate_limited_handler"]
+__all__ = ["ADMISSION", "Admission", "RateLimit", "RateLimited", "install", "rate_limited_handler"]
+
+ADMISSION = "ratekeeper.admission"
+"""The scope key of the integration middleware's :class:`Admission`."""
+
+
+@dataclass(slots=True)
+class Admission:
+    """Left in the scope by a middleware that lets a route's dependency decide: the dependency
+    puts its ticket here, and the middleware adds its headers and completes it."""
+
+    enforcer: Enforcer
+    ticket: Ticket | None = None
 
 
 async def rate_limited_handler(request: Request, exc: Exception) -> Response:
@@ -41,41 +62,130 @@ def install(app: Any) -> None:
     app.add_exception_handler(RateLimited, rate_limited_handler)
 
 
-class RateLimit:
-    """Dependency charging ``limits`` (names of the policy's ``[limits]``, or rate strings
-    such as ``"5/minute"``: a budget of this dependency's own) ``cost`` units."""
+def _minus(pairs: Pairs, charged: Pairs) -> Pairs:
+    return tuple(pair for pair in pairs if pair not in charged)
 
-    def __init__(self, enforcer: Enforcer, limits: Sequence[str], *, cost: int = 1) -> None:
-        policy = enforcer.plan.policy
-        for name in limits:
-            if name not in policy.limits and not looks_like_rate(name):
-                known = ", ".join(sorted(policy.limits))
-                raise PolicyError(
-                    f"{policy.source}: RateLimit({name!r}): expected one of the policy's "
-                    f"limits ({known})"
-                )
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
-            raise PolicyError(f"RateLimit cost must be a whole number >= 1, got {cost!r}")
+
+def _top_up(rule: CompiledRule, admitted: CompiledRule) -> CompiledRule | None:
+    """What ``rule`` charges beyond what ``admitted`` charged already (``None``: nothing)."""
+    tiers = {}
+    for tier, (enforced, shadow) in rule.tiers.items():
+        done = admitted.tiers.get(tier, (admitted.enforced, admitted.shadow))
+        tiers[tier] = (_minus(enforced, done[0]), _minus(shadow, done[1]))
+    enforced = _minus(rule.enforced, admitted.enforced)
+    if not enforced and not any(e for e, _ in tiers.values()):
+        return None
+    shadow = _minus(rule.shadow, admitted.shadow)
+    return replace(rule, enforced=enforced, shadow=shadow, tiers=tiers, in_flight=())
+
+
+class RateLimit:
+    """Dependency charging ``limits`` (names of the policy's ``[limits]``, or rate strings such
+    as ``"5/minute"``: a budget of this route's own) ``cost`` units, beside the policy's limits.
+
+    ``key`` and ``cost`` may be functions of the request (see
+    :mod:`ratekeeper.http.route_limits`). ``enforcer`` may be left out under
+    :class:`ratekeeper.integrations.fastapi.RateKeeper`, whose enforcer is then used. ``owner``
+    names the route's own budget (default: the route's path).
+    """
+
+    def __init__(
+        self,
+        enforcer: Enforcer | None = None,
+        limits: Iterable[str] = (),
+        *,
+        cost: int | CostFunction | None = None,
+        key: KeyFunction | None = None,
+        owner: str | None = None,
+        exempt: bool = False,
+    ) -> None:
+        self.spec = RouteLimits(
+            tuple([limits] if isinstance(limits, str) else limits), key, cost, exempt
+        )
         self.enforcer = enforcer
-        self.rule = compile_rule(
-            policy,
-            "+".join(limits) or "apply",
-            list(limits),
-            cost=cost,
-            cache_ttl_s=0.0,
-            shadow_rule=False,
+        self.owner = owner
+        self._guards: dict[tuple[int, str], RouteGuard] = {}
+        if enforcer is not None:
+            self.guard(enforcer, owner or "RateLimit")  # a bad limit name fails here, not later
+
+    def __repr__(self) -> str:
+        return f"<RateLimit {self.spec.limits} owner={self.owner!r}>"
+
+    def named(self, owner: str) -> RateLimit:
+        """The same limits, as the budget of the route ``owner`` (a decorated endpoint)."""
+        return RateLimit(
+            self.enforcer,
+            self.spec.limits,
+            cost=self.spec.cost,
+            key=self.spec.key,
+            owner=owner,
+            exempt=self.spec.exempt,
         )
 
+    def guard(self, enforcer: Enforcer, owner: str) -> RouteGuard:
+        """This dependency's limits for the route ``owner`` under ``enforcer``."""
+        probe = (id(enforcer), owner)
+        guard = self._guards.get(probe)
+        if guard is None:
+            guard = self._guards[probe] = RouteGuard(enforcer, owner, self.spec)
+        return guard
+
+    def _enforcer_of(self, request: Request) -> Enforcer:
+        if self.enforcer is not None:
+            return self.enforcer
+        admission = request.scope.get(ADMISSION)
+        if admission is not None:
+            return admission.enforcer  # type: ignore[no-any-return]
+        keeper = getattr(request.app.state, "ratekeeper", None)
+        if keeper is None:
+            raise PolicyError(
+                "limit() needs RateKeeper(app, policy) on the app (or an enforcer of its own)"
+            )
+        return keeper.enforcer  # type: ignore[no-any-return]
+
     async def __call__(self, request: Request, response: Response) -> AsyncIterator[None]:
-        enforcer = self.enforcer
-        view = view_from_scope(request.scope, enforcer.header_names)
-        ticket = await enforcer.admit_async(view, self.rule)
-        if ticket.answer is not None:
-            answer = ticket.answer
-            raise RateLimited(answer.status, answer.headers, answer.body)
+        scope = request.scope
+        admission: Admission | None = scope.get(ADMISSION)
+        if admission is not None and admission.ticket is not None:
+            yield  # another ratekeeper dependency of this route decided for it
+            return
+        enforcer = self._enforcer_of(request)
+        route = scope.get("route")
+        guard = self.guard(enforcer, self.owner or getattr(route, "path", None) or scope["path"])
+        view = view_from_scope(scope, enforcer.header_names)
+        rule = guard.rule(view.method, view.path)
+        view = replace(view, request=request)
+        admitted: Ticket | None = scope.get(TICKET)
+        if admitted is not None and admission is None:
+            # The plain middleware decided already and will add its headers and count the
+            # answer: charge only what its decision did not cover.
+            extra = None if admitted.rule is None else _top_up(rule, admitted.rule)
+            if extra is not None:
+                _raise_if_refused(await enforcer.admit_async(view, extra))
+            yield
+            return
+        ticket = await enforcer.admit_async(view, rule)
+        _raise_if_refused(ticket)
+        if admission is not None:
+            admission.ticket = ticket
+            yield
+            return
         for name, value in ticket.headers:
             response.headers[name] = value
+        status = 200
         try:
             yield
+        except HTTPException as exc:
+            status = exc.status_code
+            raise
+        except Exception:
+            status = 500
+            raise
         finally:
-            await enforcer.complete_async(ticket, response.status_code or 200)
+            await enforcer.complete_async(ticket, response.status_code or status)
+
+
+def _raise_if_refused(ticket: Ticket) -> None:
+    answer = ticket.answer
+    if answer is not None:
+        raise RateLimited(answer.status, answer.headers, answer.body)
