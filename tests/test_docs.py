@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_servers import serve
 from ratekeeper.policy import preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +46,14 @@ def test_test_command_builds_the_site_strictly() -> None:
     script = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
     build = script.index("mkdocs build --strict")
     assert script.index("mypy --strict src") < build < script.index("pytest")
+
+
+def test_getting_started_shows_the_real_start_up_line(tmp_path: Path) -> None:
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    shown = next(line for line in page.splitlines() if line.startswith("ratekeeper serve: "))
+    store = tmp_path / "ratekeeper.db"
+    with serve("--preset", "musique", "--store", f"sqlite:///{store}", cwd=tmp_path) as process:
+        printed = process.output().splitlines()[0]
+        port = process.url.rsplit(":", 1)[1]
+    printed = printed.replace(str(store), "/path/to/ratekeeper.db").replace(f":{port} ", ":8080 ")
+    assert printed == shown, "update docs/getting-started.md to the start-up line printed now"
