@@ -67,18 +67,18 @@ def _items(shape: str, key: str) -> Any:
     return identity
 
 
-def worker(url: str, shape: str, driver: str, start_at: float, seconds: float, seed: int) -> int:
-    """Decide from this process until ``start_at + seconds``; the number of decisions made."""
+def worker(
+    url: str, shape: str, driver: str, seconds: float, seed: int, ready: Any, results: Any
+) -> None:
+    """Connect, wait for every worker (``ready``, a barrier), decide for ``seconds``; put the
+    number of decisions made in ``results``."""
     store = RedisStore(url, prefix=f"b{os.getpid()}")
     counts = [0]
-    stop_at = start_at + seconds
 
     if driver == "async":
 
-        async def task(n: int) -> None:
+        async def task(n: int, stop_at: float) -> None:
             i = seed * 1_000_003 + n * 7919
-            while time.time() < start_at:
-                await asyncio.sleep(0.005)
             while time.time() < stop_at:
                 i += 1
                 await store.decide_async(_items(shape, f"k{i % KEYS}"), 1, 0.0)
@@ -86,18 +86,21 @@ def worker(url: str, shape: str, driver: str, start_at: float, seconds: float, s
 
         async def run() -> None:
             await store.decide_async(_items(shape, "warm"), 1, 0.0)
-            await asyncio.gather(*(task(n) for n in range(TASKS)))
+            ready.wait()
+            stop_at = time.time() + seconds
+            await asyncio.gather(*(task(n, stop_at) for n in range(TASKS)))
             await store.close_async()
 
         asyncio.run(run())
     else:
         lock = threading.Lock()
+        store.decide(_items(shape, "warm"), 1, 0.0)
+        ready.wait()
+        stop_at = time.time() + seconds
 
         def work(n: int) -> None:
             i = seed * 1_000_003 + n * 7919
             done = 0
-            store.decide(_items(shape, "warm"), 1, 0.0)
-            time.sleep(max(start_at - time.time(), 0))
             while time.time() < stop_at:
                 i += 1
                 store.decide(_items(shape, f"k{i % KEYS}"), 1, 0.0)
@@ -111,16 +114,23 @@ def worker(url: str, shape: str, driver: str, start_at: float, seconds: float, s
         for t in pool:
             t.join()
     store.close()
-    return counts[0]
+    results.put(counts[0])
 
 
 def measure(url: str, shape: str, driver: str, processes: int, seconds: float) -> float:
     """Decisions/s of ``processes`` workers started together."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
-        start_at = time.time() + 2.0  # time for the workers to import and connect
-        args = [(url, shape, driver, start_at, seconds, seed) for seed in range(processes)]
-        total = sum(pool.starmap(worker, args))
+    ready = context.Barrier(processes)
+    results = context.Queue()
+    workers = [
+        context.Process(target=worker, args=(url, shape, driver, seconds, seed, ready, results))
+        for seed in range(processes)
+    ]
+    for process in workers:
+        process.start()
+    total = sum(results.get(timeout=120) for _ in workers)
+    for process in workers:
+        process.join()
     return total / seconds
 
 

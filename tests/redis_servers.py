@@ -346,17 +346,19 @@ def failover_load(
     url: str,
     prefix: str,
     victim: tuple[int, int],
-    until: float,
+    seconds: float,
     threads: int,
     seed: int,
-    driver: str = "sync",
-) -> dict[str, Any]:
-    """Decide from ``threads`` threads (or asyncio tasks, with ``driver="async"``) until the
-    wall clock reaches ``until``: a windowed decision for one of 30 keys, or that key's limits
-    plus a global key on another shard. Keys whose slot is in ``victim`` (first, last) are the
-    failed shard's. Returns ``events[(victim?, 50 ms bucket)] = [decided, store errors]``,
-    ``windows[(key, second)] = [decided, admitted]`` and any other exception as text in
-    ``unexpected``."""
+    driver: str,
+    ready: Any,
+    results: Any,
+) -> None:
+    """Connect, wait for the others (``ready``, a barrier), then decide from ``threads``
+    threads (or asyncio tasks, with ``driver="async"``) for ``seconds``: a windowed decision
+    for one of 30 keys, or that key's limits plus a global key on another shard. Keys whose slot
+    is in ``victim`` (first, last) are the failed shard's. Puts in ``results``: ``events[(victim?,
+    50 ms bucket)] = [decided, store errors]``, ``windows[(key, second)] = [decided, admitted]``
+    and any other exception as text in ``unexpected``."""
     windowed = LimitSet("w", FAILOVER_WINDOWED)
     global_ = LimitSet("g", [Limit.parse(f"{FAILOVER_GLOBAL}/hour", "first_hit_window")])
     store = RedisStore(url, prefix=prefix)
@@ -372,6 +374,8 @@ def failover_load(
     events: dict[tuple[bool, int], list[int]] = {}
     windows: dict[tuple[str, int], list[int]] = {}
     unexpected: list[str] = []
+    ready.wait()
+    until = time.time() + seconds
 
     def pick(rng: random.Random) -> tuple[str, Any]:
         key = rng.choice(keys)
@@ -434,4 +438,6 @@ def failover_load(
         for t in pool:
             t.join()
     store.close()
-    return {"events": events, "windows": windows, "unexpected": unexpected, "victim": on_victim}
+    results.put(
+        {"events": events, "windows": windows, "unexpected": unexpected, "victim": on_victim}
+    )

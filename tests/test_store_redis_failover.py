@@ -6,12 +6,18 @@ promoted; nobody is admitted beyond a limit."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
+from ratekeeper import LimitSet
+from ratekeeper.stores.fallback import DegradedDecision
+from ratekeeper.stores.redis import RedisStore
+from ratekeeper.stores.redis.fail_modes import ShardFallbackStore
 from redis_servers import RedisServer, failover_load, redis_cluster
 
 BUCKETS_PER_S = 20  # failover_load counts events per 50 ms
@@ -77,18 +83,25 @@ def test_a_killed_master_fails_only_its_keys_until_its_replica_takes_over(
     replica = _replica(cluster, master)
     url = "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in cluster[:3]) + "?timeout=0.5"
     context = multiprocessing.get_context("spawn")
-    kill_at = time.time() + 3.0
-    until = kill_at + 4.5
-    with context.Pool(3) as pool:
-        pending = pool.starmap_async(
-            failover_load,
-            [(url, f"fo-{driver}", victim, until, 4, seed, driver) for seed in range(3)],
+    ready = context.Barrier(4)
+    results = context.Queue()
+    workers = [
+        context.Process(
+            target=failover_load,
+            args=(url, f"fo-{driver}", victim, 4.5, 4, seed, driver, ready, results),
         )
-        time.sleep(max(kill_at - time.time(), 0))
-        killed = time.time()
-        master.kill()
-        promoted = _promoted(replica, until)
-        runs: list[dict[str, Any]] = pending.get(timeout=30)
+        for seed in range(3)
+    ]
+    for process in workers:
+        process.start()
+    ready.wait(timeout=60)
+    time.sleep(1.5)
+    killed = time.time()
+    master.kill()
+    promoted = _promoted(replica, killed + 4.0)
+    runs: list[dict[str, Any]] = [results.get(timeout=60) for _ in workers]
+    for process in workers:
+        process.join()
     assert [e for run in runs for e in run["unexpected"]] == []
     events: dict[tuple[bool, int], list[int]] = {}
     windows: dict[tuple[str, int], list[int]] = {}
@@ -120,7 +133,7 @@ def test_a_killed_master_fails_only_its_keys_until_its_replica_takes_over(
         f"{back - promoted:.2f} s; other masters' decisions/s before {before:.0f}, "
         f"during {during:.0f}"
     )
-    assert during >= 0.5 * before
+    assert before > 0 and during >= 0.5 * before
     assert back - promoted < 1.5
     # Nobody admitted beyond a limit: exactly on the living masters; on the dead master's
     # keys, only the writes its replica had not received yet could be lost (async replication).
@@ -128,3 +141,48 @@ def test_a_killed_master_fails_only_its_keys_until_its_replica_takes_over(
     assert not [s for s in over if s[0] not in victim_keys]
     print(f"windows over the limit on the dead master's keys: {over}")
     assert sum(v[1] - 4 for v in over.values()) <= 2
+
+
+def test_fail_modes_apply_to_the_failed_masters_keys_only(cluster: list[RedisServer]) -> None:
+    master = cluster[2]  # the two tests above killed the other two
+    victim = _slots(master)
+    replica = _replica(cluster, master)
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in cluster[3:]) + "?timeout=0.5"
+    store = ShardFallbackStore(RedisStore(url, prefix="fm"), "fail_closed", probe_interval_s=0.2)
+    limits = LimitSet("w", "1000/second")
+    keys = [f"user{i}" for i in range(40)]
+    on_victim = {
+        k: victim[0] <= key_slot(store.primary._codec.key(limits, k).encode()) <= victim[1]
+        for k in keys
+    }
+    # (time, key on the failed master?, degraded?) per decision; any exception is a failure.
+    seen: list[tuple[float, bool, bool]] = []
+    until = time.time() + 5.0
+
+    def work(n: int) -> None:
+        i = n
+        while time.time() < until:
+            i += 1
+            key = keys[i % len(keys)]
+            decision = store.decide(((limits, key),), 1, 0.0)
+            seen.append((time.time(), on_victim[key], isinstance(decision, DegradedDecision)))
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in pool:
+        t.start()
+    time.sleep(1.0)
+    killed = time.time()
+    master.kill()
+    promoted = _promoted(replica, until)
+    for t in pool:
+        t.join()
+    store.close()
+    # The other masters' keys were never answered by the fail mode.
+    assert not [s for s in seen if not s[1] and s[2]]
+    # The failed master's keys were (fail_closed: rejected) until its replica took over, ...
+    assert [s for s in seen if s[1] and s[2] and killed < s[0] < promoted]
+    # ... and stopped being so within a probe interval or so of the promotion.
+    last = max(s[0] for s in seen if s[1] and s[2])
+    print(f"\nfail_closed per shard: promoted -> last degraded answer {last - promoted:+.2f} s")
+    assert last - promoted < 1.5
+    assert [s for s in seen if s[1] and not s[2] and s[0] > last]

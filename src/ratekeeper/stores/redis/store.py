@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.crc import key_slot
+
 from ratekeeper.decision import Decision
 from ratekeeper.errors import RedisStoreError, StoreError, StoreURLError
 from ratekeeper.flows import drive, drive_async
@@ -84,6 +86,16 @@ class RedisStore:
         kind = "cluster" if self.cluster else "standalone"
         salted = ", salted keys" if self._codec.salted else ""
         return f"<RedisStore {self.url} {kind} prefix={self.prefix!r}{salted}>"
+
+    def shard_of(self, items: Items) -> str:
+        """The masters that serve these items now (``host:port``, ``+``-joined): a decision
+        fails when one of them does, and only decisions on a failed master do."""
+        cluster = self._cluster
+        if cluster is None:
+            return self.url
+        topology = cluster.topology
+        slots = {key_slot(self._codec.key(limit_set, key).encode()) for limit_set, key in items}
+        return "+".join(sorted({topology.shard(slot) for slot in slots}))
 
     # -- the synchronous driver -------------------------------------------------------------
 

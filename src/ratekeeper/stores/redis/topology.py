@@ -90,6 +90,13 @@ class Topology:
                 raise ConnectionError(f"the master of hash slot {slot} ({node}) is down")
         return node
 
+    def shard(self, slot: int) -> str:
+        """Which master serves ``slot`` now, as ``host:port`` (``?`` when none is known)."""
+        node = self._owners[slot]
+        if node is None:
+            return "?"
+        return f"{node.endpoint.host}:{node.endpoint.port}"
+
     def moved(self, slot: int, address: Address) -> Node:
         """``MOVED``: the slot is served elsewhere now, and others may have moved too."""
         node = self.node(address)
