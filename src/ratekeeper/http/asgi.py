@@ -31,7 +31,7 @@ from ratekeeper.http.asgi_scope import (
 )
 from ratekeeper.http.cache import TICKET, ResponseStore, caches
 from ratekeeper.http.cache_asgi import ResponseCacheMiddleware
-from ratekeeper.http.compiled import Plan
+from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
 from ratekeeper.policy.schema import Policy
@@ -51,12 +51,13 @@ log = logging.getLogger("ratekeeper.http")
 
 
 class RateLimitMiddleware:
-    """Enforce ``policy`` (a path, :class:`Policy`, :class:`Plan` or :class:`Enforcer`)."""
+    """Enforce ``policy``: a path, a :class:`Policy`, a :class:`CompiledPolicy` or an
+    :class:`Enforcer`."""
 
     def __init__(
         self,
         app: ASGIApp,
-        policy: Enforcer | Plan | Policy | str | Path,
+        policy: Enforcer | CompiledPolicy | Policy | str | Path,
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ratekeeper.clock import Clock
-from ratekeeper.http.compiled import Plan
+from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.flow import Ticket
 from ratekeeper.http.identity import RequestView
 
@@ -78,7 +78,7 @@ class ResponseStore(Protocol):
         ...
 
 
-def caches(plan: Plan) -> bool:
+def caches(plan: CompiledPolicy) -> bool:
     """Whether any rule of the plan caches answers."""
     return any(rule.cache_ttl_s for rule in plan.policy.rules)
 
@@ -93,7 +93,7 @@ class CacheKeys:
 
     __slots__ = ("_by_caller", "_plan")
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: CompiledPolicy) -> None:
         self._plan = plan
         self._by_caller = plan.policy.cache.vary == "caller"
 
@@ -141,7 +141,7 @@ class ResponseCache:
         self._data: dict[str, tuple[float, CachedResponse]] = {}
 
     @classmethod
-    def for_plan(cls, plan: Plan, clock: Clock) -> ResponseCache:
+    def for_plan(cls, plan: CompiledPolicy, clock: Clock) -> ResponseCache:
         """An empty cache sized by the policy's ``[cache]``."""
         spec = plan.policy.cache
         return cls(max_entries=spec.max_entries, max_body_bytes=spec.max_body_bytes, clock=clock)

@@ -18,7 +18,7 @@ from ratekeeper.http.cache import (
     cacheable_headers,
     ticket_of,
 )
-from ratekeeper.http.compiled import Plan
+from ratekeeper.http.compiled import CompiledPolicy
 
 __all__ = ["ResponseCacheMiddleware"]
 
@@ -30,7 +30,7 @@ class ResponseCacheMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        plan: Plan,
+        plan: CompiledPolicy,
         *,
         cache: ResponseStore | None = None,
         clock: Clock = system_clock,

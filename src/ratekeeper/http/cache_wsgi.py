@@ -20,7 +20,7 @@ from ratekeeper.http.cache import (
     cacheable_headers,
     ticket_of,
 )
-from ratekeeper.http.compiled import Plan
+from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.wsgi_environ import (
     Environ,
     StartResponse,
@@ -39,7 +39,7 @@ class ResponseCacheWSGIMiddleware:
     def __init__(
         self,
         app: WSGIApp,
-        plan: Plan,
+        plan: CompiledPolicy,
         *,
         cache: ResponseStore | None = None,
         clock: Clock = system_clock,

@@ -26,7 +26,7 @@ from ratekeeper.policy.schema import LimitSpec, LockoutSpec, Policy
 from ratekeeper.rates import Rate
 from ratekeeper.routes import RouteTable
 
-__all__ = ["CompiledLockout", "CompiledRule", "Plan", "compile_policy", "compile_rule"]
+__all__ = ["CompiledLockout", "CompiledPolicy", "CompiledRule", "compile_policy", "compile_rule"]
 
 Pairs = tuple[tuple[LimitSet, str], ...]
 
@@ -59,7 +59,7 @@ class CompiledLockout:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
+class CompiledPolicy:
     """A compiled policy: see :func:`compile_policy`."""
 
     policy: Policy
@@ -136,7 +136,7 @@ def compile_rule(
     )
 
 
-def compile_policy(policy: Policy, *, clock: Clock = system_clock) -> Plan:
+def compile_policy(policy: Policy, *, clock: Clock = system_clock) -> CompiledPolicy:
     """Compile a validated policy; imports its hooks (errors name the file and key)."""
     if not policy.store:
         raise PolicyError(f"{policy.source}: store: expected a store URL such as 'memory://'")
@@ -146,7 +146,7 @@ def compile_policy(policy: Policy, *, clock: Clock = system_clock) -> Plan:
     cost_headers = {rule.cost_header for rule in policy.rules if rule.cost_header}
     if cost_headers and identifier.header_names is not None:
         identifier.header_names = identifier.header_names | cost_headers
-    return Plan(
+    return CompiledPolicy(
         policy=policy,
         identifier=identifier,
         routes=_routes(policy),

@@ -29,7 +29,7 @@ from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.flows import drive, drive_async
-from ratekeeper.http.compiled import CompiledRule, Plan, compile_policy
+from ratekeeper.http.compiled import CompiledPolicy, CompiledRule, compile_policy
 from ratekeeper.http.flow import (
     Answer,
     Context,
@@ -64,7 +64,7 @@ Observer = Callable[[Context, Ticket], None]
 class Enforcer:
     """A compiled policy bound to a store, a clock and metrics.
 
-    ``policy`` may be a path, a :class:`Policy` or a compiled :class:`Plan`. ``store`` (an
+    ``policy`` may be a path, a :class:`Policy` or a compiled :class:`CompiledPolicy`. ``store`` (an
     instance or URL) overrides the policy's ``store``; ``fallback`` is the
     :class:`FallbackStore` that decisions go through (``.degraded``, ``.outages``).
     """
@@ -73,7 +73,7 @@ class Enforcer:
 
     def __init__(
         self,
-        policy: Plan | Policy | str | Path,
+        policy: CompiledPolicy | Policy | str | Path,
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,
@@ -145,7 +145,7 @@ class Enforcer:
         that raises is logged and never fails the request."""
         self._observers = (*self._observers, observer)
 
-    def use_policy(self, policy: Plan | Policy) -> None:
+    def use_policy(self, policy: CompiledPolicy | Policy) -> None:
         """Enforce ``policy`` from the next request on: every stage (added ones too) is rebuilt
         from its factory; the store, metrics and in-flight counts stay. Requests already in
         admission finish under the policy they started with."""
@@ -255,7 +255,7 @@ class Enforcer:
     @classmethod
     def of(
         cls,
-        policy: Enforcer | Plan | Policy | str | Path,
+        policy: Enforcer | CompiledPolicy | Policy | str | Path,
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,

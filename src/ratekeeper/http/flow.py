@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError
-from ratekeeper.http.compiled import CompiledRule, Pairs, Plan
+from ratekeeper.http.compiled import CompiledPolicy, CompiledRule, Pairs
 from ratekeeper.http.identity import Caller, RequestView
 from ratekeeper.http.metrics import Metrics
 
@@ -134,7 +134,7 @@ class Context:
 class Kit:
     """What stage factories build from: the compiled plan and the enforcer's shared pieces."""
 
-    plan: Plan
+    plan: CompiledPolicy
     metrics: Metrics
     answers: Answers
     gauge: InFlightGauge

@@ -17,7 +17,7 @@ from typing import Any
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.http.cache import TICKET, ResponseStore, caches
 from ratekeeper.http.cache_wsgi import ResponseCacheWSGIMiddleware
-from ratekeeper.http.compiled import Plan
+from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer, Ticket
 from ratekeeper.http.wsgi_environ import (
     Environ,
@@ -58,12 +58,13 @@ class _Body:
 
 
 class RateLimitWSGIMiddleware:
-    """Enforce ``policy`` (a path, :class:`Policy`, :class:`Plan` or :class:`Enforcer`)."""
+    """Enforce ``policy``: a path, a :class:`Policy`, a :class:`CompiledPolicy` or an
+    :class:`Enforcer`."""
 
     def __init__(
         self,
         app: WSGIApp,
-        policy: Enforcer | Plan | Policy | str | Path,
+        policy: Enforcer | CompiledPolicy | Policy | str | Path,
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,

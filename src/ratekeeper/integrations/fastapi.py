@@ -50,7 +50,7 @@ from ratekeeper.http.asgi_scope import (
 )
 from ratekeeper.http.cache import TICKET, caches
 from ratekeeper.http.cache_asgi import ResponseCacheMiddleware
-from ratekeeper.http.compiled import CompiledRule, Plan
+from ratekeeper.http.compiled import CompiledPolicy, CompiledRule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.fastapi import ADMISSION, Admission, RateLimit, RateLimited, install
 from ratekeeper.http.route_limits import CostFunction, KeyFunction
@@ -168,7 +168,7 @@ class RateKeeper:
     def __init__(
         self,
         app: Any,
-        policy: Enforcer | Plan | Policy | str | Path,
+        policy: Enforcer | CompiledPolicy | Policy | str | Path,
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,

@@ -8,7 +8,7 @@ their rate-limit headers, overload) and the rate-limit headers of an admitted re
 from __future__ import annotations
 
 from ratekeeper.decision import Decision
-from ratekeeper.http.compiled import Plan
+from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.flow import Answer, Context, Kit, Stage, Ticket
 from ratekeeper.http.headers import PartitionKeys, rate_headers, retry_after_s
 from ratekeeper.http.usage import usage_document
@@ -21,7 +21,7 @@ class Answers:
 
     __slots__ = ("_body", "_ietf", "_pk", "_status_of", "_zone")
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: CompiledPolicy) -> None:
         spec = plan.policy
         self._body = plan.body
         self._status_of = plan.status_of

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from ratekeeper.decision import Decision
-from ratekeeper.http.compiled import CompiledLockout, Plan
+from ratekeeper.http.compiled import CompiledLockout, CompiledPolicy
 from ratekeeper.http.flow import Context, Kit, Op, Stage, StageFlow, Ticket, charge, peek
 from ratekeeper.http.identity import Caller, RequestView
 from ratekeeper.http.stages.decide import counted
@@ -18,7 +18,7 @@ from ratekeeper.http.stages.decide import counted
 __all__ = ["count_failure", "lockout", "lockout_key"]
 
 
-def lockout_key(plan: Plan, view: RequestView, caller: Caller) -> str | None:
+def lockout_key(plan: CompiledPolicy, view: RequestView, caller: Caller) -> str | None:
     """The key this request's failures count for, if a lockout watches its route."""
     spec = plan.lockout
     if spec is None or (spec.routes is not None and not spec.routes.match(view.method, view.path)):
