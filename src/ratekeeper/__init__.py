@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     )
     from ratekeeper.gateway.app import Gateway, ServeSettings, build_gateway
     from ratekeeper.http.asgi import RateLimitMiddleware
-    from ratekeeper.http.compiled import compile_policy
+    from ratekeeper.http.compiled import CompiledPolicy, compile_policy
     from ratekeeper.http.engine import Enforcer
     from ratekeeper.http.fastapi import RateLimit
     from ratekeeper.http.identity import RequestView
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 # Imported on first use: name -> (module, the extra that installs its dependencies, if any).
 _LAZY: dict[str, tuple[str, str | None]] = {
     "AsyncRateLimitTransport": ("ratekeeper.client", "client"),
+    "CompiledPolicy": ("ratekeeper.http.compiled", None),
     "Enforcer": ("ratekeeper.http.engine", None),
     "Gateway": ("ratekeeper.gateway.app", "http"),
     "Hints": ("ratekeeper.client", "client"),
@@ -123,6 +124,7 @@ __all__ = [
     "AsyncStore",
     "ClientConfigError",
     "Clock",
+    "CompiledPolicy",
     "Decision",
     "DegradedDecision",
     "Enforcer",
