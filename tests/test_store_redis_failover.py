@@ -88,14 +88,14 @@ def test_a_killed_master_fails_only_its_keys_until_its_replica_takes_over(
     workers = [
         context.Process(
             target=failover_load,
-            args=(url, f"fo-{driver}", victim, 4.5, 4, seed, driver, ready, results),
+            args=(url, f"fo-{driver}", victim, 4.0, 4, seed, driver, ready, results),
         )
         for seed in range(3)
     ]
     for process in workers:
         process.start()
     ready.wait(timeout=60)
-    time.sleep(1.5)
+    time.sleep(1.0)
     killed = time.time()
     master.kill()
     promoted = _promoted(replica, killed + 4.0)
@@ -157,7 +157,7 @@ def test_fail_modes_apply_to_the_failed_masters_keys_only(cluster: list[RedisSer
     }
     # (time, key on the failed master?, degraded?) per decision; any exception is a failure.
     seen: list[tuple[float, bool, bool]] = []
-    until = time.time() + 5.0
+    until = time.time() + 4.5
 
     def work(n: int) -> None:
         i = n
