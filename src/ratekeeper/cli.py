@@ -23,6 +23,7 @@ commands:
   serve   enforce a policy's rate limits in front of an HTTP API (or a demo API)
   fetch   fetch URLs politely: paced and retried within the server's rate limits
   admin   operate a running gateway: keys, blocks, lockouts, near-limit callers, reload
+  top     watch a running gateway live: requests, callers near their limits, store, policy
 
 'ratekeeper COMMAND --help' describes a command's options.
 """
@@ -60,6 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return admin_main(rest)
+    if command == "top":
+        try:
+            from ratekeeper.gateway.admin.top import top_main  # noqa: PLC0415 (extras)
+        except ImportError as exc:
+            print(
+                f"ratekeeper top needs the client extra ({exc.name} is missing): "
+                "pip install 'ratekeeper[client]'",
+                file=sys.stderr,
+            )
+            return 2
+        return top_main(rest)
     if command == "fetch":
         try:
             from ratekeeper.client.fetch import fetch_main  # noqa: PLC0415 (extras)

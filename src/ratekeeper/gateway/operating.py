@@ -32,6 +32,7 @@ from typing import Any
 
 from ratekeeper.gateway.admin.api import AdminAPI
 from ratekeeper.gateway.admin.operator import Operator
+from ratekeeper.gateway.admin.page import live_page
 from ratekeeper.gateway.app import ENVIRONMENT_VARIABLE, Gateway, ServeSettings
 from ratekeeper.gateway.app import app_from_environment as gateway_from_environment
 from ratekeeper.gateway.logs import AccessLog
@@ -135,6 +136,11 @@ class OperatedGateway:
             reload=self.reload,
         )
         self._admin = AdminAPI(self.operator, token=token) if operator.admin else None
+        self._page = (
+            live_page(self.operator, gateway, enforcer, store_url=settings.store, token=token)
+            if operator.admin
+            else None
+        )
         self._traffic: ASGIApp = AccessLog(gateway) if operator.access_log else gateway
         self._limited: ASGIApp = (
             AccessLog(gateway.limited) if operator.access_log else gateway.limited
@@ -153,7 +159,9 @@ class OperatedGateway:
             return
         path: str = scope["path"]
         if _on_listener(scope.get("server"), self.settings.admin_server):
-            if path.startswith("/admin/"):
+            if self._page is not None and self._page.serves(path):
+                await self._page(scope, receive, send)
+            elif path.startswith("/admin/"):
                 await self._admin(scope, receive, send)
             elif path in _OPS_PATHS:
                 await self.gateway(scope, receive, send)
@@ -283,7 +291,8 @@ def _shown_key(label: str) -> str | None:
 
 async def _not_found(send: Send) -> None:
     body = (
-        b'{"error":"not_found","message":"the admin listener serves /admin/, /metrics, /healthz"}'
+        b'{"error":"not_found",'
+        b'"message":"the admin listener serves /, /admin/, /metrics, /healthz"}'
     )
     await send(
         {
