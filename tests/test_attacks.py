@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -381,8 +382,16 @@ def demo(root: Path) -> Iterator[Process]:
         yield process
 
 
+@dataclass
+class Front:
+    """A preset's ``ratekeeper serve`` and the example nginx in front of it."""
+
+    serve: str
+    nginx: str
+
+
 @contextmanager
-def behind_nginx(root: Path, demo: Process, preset: str) -> Iterator[str]:
+def behind_nginx(root: Path, demo: Process, preset: str) -> Iterator[Front]:
     where = root / preset
     where.mkdir(exist_ok=True)
     with (
@@ -399,20 +408,20 @@ def behind_nginx(root: Path, demo: Process, preset: str) -> Iterator[str]:
         ) as ratekeeper,
         nginx_example(where / "nginx", ratekeeper.url, demo.url) as url,
     ):
-        yield url
+        yield Front(ratekeeper.url, url)
     no_traceback(ratekeeper)
 
 
 @pytest.fixture(scope="module")
-def musicbrainz(root: Path, demo: Process) -> Iterator[str]:
-    with behind_nginx(root, demo, "musicbrainz") as url:
-        yield url
+def musicbrainz(root: Path, demo: Process) -> Iterator[Front]:
+    with behind_nginx(root, demo, "musicbrainz") as front:
+        yield front
 
 
 @pytest.fixture(scope="module")
-def beatpass(root: Path, demo: Process) -> Iterator[str]:
-    with behind_nginx(root, demo, "beatpass") as url:
-        yield url
+def beatpass(root: Path, demo: Process) -> Iterator[Front]:
+    with behind_nginx(root, demo, "beatpass") as front:
+        yield front
 
 
 FORGED = {
@@ -429,12 +438,14 @@ FORGED = {
 
 
 @pytest.mark.parametrize("how", sorted(FORGED))
-def test_a_forged_address_per_request_buys_no_fresh_budget(musicbrainz: str, how: str) -> None:
+def test_a_forged_address_per_request_buys_no_fresh_budget(musicbrainz: Front, how: str) -> None:
     forge = FORGED[how]
     address = f"127.0.1.{sorted(FORGED).index(how) + 1}"
     with client(address) as http:
         codes = [
-            http.get(musicbrainz + "/ws/2/artist/5b11f4ce?fmt=json", headers=forge(i)).status_code
+            http.get(
+                musicbrainz.nginx + "/ws/2/artist/5b11f4ce?fmt=json", headers=forge(i)
+            ).status_code
             for i in range(30)
         ]
     # 2 per 2-second window per address and User-Agent: a burst that straddles windows may get
@@ -446,11 +457,13 @@ def test_a_forged_address_per_request_buys_no_fresh_budget(musicbrainz: str, how
 LOGIN = {"email": "demo@beatpass.example", "password": "wrong"}
 
 
-def test_failed_logins_from_forged_addresses_are_locked_out(beatpass: str) -> None:
+def test_failed_logins_from_forged_addresses_are_locked_out(beatpass: Front) -> None:
     with client("127.0.2.1") as http:
         codes = []
         for i in range(20):
-            r = http.post(beatpass + "/api/v1/auth/login", json=LOGIN, headers=FORGED["all"](i))
+            r = http.post(
+                beatpass.nginx + "/api/v1/auth/login", json=LOGIN, headers=FORGED["all"](i)
+            )
             codes.append(r.status_code)
             if r.status_code == 401:
                 # post_action reports after the client has its answer: let it land.
@@ -460,15 +473,82 @@ def test_failed_logins_from_forged_addresses_are_locked_out(beatpass: str) -> No
     assert codes[-1] == 429, codes
 
 
-def test_an_attacker_cannot_lock_a_chosen_victim_out(beatpass: str) -> None:
+def test_an_attacker_cannot_lock_a_chosen_victim_out(beatpass: Front) -> None:
     victim = "127.0.2.3"
     with client("127.0.2.2") as attacker:
         for _ in range(8):
             attacker.post(
-                beatpass + "/api/v1/auth/login",
+                beatpass.nginx + "/api/v1/auth/login",
                 json=LOGIN,
                 headers={"Forwarded": f"for={victim}", "X-Real-IP": victim},
             )
             time.sleep(0.05)
     with client(victim) as http:
-        assert http.post(beatpass + "/api/v1/auth/login", json=LOGIN).status_code == 401
+        assert http.post(beatpass.nginx + "/api/v1/auth/login", json=LOGIN).status_code == 401
+
+
+# Attack 3: dot segments escaped route rules. POST /api/v1/x/../auth/login matched as a write,
+# not as auth, while upstreams that resolve dot segments served the login.
+
+LOGIN_BODY = b'{"email":"demo@beatpass.example","password":"wrong"}'
+ESCAPES = [
+    "/api/v1/x/../auth/login",
+    "/api/v1/x/%2e%2e/auth/login",
+    "/api/v1/x/%2E./auth/login",
+    "/api/v1/x/..;/auth/login",
+    "/api/v1/./auth/login",
+    "//api//v1//auth/login",
+    "/api/v1/auth/x/../login",
+    "/api/v1/auth%2Flogin",
+]
+
+
+def raw_post(url: str, target: str, source: str, body: bytes = LOGIN_BODY) -> tuple[int, bytes]:
+    """POST ``body`` to ``target`` exactly as written (httpx would resolve dot segments)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0)) as s:
+        s.sendall(
+            f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), rest
+
+
+@pytest.mark.parametrize("target", ESCAPES)
+def test_dot_segments_do_not_escape_the_lockout(beatpass: Front, target: str) -> None:
+    source = f"127.0.3.{ESCAPES.index(target) + 1}"
+    codes = []
+    for _ in range(8):
+        codes.append(raw_post(beatpass.serve, target, source)[0])
+    # The upstream was asked for the login each time (401) until the lockout (5 failures) held.
+    assert codes[:5] == [401] * 5, codes
+    assert codes[5:] == [429] * 3, codes
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/api/v1/x%2f..%2fauth/login", "/api/v1/x/..%5cauth/login", "/api/v1/x/%252e%252e/auth"],
+)
+def test_paths_upstreams_read_differently_are_refused(beatpass: Front, target: str) -> None:
+    status, body = raw_post(beatpass.serve, target, "127.0.3.20")
+    assert status == 400
+    assert b"ambiguous_path" in body
+
+
+def test_the_decision_endpoint_matches_the_path_nginx_serves(beatpass: Front) -> None:
+    # Through nginx, which resolves the path for itself and passes the request line on as sent:
+    # the decision sees X-Original-URI as written and must match it as the login it is.
+    codes = [raw_post(beatpass.nginx, ESCAPES[1], "127.0.3.30")[0] for _ in range(14)]
+    # BeatPass allows 10 logins a minute per address; the write rule would allow 30.
+    assert codes.count(429) >= 4, codes
+
+
+def test_the_decision_endpoint_refuses_an_ambiguous_path(beatpass: Front) -> None:
+    status, body = raw_post(beatpass.nginx, "/api/v1/x%2f..%2fauth/login", "127.0.3.31")
+    assert status == 400
+    assert b"ambiguous_path" in body

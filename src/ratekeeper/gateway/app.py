@@ -26,6 +26,7 @@ from ratekeeper.errors import GatewayConfigError, PolicyError, StoreError
 from ratekeeper.gateway.decide import DECIDE_PATH, REPORT_PATH, decide, report
 from ratekeeper.gateway.demo import DEMOS, demo_app
 from ratekeeper.gateway.metrics import StoreHealthExport, merged_metrics_app, multiprocess_dir
+from ratekeeper.gateway.paths import normal_scope, refuse_path
 from ratekeeper.gateway.proxy import UpstreamProxy, error_answer, quiet_uvicorn_errors
 from ratekeeper.http.asgi import ASGIApp, RateLimitMiddleware, Receive, Scope, Send
 from ratekeeper.http.engine import Enforcer
@@ -177,7 +178,12 @@ class Gateway:
         elif path == "/metrics" and self._metrics is not None:
             await self._metrics(scope, receive, send)
         else:
-            await self.limited(scope, receive, send)
+            # Routes are matched, and requests forwarded, on the path's one spelling.
+            normal = normal_scope(scope)
+            if normal is None:
+                await refuse_path(send)
+            else:
+                await self.limited(normal, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -17,6 +17,11 @@ status, with the real one in ``X-Ratekeeper-Status``, the body in ``X-Ratekeeper
 configuration to answer with (``examples/nginx/ratekeeper.conf``) and an empty body of its own,
 so that nginx keeps its keepalive connection to ratekeeper.
 
+The original path is matched as ``serve`` matches a request's (``ratekeeper.gateway.paths``):
+percent-decoded, dot segments removed, slashes merged, so ``/api/v1/x/../auth/login`` is the
+login that the upstream will serve; a path servers could read as different resources is
+refused with 400 (carried as ``X-Ratekeeper-Status`` when a deny status is asked for).
+
 The caller's address is the peer's (the proxy) unless the policy trusts it as a proxy
 (``identity.trusted_proxies`` or ``serve --trust-proxy``): then ``X-Forwarded-For`` decides.
 
@@ -40,6 +45,8 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+from ratekeeper.gateway.paths import PATH_REFUSAL, normal_path
+from ratekeeper.gateway.proxy import error_answer
 from ratekeeper.http.asgi import Send
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
@@ -79,8 +86,9 @@ def _status(text: str | None, low: int) -> int | None:
 
 def _view(
     scope: MutableMapping[str, Any], wanted: frozenset[str] | None
-) -> tuple[RequestView, list[str | None]]:
-    """The original request as the proxy describes it, and the values of ``_ORIGINAL``."""
+) -> tuple[RequestView | None, list[str | None]]:
+    """The original request as the proxy describes it (``None`` when its path must be
+    refused, see ``gateway.paths``), and the values of ``_ORIGINAL``."""
     found: list[str | None] = [None] * len(_ORIGINAL)
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
@@ -94,18 +102,35 @@ def _view(
         value = raw_value.decode("latin-1")
         previous = headers.get(name)
         headers[name] = value if previous is None else f"{previous}, {value}"
-    path: str = scope["path"]
     method: str = scope["method"]
     query = scope.get("query_string", b"").decode("latin-1")
-    if path.startswith(_PREFIX):
-        path = path[len(DECIDE_PATH) :]
+    if scope["path"].startswith(_PREFIX):
+        raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        raw = raw[len(DECIDE_PATH) :]
     else:
         uri = found[0] or found[1] or "/"
-        path, _, query = uri.partition("?")
+        text, _, query = uri.partition("?")
+        raw = text.encode("latin-1")
         method = found[2] or found[3] or method
+    # The path the upstream will serve, as serve mode matches it: decoded, dot segments removed.
+    normal = normal_path(raw or b"/")
+    if normal is None:
+        return None, found
+    path = normal[1]
     client = scope.get("client")
-    view = RequestView(method.upper(), path or "/", headers, client[0] if client else None, query)
+    view = RequestView(method.upper(), path, headers, client[0] if client else None, query)
     return view, found
+
+
+async def _refuse_path(send: Send, deny_as: int | None) -> None:
+    headers, body = error_answer(400, "ambiguous_path", PATH_REFUSAL)
+    status = 400
+    if deny_as is not None:
+        headers += [(b"x-ratekeeper-status", b"400"), (b"x-ratekeeper-body", body)]
+        headers = [(n, b"0" if n == b"content-length" else v) for n, v in headers]
+        status, body = deny_as, b""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def decide(
@@ -117,6 +142,9 @@ async def decide(
     """Answer one decision request (see the module docstring)."""
     view, found = _view(scope, wanted)
     deny_as = _status(found[4], 400)
+    if view is None:
+        await _refuse_path(send, deny_as)
+        return
     ticket = await enforcer.admit_async(view)
     # No answer will be reported back: release what admission holds at once.
     await enforcer.complete_async(ticket, 200)
@@ -166,8 +194,8 @@ async def report(
         await send({"type": "http.response.body", "body": body})
         return
     # A refusal of ratekeeper's own (X-Ratekeeper-Status set) never reached the API: as in serve
-    # mode, it is not an answer that counts.
-    if not found[6]:
+    # mode, it is not an answer that counts; nor does a path the decision refused.
+    if view is not None and not found[6]:
         await enforcer.report_async(view, status)
     start, end = _NO_CONTENT
     await send(start)
