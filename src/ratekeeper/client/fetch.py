@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tier", help="with --policy: your plan in it (e.g. enterprise)")
     parser.add_argument(
         "--algorithm",
-        default="fixed_window",
-        help="how the server counts: fixed_window, first_hit_window, sliding_window, gcra",
+        help="how the server counts, if known: fixed_window, first_hit_window, sliding_window, "
+        "gcra (unknown: at most N in any span of W, faster once the server shows aligned windows)",
     )
     parser.add_argument("--min-interval", type=float, default=0.0, help="seconds between sends")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at most")
@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output-dir", help="write each answer's body to a file here")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--user-agent", help="User-Agent to send (some APIs require a contact)")
+    parser.add_argument(
+        "--warn-low",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="warn when under this fraction of a reported limit is left (default: quiet)",
+    )
     return parser
 
 
@@ -113,7 +121,13 @@ async def _run(args: argparse.Namespace, urls: list[str], err: Console, out: Tex
         meter.waited_s += seconds
         await asyncio.sleep(seconds)
 
-    options = {"min_interval_s": args.min_interval, "max_in_flight": args.concurrency}
+    # Running low is what a fetch paced to the limits does: quiet unless asked.
+    options = {
+        "min_interval_s": args.min_interval,
+        "max_in_flight": args.concurrency,
+        "low_remaining": args.warn_low,
+        "user_agent": args.user_agent,
+    }
     policy = (
         HostPolicy.from_policy(args.policy, tier=args.tier, **options)
         if args.policy

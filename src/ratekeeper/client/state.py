@@ -83,8 +83,10 @@ class HostState:
         )
         # Told windows: when each request in flight left (its answer bounds its arrival).
         self._sent_at: dict[int, float] = {}
-        # Learned budgets whose resets are written in whole seconds: the window's first send,
-        # the true period once a probe confirmed it, and whether a probe was refused.
+        # Learned budgets whose resets may be written late: the window's first request and
+        # when its answer came (the server's window began before that), the true period once
+        # a probe confirmed it, and whether a probe was refused.
+        self._window_seq = 0
         self._window_start: float | None = None
         self.period_s: float | None = None
         self._probe_at: float | None = None
@@ -147,6 +149,7 @@ class HostState:
                 size = limit if limit is not None and sure else 1
                 self.budget = _Budget(size, None, budget.name)
                 self._window_start = None
+                self._window_seq = 0
                 if probe is not None:
                     self._probe_sent = -1  # the next send probes the guess, alone
                 self._probe_at = None
@@ -160,16 +163,18 @@ class HostState:
             return wait
 
     def _refill_at(self, reset_at: float) -> float:
-        """When a spent learned budget is worth trying again: its reset, or, when the reset
-        was written in whole seconds and may be rounded up (Flask-Limiter adds a second),
-        a period after the window's first send, probed by one request (once a probe was
-        refused, resets are believed as written)."""
+        """When a spent learned budget is worth trying again: its reset, or a whole period of
+        seconds after the window's first answer when the reset may be written late (rounded
+        up to whole seconds by Flask-Limiter, a second added by slowapi), probed by one
+        request; once a probe was refused, resets are believed as written."""
         start = self._window_start
-        if not self._rounded or self._probe_refused or start is None:
+        if self._probe_refused or start is None:
             return reset_at
         period = self.period_s
         if period is None:
-            period = self._guessed_period = math.floor(reset_at - start)
+            # Late by up to a second: rounded up, or "1 +" a precise reset.
+            period = math.floor(reset_at - start - (0.0 if self._rounded else 0.5))
+            self._guessed_period = period
             if period < 1:
                 return reset_at
         at = start + period + self.plan.policy.margin_s
@@ -242,8 +247,8 @@ class HostState:
                 self._sent_at[self.sent] = now
                 for pacer in self.pacers:
                     pacer.record(now)
-            if self._window_start is None:
-                self._window_start = now
+            if not self._window_seq:
+                self._window_seq = self.sent
             if self._probe_sent < 0:
                 self._probe_sent = self.sent
             return self.sent
@@ -265,6 +270,8 @@ class HostState:
         with self._lock:
             self.in_flight -= 1
             self._probe_sent = 0
+            if seq == self._window_seq:
+                self._window_seq = 0
             self._reached(seq, now)
 
     def _reached(self, seq: int, now: float) -> None:
@@ -281,6 +288,8 @@ class HostState:
             self.in_flight -= 1
             if self.pacers:
                 self._reached(seq, now)
+            if seq == self._window_seq:
+                self._window_start = now
             if hints.zone:
                 self.zone = hints.zone
             failed = status == 429 or status >= 500
