@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from ratekeeper import ManualClock
 from ratekeeper.client import (
@@ -21,7 +27,18 @@ from ratekeeper.client.cache import (
     async_memory_storage,
     endpoint_ttl,
 )
-from ratekeeper.client.helpers import Debouncer, Poller, gather_bounded, paginate
+from ratekeeper.client.helpers import (
+    Debouncer,
+    Poller,
+    SyncDebouncer,
+    SyncPoller,
+    gather_bounded,
+    paginate,
+    paginate_sync,
+    run_bounded,
+)
+from ratekeeper.errors import ClientConfigError
+from servers import uvicorn_in_thread
 
 T0 = 1_700_000_000.0
 
@@ -188,3 +205,96 @@ def test_gather_bounded_limits_concurrency_and_keeps_order() -> None:
     results = asyncio.run(gather_bounded((job(n) for n in range(20)), 3))
     assert results == list(range(20))
     assert peak == 3
+
+
+def test_sync_debounce_runs_only_the_last_call() -> None:
+    seen: list[str] = []
+
+    def search(text: str) -> str:
+        seen.append(text)
+        return text.upper()
+
+    debounced = SyncDebouncer(search, delay_s=0.2)
+    results: dict[str, str | None] = {}
+
+    def call(text: str) -> None:
+        results[text] = debounced(text)
+
+    threads = []
+    for text in ["r", "ra", "rad"]:
+        threads.append(threading.Thread(target=call, args=(text,)))
+        threads[-1].start()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join(5)
+    assert results == {"r": None, "ra": None, "rad": "RAD"}
+    assert seen == ["rad"]
+
+
+def test_sync_poller_same_schedule_as_the_async_one() -> None:
+    clock = ManualClock(0.0)
+    starts: list[float] = []
+
+    def fetch() -> None:
+        starts.append(clock())
+        clock.advance(2.0)
+
+    poller = SyncPoller(fetch, 15.0, clock=clock, sleep=clock.advance)
+    for _, _ in zip(range(3), poller, strict=False):
+        pass
+    assert starts == [0.0, 15.0, 30.0]
+
+
+@pytest.mark.parametrize("twin", [Poller, SyncPoller])
+def test_poller_refuses_an_interval_below_the_hosts_floor(twin: type) -> None:
+    radio = HostPolicy.from_policy("radio")
+    url = "https://radio.example/v1/now-playing"
+    with pytest.raises(ClientConfigError, match="below the host's floor of 15s"):
+        twin(lambda: None, 5.0, policy=radio, url=url)
+    assert twin(lambda: None, 15.0, policy=radio, url=url).interval_s == 15.0
+    assert twin(lambda: None, 1.0, policy=radio, url="https://radio.example/other").interval_s == 1
+    with pytest.raises(ClientConfigError, match="interval_s must be > 0"):
+        twin(lambda: None, 0.0)
+
+
+def test_paginate_sync_through_the_transport_against_a_real_server() -> None:
+    pages = {
+        None: {"data": [1, 2], "next_cursor": "b"},
+        "b": {"data": [3], "meta": {"next_cursor": "c"}},
+        "c": {"data": [4], "next_cursor": ""},
+    }
+
+    async def tracks(request: Request) -> JSONResponse:
+        return JSONResponse(pages[request.query_params.get("cursor")])
+
+    with uvicorn_in_thread(Starlette(routes=[Route("/tracks", tracks)])) as base:
+        transport = RateLimitTransport(default=HostPolicy(limits="10/second"))
+        with httpx.Client(transport=transport) as client:
+            assert list(paginate_sync(client, f"{base}/tracks")) == [1, 2, 3, 4]
+
+
+def test_run_bounded_limits_threads_and_keeps_order() -> None:
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def job(n: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.002 * (5 - n % 5))
+        with lock:
+            running -= 1
+        if n == 7:
+            raise ValueError("seven")
+        return n
+
+    results = run_bounded([lambda n=n: job(n) for n in range(20)], 3, return_exceptions=True)
+    assert results[:7] == list(range(7))
+    assert isinstance(results[7], ValueError)
+    assert peak == 3
+    with pytest.raises(ValueError, match="seven"):
+        run_bounded([lambda n=n: job(n) for n in range(10)], 2)
+    with pytest.raises(ClientConfigError, match="limit"):
+        run_bounded([], 0)
