@@ -73,26 +73,33 @@ def cross_slot_flow(
     """The reserve / commit-or-abort protocol of the module docstring for one decision: yields
     the calls of a phase (one per slot, to be made concurrently), receives their replies
     (bytes, or the exception the call failed with)."""
+    names = [codec.key(limit_set, key) for limit_set, key in items]
     slots: dict[int, list[int]] = {}
-    for index, (limit_set, key) in enumerate(items):
-        slots.setdefault(key_slot(codec.key(limit_set, key).encode()), []).append(index)
+    for index, name in enumerate(names):
+        slots.setdefault(key_slot(name.encode()), []).append(index)
     groups = list(slots.values())
     if len(groups) == 1:
-        call, n_limits = codec.marshal(items, cost, now, peek, op=b"d")
+        call, n_limits = codec.marshal(items, cost, now, peek, op=b"d", keys=names)
         (reply,) = yield [call]
         return decision(_ok(reply), items, n_limits)
     token = uuid.uuid4().hex
     op = b"d" if peek else b"r"
     parts = [[items[i] for i in group] for group in groups]
-    marshalled = [codec.marshal(part, cost, now, peek, op=op, token=token) for part in parts]
+    part_keys = [[names[i] for i in group] for group in groups]
+    marshalled = [
+        codec.marshal(part, cost, now, peek, op=op, token=token, keys=keys)
+        for part, keys in zip(parts, part_keys, strict=True)
+    ]
     replies = yield [call for call, _ in marshalled]
     failed = [reply for reply in replies if isinstance(reply, Exception)]
     if failed:
         if not peek:
             # Give back at once what the other slots reserved, rather than hold it for a lease.
             aborts = [
-                codec.marshal(part, cost, now, False, op=b"a", token=token)[0]
-                for part, reply, (_, n) in zip(parts, replies, marshalled, strict=True)
+                codec.marshal(part, cost, now, False, op=b"a", token=token, keys=keys)[0]
+                for part, keys, reply, (_, n) in zip(
+                    parts, part_keys, replies, marshalled, strict=True
+                )
                 if not isinstance(reply, Exception) and parse(reply, n)[0]
             ]
             if aborts:
@@ -101,15 +108,14 @@ def cross_slot_flow(
     parsed = [parse(reply, n) for reply, (_, n) in zip(replies, marshalled, strict=True)]
     allowed = all(p[0] for p in parsed)
     if not peek:
-        if allowed:
-            ops = [codec.marshal(part, cost, now, False, op=b"c", token=token)[0] for part in parts]
-        else:
-            # An abort that fails leaves a reservation that its lease ends: nothing to raise.
-            ops = [
-                codec.marshal(part, cost, now, False, op=b"a", token=token)[0]
-                for part, p in zip(parts, parsed, strict=True)
-                if p[0]
-            ]
+        # An abort that fails leaves a reservation that its lease ends: nothing to raise.
+        ops = [
+            codec.marshal(
+                part, cost, now, False, op=b"c" if allowed else b"a", token=token, keys=keys
+            )[0]
+            for part, keys, p in zip(parts, part_keys, parsed, strict=True)
+            if allowed or p[0]
+        ]
         settled = yield ops
         if allowed:
             for reply in settled:

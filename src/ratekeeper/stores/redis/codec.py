@@ -121,22 +121,31 @@ class Codec:
         return plan
 
     def marshal(
-        self, items: Items, cost: int, now: float, peek: bool, *, op: bytes, token: str = "-"
+        self,
+        items: Items,
+        cost: int,
+        now: float,
+        peek: bool,
+        *,
+        op: bytes,
+        token: str = "-",
+        keys: list[str] | None = None,
     ) -> tuple[Call, int]:
         """The script call for ``op`` (``d`` decide, ``r`` reserve, ``c`` commit, ``a``
-        abort) on ``items``, and how many limit results its reply holds."""
+        abort) on ``items``, and how many limit results its reply holds; ``keys``: the items'
+        key names, when the caller has them already."""
         clock = math.nan if self.use_server_time else now
         args: list[bytes | str] = [
             _HEADER.pack(op, peek, self.pending, len(items), cost, LEASE_MS, clock),
             token,
         ]
-        keys = []
         n_limits = 0
-        for limit_set, key in items:
+        for limit_set, _ in items:
             plan, state_format, n = self.plan(limit_set)
             args += (plan, state_format)
             n_limits += n
-            keys.append(self.key(limit_set, key))
+        if keys is None:
+            keys = [self.key(limit_set, key) for limit_set, key in items]
         if self.pending:
             # Each item's reservations and commit marks (see lua/decide.lua), in its slot.
             keys += [f"{k}:p" for k in keys] + [f"{k}:m" for k in keys]
