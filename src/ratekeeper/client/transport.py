@@ -33,6 +33,7 @@ from ratekeeper.client.flow import (
     Send,
     Sleep,
     Slot,
+    Wire,
 )
 from ratekeeper.client.pacing import HostPolicy
 from ratekeeper.client.retry import RetryPolicy
@@ -45,10 +46,18 @@ from ratekeeper.stores.base import AsyncStore, Store
 from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.url import store_from_url
 
-__all__ = ["AsyncRateLimitTransport", "HttpxWire", "LowRemainingCallback", "RateLimitTransport"]
+__all__ = [
+    "AsyncRateLimitTransport",
+    "HttpxWire",
+    "LowRemainingCallback",
+    "RateLimitTransport",
+    "SyncDriver",
+]
 
-T = TypeVar("T", bound="_Transport[Any]")
+T = TypeVar("T", bound="_Transport[Any, Any, Any]")
 L = TypeVar("L", Limiter, AsyncLimiter)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class HttpxWire:
@@ -133,14 +142,15 @@ def _store(store: Store | AsyncStore | str | None) -> Any:
     return store if store is not None else MemoryStore()
 
 
-class _Transport(Generic[L]):
-    """What both transports share: the flow and its configuration, the store, and one limiter
+class _Transport(Generic[L, Req, Resp]):
+    """What every driver shares: the flow and its configuration, the store, and one limiter
     per host (shifted by the host's clock shift) plus an unshifted one for peeks."""
 
     _limiter_type: type[L]
 
     def __init__(
         self,
+        wire: Wire[Req, Resp],
         *,
         hosts: Mapping[str, HostPolicy] | None = None,
         default: HostPolicy | None = None,
@@ -150,8 +160,8 @@ class _Transport(Generic[L]):
         random_fn: Callable[[], float] = random.random,
         on_low_remaining: LowRemainingCallback | None = None,
     ) -> None:
-        self._flow: ClientFlow[httpx.Request, httpx.Response] = ClientFlow(
-            _WIRE,
+        self._flow: ClientFlow[Req, Resp] = ClientFlow(
+            wire,
             hosts=hosts,
             default=default,
             retry=retry,
@@ -194,21 +204,15 @@ class _Transport(Generic[L]):
         return limiter
 
 
-class RateLimitTransport(_Transport[Limiter], httpx.BaseTransport):
-    """A polite ``httpx.BaseTransport``: paces, learns and retries around ``transport``.
-
-    ``hosts`` maps a host, ``host:port`` or URL prefix to its :class:`HostPolicy`; ``default``
-    serves every other host. ``store`` (a store or URL such as ``sqlite:///budgets.db``) holds
-    the budgets of known policies, shared by every process using it. ``clock`` (epoch seconds)
-    and ``sleep`` are injectable for exact tests. Waits past ``retry``'s caps raise
-    :class:`~ratekeeper.errors.WaitTooLongError`.
-    """
+class SyncDriver(_Transport[Limiter, Req, Resp]):
+    """Carries the flow out with ``time.sleep`` and thread locks; a subclass says how to send,
+    read and close (httpx's :class:`RateLimitTransport`, the requests adapter)."""
 
     _limiter_type = Limiter
 
     def __init__(
         self,
-        transport: httpx.BaseTransport | None = None,
+        wire: Wire[Req, Resp],
         *,
         hosts: Mapping[str, HostPolicy] | None = None,
         default: HostPolicy | None = None,
@@ -220,6 +224,7 @@ class RateLimitTransport(_Transport[Limiter], httpx.BaseTransport):
         on_low_remaining: LowRemainingCallback | None = None,
     ) -> None:
         super().__init__(
+            wire,
             hosts=hosts,
             default=default,
             retry=retry,
@@ -228,11 +233,19 @@ class RateLimitTransport(_Transport[Limiter], httpx.BaseTransport):
             random_fn=random_fn,
             on_low_remaining=on_low_remaining,
         )
-        self.transport = transport if transport is not None else httpx.HTTPTransport()
         self._sleep = sleep
         self._gates: dict[str, _FairLock] = {}
         self._slots: dict[str, threading.Condition] = {}
         self._lock = threading.Lock()
+
+    def _send(self, request: Req) -> Resp:
+        raise NotImplementedError
+
+    def _read(self, response: Resp) -> None:
+        raise NotImplementedError
+
+    def _close(self, response: Resp) -> None:
+        raise NotImplementedError
 
     def _per_host(self, state: HostState) -> tuple[_FairLock, threading.Condition]:
         name = state.plan.name
@@ -243,7 +256,7 @@ class RateLimitTransport(_Transport[Limiter], httpx.BaseTransport):
                 self._slots.setdefault(name, threading.Condition())
         return gate, self._slots[name]
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def _drive(self, request: Req) -> Resp:
         """Send ``request`` when its host's pacing allows, retrying as the policy says."""
         flow = self._flow.run(request)
         held: list[_FairLock] = []
@@ -265,7 +278,7 @@ class RateLimitTransport(_Transport[Limiter], httpx.BaseTransport):
             held.remove(gate)
             gate.release()
             try:
-                return self.transport.handle_request(op.request)
+                return self._send(op.request)
             except BaseException as exc:
                 return Failed(exc)
         elif isinstance(op, Answered):
@@ -292,19 +305,71 @@ class RateLimitTransport(_Transport[Limiter], httpx.BaseTransport):
                     op.state.slot_waiters -= 1
         elif isinstance(op, Read):
             try:
-                op.response.read()
+                self._read(op.response)
             except BaseException as exc:
                 return Failed(exc)
         else:
-            op.response.close()
+            self._close(op.response)
         return None
+
+
+class RateLimitTransport(SyncDriver[httpx.Request, httpx.Response], httpx.BaseTransport):
+    """A polite ``httpx.BaseTransport``: paces, learns and retries around ``transport``.
+
+    ``hosts`` maps a host, ``host:port`` or URL prefix to its :class:`HostPolicy`; ``default``
+    serves every other host. ``store`` (a store or URL such as ``sqlite:///budgets.db``) holds
+    the budgets of known policies, shared by every process using it. ``clock`` (epoch seconds)
+    and ``sleep`` are injectable for exact tests. Waits past ``retry``'s caps raise
+    :class:`~ratekeeper.errors.WaitTooLongError`.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        hosts: Mapping[str, HostPolicy] | None = None,
+        default: HostPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        store: Store | str | None = None,
+        clock: Clock = system_clock,
+        sleep: Callable[[float], None] = time.sleep,
+        random_fn: Callable[[], float] = random.random,
+        on_low_remaining: LowRemainingCallback | None = None,
+    ) -> None:
+        super().__init__(
+            _WIRE,
+            hosts=hosts,
+            default=default,
+            retry=retry,
+            store=store,
+            clock=clock,
+            sleep=sleep,
+            random_fn=random_fn,
+            on_low_remaining=on_low_remaining,
+        )
+        self.transport = transport if transport is not None else httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` when its host's pacing allows, retrying as the policy says."""
+        return self._drive(request)
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        return self.transport.handle_request(request)
+
+    def _read(self, response: httpx.Response) -> None:
+        response.read()
+
+    def _close(self, response: httpx.Response) -> None:
+        response.close()
 
     def close(self) -> None:
         """Close the wrapped transport."""
         self.transport.close()
 
 
-class AsyncRateLimitTransport(_Transport[AsyncLimiter], httpx.AsyncBaseTransport):
+class AsyncRateLimitTransport(
+    _Transport[AsyncLimiter, httpx.Request, httpx.Response], httpx.AsyncBaseTransport
+):
     """The asyncio twin of :class:`RateLimitTransport` (same flow, same options)."""
 
     _limiter_type = AsyncLimiter
@@ -323,6 +388,7 @@ class AsyncRateLimitTransport(_Transport[AsyncLimiter], httpx.AsyncBaseTransport
         on_low_remaining: LowRemainingCallback | None = None,
     ) -> None:
         super().__init__(
+            _WIRE,
             hosts=hosts,
             default=default,
             retry=retry,
