@@ -4,7 +4,13 @@ limits as decorator and dependency, key and cost from the request, OpenAPI, docs
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fastapi
@@ -32,6 +38,7 @@ routes = ["/open"]
 exempt = true
 """
 KEY = {"X-API-Key": "k1"}
+TESTS = Path(__file__).parent
 
 
 def tenant(request: fastapi.Request) -> str:
@@ -184,3 +191,80 @@ def test_plain_middleware_with_the_dependency_charges_apply_once() -> None:
         r = client.get("/media")
         assert len(r.headers.get_list("X-RateLimit-Limit")) == 1
         assert client.get("/plain").headers["X-RateLimit-Remaining"] == "93"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _uvicorn_workers(store: str) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    env = {**os.environ, "RATEKEEPER_TEST_STORE": store}
+    command = [sys.executable, "-m", "uvicorn", "fastapi_site:app", "--workers", "2"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--app-dir", str(TESTS)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(base + "/health", timeout=1)
+            return process, base
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise
+            time.sleep(0.1)
+
+
+def test_two_uvicorn_workers_on_one_sqlite_file_are_exact(tmp_path: Path) -> None:
+    process, base = _uvicorn_workers(f"sqlite:///{tmp_path / 'rk.db'}")
+    try:
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=base, headers=KEY, limits=limits) as client:
+            statuses = [client.get("/media").status_code for _ in range(12)]
+    finally:
+        process.terminate()
+        errors = process.communicate(timeout=20)[1]
+    assert (statuses.count(200), statuses.count(429)) == (5, 7), errors
+    assert "memory:// store counts per process" not in errors
+
+
+def test_two_uvicorn_workers_on_a_memory_store_warn_at_start() -> None:
+    process, _ = _uvicorn_workers("memory://")
+    process.terminate()
+    assert "the memory:// store counts per process" in process.communicate(timeout=20)[1]
+
+
+def test_a_trailing_slash_or_another_method_does_not_get_around_a_route_limit(url: str) -> None:
+    with httpx.Client(base_url=url, headers=KEY, follow_redirects=True) as client:
+        assert client.head("/media").status_code == 405  # no way in, and charged by the policy
+        assert [client.get("/media/").status_code for _ in range(6)] == [200] * 5 + [429]
+        assert client.get("/media").status_code == 429
+
+
+def test_openapi_lists_503_where_a_limit_answers_it() -> None:
+    policy = """
+apply = ["api", "overload"]
+[limits.api]
+rates = "10/minute"
+[limits.overload]
+in_flight = 2
+scope = "global"
+"""
+    app = fastapi.FastAPI()
+    RateKeeper(app, loads_policy(policy))
+
+    @app.get("/x")
+    async def x() -> dict[str, bool]:
+        return {}
+
+    responses = app.openapi()["paths"]["/x"]["get"]["responses"]
+    assert {"429", "503"} <= set(responses)
+    assert "Retry-After" in responses["503"]["headers"]

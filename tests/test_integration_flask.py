@@ -38,6 +38,8 @@ def test_policy_and_view_limits_are_one_decision(url: str) -> None:
         assert [client.get("/media").status_code for _ in range(5)] == [200] * 4 + [429]
         assert client.get("/plain").headers["X-RateLimit-Remaining"] == "93"
         assert client.get("/plain", headers={"X-API-Key": ""}).status_code == 401
+        scan = client.get("/nowhere")  # unknown paths are counted too: scanning is not free
+        assert (scan.status_code, scan.headers["X-RateLimit-Remaining"]) == (404, "92")
 
 
 def test_key_and_cost_functions_get_flasks_request(url: str) -> None:
