@@ -148,7 +148,9 @@ def test_beatpass_global_and_categories_most_restrictive_applies(
                 assert r.headers["X-RateLimit-Limit"] == str(limit)
             r = http.request(method, url + path, headers=headers)
             assert r.status_code == 429
-            assert r.text.startswith(f"Rate limit exceeded: {limit} requests per minute.")
+            error = r.json()["error"]
+            assert error["message"] == f"Rate limit exceeded ({limit} requests per minute)"
+            assert error["retry_after"] == int(r.headers["Retry-After"])
             # The global budget still has room: content endpoints answer.
             assert http.get(url + "/api/v1/genres", headers=headers).status_code == 200
         # The global limit: 300 per minute per client on general endpoints.
@@ -159,7 +161,8 @@ def test_beatpass_global_and_categories_most_restrictive_applies(
             assert r.headers["X-RateLimit-Limit"] == "300"
         r = http.get(url + "/api/v1/albums", headers=headers)
     assert r.status_code == 429
-    assert r.headers["Content-Type"].startswith("text/plain")
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(r.headers["Retry-After"]) >= 1
 
 
@@ -177,7 +180,12 @@ def test_beatpass_auth_lockout_after_failed_logins(
         r = attacker.post(login, json=good)
         assert r.status_code == 429
         assert 890 <= int(r.headers["Retry-After"]) <= 900
-        assert "Too many failed authentication attempts" in r.text
+        assert "Too many failed authentication attempts" in r.json()["message"]
+        # "Responses include standard rate limit headers", the lockout's too: the 5 failures
+        # allowed are spent until the lock ends.
+        assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("5", "0")
+        reset = int(r.headers["X-RateLimit-Reset"])
+        assert 0 <= reset - time.time() - int(r.headers["Retry-After"]) <= 2
         # Another address is not locked out.
         r = other.post(login, json=good)
         assert r.status_code == 200 and r.json()["token_type"] == "Bearer"
@@ -270,11 +278,16 @@ def test_musicbrainz_zones_two_second_windows_and_503(
         assert "User-Agent" in r.text
         clear_of_boundary(2, 1.5)
         for _ in range(2):
-            r = http.get(artist, params={"fmt": "json"}, headers={"User-Agent": "app-a/1 (a@x)"})
+            r = http.get(
+                artist, params={"fmt": "json"}, headers={"User-Agent": "app-a/1 ( a@example.org )"}
+            )
             assert r.status_code == 200 and r.json()["name"] == "Demo Artist"
+            # As on the page: passing answers show the global zone's 800.
+            assert r.headers["X-RateLimit-Limit"] == "800"
+            assert r.headers["X-RateLimit-Zone"] == "global"
         reset = int(r.headers["X-RateLimit-Reset"])
         assert reset % 2 == 0 and 0 < reset - time.time() <= 2
-        r = http.get(artist, headers={"User-Agent": "app-a/1 (a@x)"})
+        r = http.get(artist, headers={"User-Agent": "app-a/1 ( a@example.org )"})
         assert r.status_code == 503
         assert r.headers["X-RateLimit-Zone"] == "per-ip-ua"
         assert r.headers["X-RateLimit-Limit"] == "2"
@@ -283,13 +296,15 @@ def test_musicbrainz_zones_two_second_windows_and_503(
         # Other applications on the same address: 10 per 2 s for the address as a whole.
         for agent in "bcde":
             for _ in range(2):
-                r = http.get(artist, headers={"User-Agent": f"app-{agent}/1 (x@y)"})
+                r = http.get(
+                    artist, headers={"User-Agent": f"app-{agent}/1 ( https://{agent}.example.org )"}
+                )
                 assert r.status_code == 200
-        r = http.get(artist, headers={"User-Agent": "app-f/1 (f@x)"})
+        r = http.get(artist, headers={"User-Agent": "app-f/1 ( f@example.org )"})
         assert r.status_code == 503
         assert r.headers["X-RateLimit-Zone"] == "per-ip"
         time.sleep(reset - time.time() + 0.05)
-        r = http.get(artist, headers={"User-Agent": "app-a/1 (a@x)"})
+        r = http.get(artist, headers={"User-Agent": "app-a/1 ( a@example.org )"})
         assert r.status_code == 200
         assert r.headers["X-RateLimit-Zone"] in ("per-ip", "per-ip-ua", "global")
         assert r.headers["Content-Type"].startswith("application/xml")
@@ -334,11 +349,16 @@ def test_aisoule_messaging_burst_and_media_uploads(
     url = gateways("aisoule", mode).url
     headers = {"Authorization": f"Bearer {key()}"}
     with client() as http:
-        codes = [
-            http.post(url + "/v1/messages", headers=headers, json={"to": "+1"}).status_code
-            for _ in range(8)
+        answers = [
+            http.post(url + "/v1/messages", headers=headers, json={"to": "+1"}) for _ in range(8)
         ]
+        codes = [a.status_code for a in answers]
         assert codes[:5] == [202] * 5 and 429 in codes[5:]
+        # The page's headers describe the 300/minute messaging budget, not the 5/s burst.
+        assert [a.headers["X-RateLimit-Limit"] for a in answers[:5]] == ["300"] * 5
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers[:5]] == [
+            str(299 - n) for n in range(5)
+        ]
         r = http.post(url + "/v1/messages", headers=headers, json={"to": "+1"})
         assert r.status_code == 429
         assert r.json()["error"]["retry_after_seconds"] == 1

@@ -29,6 +29,8 @@ from ratekeeper.gateway.metrics import StoreHealthExport, merged_metrics_app, mu
 from ratekeeper.gateway.paths import normal_scope, refuse_path
 from ratekeeper.gateway.proxy import UpstreamProxy, error_answer, quiet_uvicorn_errors
 from ratekeeper.http.asgi import ASGIApp, RateLimitMiddleware, Receive, Scope, Send
+from ratekeeper.http.cache import ResponseStore, caches
+from ratekeeper.http.cache_shared import SharedResponseCache, response_cache_beside
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.metrics import metrics_asgi_app
 from ratekeeper.policy import load_policy, preset_path
@@ -129,7 +131,8 @@ class Gateway:
     """The ``serve`` app: ``enforcer`` in front of ``target`` (proxy or demo), plus the
     decision endpoint, ``/healthz`` and ``/metrics`` (the enforcer's own, unless ``metrics``
     gives another app). ``on_start``/``on_stop`` run in the ASGI lifespan; the store is closed
-    after the last request."""
+    after the last request. ``response_cache`` keeps the policy's cached answers (see
+    :func:`~ratekeeper.http.cache_shared.response_cache_beside`)."""
 
     def __init__(
         self,
@@ -139,9 +142,10 @@ class Gateway:
         on_start: Sequence[Callable[[], Any]] = (),
         on_stop: Sequence[Callable[[], Any]] = (),
         metrics: ASGIApp | None = None,
+        response_cache: ResponseStore | None = None,
     ) -> None:
         self.enforcer = enforcer
-        self.limited = RateLimitMiddleware(target, enforcer)
+        self.limited = RateLimitMiddleware(target, enforcer, response_cache=response_cache)
         self._wanted = enforcer.header_names
         self._on_start = on_start
         self._on_stop = on_stop
@@ -265,7 +269,31 @@ def build_gateway(settings: ServeSettings) -> Gateway:
         on_stop.append(proxy.close)
     else:
         target = demo_app(settings.demo_names)
-    return Gateway(enforcer, target, on_start=on_start, on_stop=on_stop, metrics=metrics)
+    response_cache = _response_cache(settings, enforcer, on_stop)
+    return Gateway(
+        enforcer,
+        target,
+        on_start=on_start,
+        on_stop=on_stop,
+        metrics=metrics,
+        response_cache=response_cache,
+    )
+
+
+def _response_cache(
+    settings: ServeSettings, enforcer: Enforcer, on_stop: list[Callable[[], Any]]
+) -> ResponseStore | None:
+    """Cached answers beside a shared store, so every worker and instance answers alike."""
+    if not caches(enforcer.plan):
+        return None
+    cache = response_cache_beside(enforcer.store, settings.store, enforcer.plan, enforcer.clock)
+    if isinstance(cache, SharedResponseCache):
+
+        async def close() -> None:
+            cache.close()
+
+        on_stop.append(close)
+    return cache
 
 
 def app_from_environment() -> Gateway:

@@ -67,7 +67,8 @@ def cacheable_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], 
 
 
 class ResponseStore(Protocol):
-    """Where cached answers live: this process (:class:`ResponseCache`) or a shared store."""
+    """Where cached answers live: this process (:class:`ResponseCache`) or the shared store
+    (:class:`~ratekeeper.http.cache_shared.SharedResponseCache`); sync and async twins."""
 
     def get(self, key: str) -> CachedResponse | None:
         """The fresh answer stored under ``key``, if any."""
@@ -75,6 +76,14 @@ class ResponseStore(Protocol):
 
     def put(self, key: str, ttl_s: float, response: CachedResponse) -> None:
         """Keep ``response`` for ``ttl_s`` seconds (if small enough)."""
+        ...
+
+    async def get_async(self, key: str) -> CachedResponse | None:
+        """The asyncio twin of :meth:`get`."""
+        ...
+
+    async def put_async(self, key: str, ttl_s: float, response: CachedResponse) -> None:
+        """The asyncio twin of :meth:`put`."""
         ...
 
 
@@ -172,3 +181,11 @@ class ResponseCache:
                 for old in list(data)[: max(1, self.max_entries // 10)]:
                     del data[old]
         data[key] = (self._clock() + ttl_s, response)
+
+    async def get_async(self, key: str) -> CachedResponse | None:
+        """:meth:`get`, from asyncio (a dict lookup: on the event loop)."""
+        return self.get(key)
+
+    async def put_async(self, key: str, ttl_s: float, response: CachedResponse) -> None:
+        """:meth:`put`, from asyncio."""
+        self.put(key, ttl_s, response)

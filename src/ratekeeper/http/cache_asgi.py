@@ -47,7 +47,7 @@ class ResponseCacheMiddleware:
             await self.app(scope, receive, send)
             return
         key, ttl_s = entry
-        hit = self.cache.get(key)
+        hit = await self.cache.get_async(key)
         if hit is not None:
             await _send_hit(send, hit)
             return
@@ -87,5 +87,5 @@ class _Capture:
                 body = b"".join(self._chunks)
                 self._chunks = None
                 cached = CachedResponse(200, cacheable_headers(self._headers), body)
-                self._store.put(self._key, self._ttl_s, cached)
+                await self._store.put_async(self._key, self._ttl_s, cached)
         await self._send(message)

@@ -45,6 +45,8 @@ class CompiledRule:
     tiers: Mapping[str, tuple[Pairs, Pairs]] = field(default_factory=dict)
     # ("header" | "query", name, max_cost) when the request says what it costs.
     cost_source: tuple[str, str, int] | None = None
+    # The limit set the X-RateLimit-* headers of admitted requests report ("": the binding).
+    headers_limit: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +135,7 @@ def compile_rule(
         shadow=_pairs(shadow_names, limits, {}),
         in_flight=in_flight,
         tiers=tiers,
+        headers_limit=policy.headers_limit,
     )
 
 
@@ -217,6 +220,8 @@ def _routes(policy: Policy) -> RouteTable[CompiledRule]:
                 kind = "header" if rule.cost_header else "query"
                 source = (kind, rule.cost_header or rule.cost_query, rule.max_cost)
                 compiled = replace(compiled, cost_source=source)
+            if rule.headers_limit:
+                compiled = replace(compiled, headers_limit=rule.headers_limit)
         entries.append((rule.routes, rule.methods, compiled))
     default = compile_rule(
         policy, "default", list(policy.default), cost=1, cache_ttl_s=0.0, shadow_rule=False

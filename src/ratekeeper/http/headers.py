@@ -1,7 +1,8 @@
 """Rate-limit answer headers from a :class:`~ratekeeper.decision.Decision`.
 
-``X-RateLimit-*`` report the binding limit (see :class:`Decision`); ``X-RateLimit-Reset`` is
-the ceiling of its reset as Unix epoch seconds. ``Retry-After`` (ceil, at least 1) is added by
+``X-RateLimit-*`` report the binding limit (see :class:`Decision`), or on an admitted request
+the limit set a policy names to report (``headers_limit``); ``X-RateLimit-Reset`` is the
+ceiling of its reset as Unix epoch seconds. ``Retry-After`` (ceil, at least 1) is added by
 :func:`retry_after_headers` on 429/503 answers only. The IETF fields follow
 draft-ietf-httpapi-ratelimit-headers-11 and list every limit of the decision; with a
 :class:`PartitionKeys`, each ``RateLimit`` item carries ``pk``, a digest of the partition (the
@@ -14,12 +15,13 @@ import base64
 import hashlib
 import math
 
-from ratekeeper.decision import Decision
+from ratekeeper.decision import Decision, LimitState
 
 __all__ = [
     "PartitionKeys",
     "limit_names",
     "rate_headers",
+    "reported",
     "retry_after_headers",
     "retry_after_s",
 ]
@@ -74,16 +76,35 @@ def limit_names(decision: Decision) -> list[str]:
     ]
 
 
+def reported(decision: Decision, limit_set: str = "") -> LimitState:
+    """The limit the ``X-RateLimit-*`` headers describe: on an admitted decision the tightest
+    limit of ``limit_set`` when it is one of the decision's, else (and on every refusal, so
+    that the headers agree with ``Retry-After``) the binding one."""
+    if limit_set and decision.allowed:
+        best: LimitState | None = None
+        for state in decision.states:
+            if state.limit_set == limit_set and (
+                best is None
+                or (state.remaining, -state.limit.period_s) < (best.remaining, -best.limit.period_s)
+            ):
+                best = state
+        if best is not None:
+            return best
+    return decision.binding
+
+
 def rate_headers(
     decision: Decision,
     *,
     zone: bool = False,
     ietf: bool = False,
     partition_keys: PartitionKeys | None = None,
+    report: str = "",
 ) -> list[tuple[str, str]]:
-    """``X-RateLimit-Limit/Remaining/Reset`` (and ``-Zone``, IETF fields when asked, with
-    ``pk`` when given ``partition_keys``)."""
-    binding = decision.binding
+    """``X-RateLimit-Limit/Remaining/Reset`` of the :func:`reported` limit (``report`` names a
+    limit set to prefer) and ``-Zone``, IETF fields when asked, with ``pk`` when given
+    ``partition_keys``."""
+    binding = reported(decision, report) if report else decision.binding
     headers = [
         ("X-RateLimit-Limit", str(binding.limit.amount)),
         ("X-RateLimit-Remaining", str(binding.remaining)),

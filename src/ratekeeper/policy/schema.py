@@ -18,6 +18,7 @@ __all__ = [
     "BODY_STYLES",
     "IDENTITY_SOURCES",
     "SCOPES",
+    "USER_AGENT_CONTACTS",
     "CacheSpec",
     "IdentitySpec",
     "LimitSpec",
@@ -31,6 +32,8 @@ IDENTITY_SOURCES = ("api_key", "ip", "ip_ua", "account", "global", "callable")
 # A limit counts per one of these; "caller" means whatever [identity].source says.
 SCOPES = ("caller", "key", "ip", "ip_ua", "account", "global")
 BODY_STYLES = ("plain", "musique", "aisoule", "radio", "problem", "template")
+# What a User-Agent may carry so that its owner can be contacted (user_agent_contact).
+USER_AGENT_CONTACTS = ("email", "url")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +77,7 @@ class RuleSpec:
     exempt: bool = False
     shadow: bool = False
     cache_ttl_s: float = 0.0
+    headers_limit: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +126,9 @@ class Policy:
     ietf_partition_key: bool = False
     ietf_partition_key_secret: str = field(default="", repr=False)
     zone_header: bool = False
+    headers_limit: str = ""
     user_agent_required: bool = False
+    user_agent_contact: tuple[str, ...] = ()
     usage_path: str = ""
     apply: tuple[str, ...] = ()
     default: tuple[str, ...] = ()

@@ -20,6 +20,7 @@ from ratekeeper.policy.schema import (
     BODY_STYLES,
     IDENTITY_SOURCES,
     SCOPES,
+    USER_AGENT_CONTACTS,
     CacheSpec,
     IdentitySpec,
     LimitSpec,
@@ -152,6 +153,7 @@ def _read_rule(source: str, index: int, table: object, limits: dict[str, LimitSp
     exempt = reader.flag("exempt", False)
     shadow = reader.flag("shadow", False)
     cache_ttl = reader.duration("cache_ttl", 0.0)
+    headers_limit = _headers_limit(reader, limits)
     reader.done()
     return RuleSpec(
         name=name,
@@ -165,7 +167,28 @@ def _read_rule(source: str, index: int, table: object, limits: dict[str, LimitSp
         exempt=exempt,
         shadow=shadow,
         cache_ttl_s=cache_ttl,
+        headers_limit=headers_limit,
     )
+
+
+def _headers_limit(reader: TableReader, limits: dict[str, LimitSpec]) -> str:
+    """The limit the X-RateLimit-* headers of admitted requests report (``headers_limit``)."""
+    name = reader.text("headers_limit", "")
+    if name and name not in limits:
+        known = ", ".join(sorted(limits)) or "none defined"
+        raise reader.error("headers_limit", f"the name of a [limits] table ({known}), got {name!r}")
+    return name
+
+
+def _user_agent_contact(reader: TableReader) -> tuple[str, ...]:
+    """What a User-Agent must carry to reach its owner (``user_agent_contact``): any of these."""
+    kinds = tuple(reader.str_list("user_agent_contact"))
+    bad = [k for k in kinds if k not in USER_AGENT_CONTACTS]
+    if bad:
+        raise reader.error(
+            "user_agent_contact", f"a list of {' and '.join(USER_AGENT_CONTACTS)}, got {bad}"
+        )
+    return kinds
 
 
 def _read_cost_source(reader: TableReader, cost: int) -> tuple[str, str, int]:
@@ -348,7 +371,9 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         ietf_partition_key=top.flag("ietf_partition_key", False),
         ietf_partition_key_secret=top.text("ietf_partition_key_secret", ""),
         zone_header=top.flag("zone_header", False),
+        headers_limit=_headers_limit(top, limits),
         user_agent_required=top.flag("user_agent_required", False),
+        user_agent_contact=_user_agent_contact(top),
         usage_path=usage_path,
         apply=applied,
         default=default,

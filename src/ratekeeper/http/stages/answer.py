@@ -41,9 +41,13 @@ class Answers:
             reason=code,
         )
 
-    def headers(self, decision: Decision) -> list[tuple[str, str]]:
-        """The rate-limit headers of a decision, as the policy asks for them."""
-        return rate_headers(decision, zone=self._zone, ietf=self._ietf, partition_keys=self._pk)
+    def headers(self, decision: Decision, report: str = "") -> list[tuple[str, str]]:
+        """The rate-limit headers of a decision, as the policy asks for them (``report``: the
+        limit set an admitted request's headers describe; see
+        :func:`~ratekeeper.http.headers.reported`)."""
+        return rate_headers(
+            decision, zone=self._zone, ietf=self._ietf, partition_keys=self._pk, report=report
+        )
 
     def rejected(self, decision: Decision) -> Ticket:
         """The refusal of a rejected decision: its limit's status, headers and body."""

@@ -91,7 +91,7 @@ def decide(kit: Kit) -> Stage:
         if not decision.allowed:
             metrics.count(rule.name, decision.binding.limit_set, "rejected")
             return answers.rejected(decision)
-        ctx.ticket.headers += answers.headers(decision)
+        ctx.ticket.headers += answers.headers(decision, rule.headers_limit)
         metrics.count(rule.name, decision.binding.limit_set, "allowed")
         return None
 

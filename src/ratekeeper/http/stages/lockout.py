@@ -33,6 +33,10 @@ def lockout(kit: Kit) -> Stage | None:
     if spec is None:
         return None
     lock = spec.lock
+    # A locked-out caller's headers describe the failures limit it spent: none left until the
+    # lock ends ("responses include standard rate limit headers", refusals too).
+    allowed_failures = str(spec.failures.limits[0].amount)
+    zone = [("X-RateLimit-Zone", "lockout")] if plan.policy.zone_header else []
 
     def stage(ctx: Context) -> StageFlow | None:
         key = lockout_key(plan, ctx.view, ctx.identified)
@@ -45,12 +49,20 @@ def lockout(kit: Kit) -> Stage | None:
         locked = yield peek(((lock, key),))
         if locked.states[0].remaining == 0 and counted(locked):
             metrics.count(ctx.matched.name, "lockout", "rejected")
-            wait = max(1, int(-(-(locked.states[0].reset_at - locked.now) // 1)))
+            reset_at = locked.states[0].reset_at
+            wait = max(1, int(-(-(reset_at - locked.now) // 1)))
+            headers = [
+                ("X-RateLimit-Limit", allowed_failures),
+                ("X-RateLimit-Remaining", "0"),
+                ("X-RateLimit-Reset", str(int(-(-reset_at // 1)))),
+                *zone,
+                ("Retry-After", str(wait)),
+            ]
             return answers.error(
                 429,
                 "too_many_failed_attempts",
                 f"Too many failed authentication attempts. Retry after {wait} seconds.",
-                [("Retry-After", str(wait))],
+                headers,
             )
         return None
 
