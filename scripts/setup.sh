@@ -48,3 +48,19 @@ ensure_nginx() {
     return 1
   fi
 }
+
+# ensure_chromium: make Debian's chromium available (the live page's test drives it headless
+# through playwright, with executable_path=/usr/bin/chromium; playwright's own browsers are
+# never downloaded).
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (Debian package) for the live page's test" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "chromium is missing and cannot be installed here (need root + apt-get)" >&2
+    return 1
+  fi
+}

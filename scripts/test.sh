@@ -8,6 +8,7 @@ source scripts/setup.sh
 ensure_venv bench
 ensure_redis
 ensure_nginx
+ensure_chromium
 .venv/bin/ruff check src tests bench examples docs/hooks.py
 .venv/bin/ruff format --check src tests bench examples docs/hooks.py
 .venv/bin/mypy --strict src

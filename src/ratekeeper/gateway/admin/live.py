@@ -13,7 +13,8 @@ Every figure is the whole gateway's, whichever worker answers:
 
 Lockouts live in the store under their callers' keys, which cannot be listed without a scan, so
 :class:`LockoutSightings` notes each caller a lockout refuses in the shared near-limit sample
-(limit ``lockout/lock``): the page lists the lockouts in force that refused a request.
+(limit ``lockout/lock``), and the snapshot peeks at each one's lock: the page lists the
+lockouts in force that refused a request (a lifted one drops out at once).
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ class LatencyWindow:
     def update(self, now: float, bounds: list[float], counts: list[float]) -> dict[str, Any]:
         """p50 and p99 in milliseconds since the oldest histogram kept (or since start)."""
         seen = self._seen
+        if seen and seen[-1][1][-1] > counts[-1]:
+            seen.clear()  # a restarted gateway counts from zero
         while seen and (seen[0][0] < now - self.window_s or len(seen[0][1]) != len(counts)):
             seen.popleft()
         since = None
@@ -252,7 +255,7 @@ class LiveSnapshot:
         now = self.clock()
         figures = read_metrics(text) if text is not None else None
         limits = near["limits"]
-        lockouts = limits.pop(LOCKOUT_GROUP, [])
+        lockouts = await self._in_force(limits.pop(LOCKOUT_GROUP, []), now)
         return {
             "at": round(now, 3),
             "workers": near["workers"],
@@ -264,6 +267,22 @@ class LiveSnapshot:
             "lockouts": lockouts,
             "blocks": self.operator.blocks()["blocks"],
         }
+
+    async def _in_force(self, seen: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """The sighted lockouts still in force (one peek each: a lifted one drops out)."""
+        enforcer = self._enforcer()
+        spec = enforcer.plan.lockout
+        if spec is None or not seen:
+            return []
+        out = []
+        for entry in seen:
+            lock = await enforcer.fallback.decide_async(
+                ((spec.lock, entry["key"]),), 0, now, peek=True
+            )
+            state = lock.states[0]
+            if state.remaining == 0:
+                out.append({**entry, "reset_at": round(state.reset_at, 3)})
+        return out
 
     def _store(self, now: float, figures: dict[str, Any] | None) -> dict[str, Any]:
         fallback = self._enforcer().fallback
