@@ -552,3 +552,44 @@ def test_the_decision_endpoint_refuses_an_ambiguous_path(beatpass: Front) -> Non
     status, body = raw_post(beatpass.nginx, "/api/v1/x%2f..%2fauth/login", "127.0.3.31")
     assert status == 400
     assert b"ambiguous_path" in body
+
+
+# Attack 2: a second key header was a fresh budget. Two X-API-Key headers were joined before
+# hashing, so "real" + "<random>" was a new caller each time while the upstream authenticated
+# the real key.
+
+
+def test_a_second_key_header_is_refused_not_a_fresh_budget(gateway: Process) -> None:
+    with client() as http:
+        for i in range(20):
+            r = http.get(
+                gateway.url + "/echo", headers=[("X-API-Key", "real"), ("X-API-Key", f"r{i}")]
+            )
+            assert r.status_code == 400
+            assert r.json()["error"]["code"] == "ambiguous_api_key"
+            assert "X-API-Key was sent more than once" in r.json()["error"]["message"]
+        r = http.get(gateway.url + "/echo", headers={"X-API-Key": "real"})
+        assert r.status_code == 200
+        # Nothing of the refused requests was counted against the real key.
+        assert int(r.headers["x-ratelimit-remaining"]) == int(r.headers["x-ratelimit-limit"]) - 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        ([("Authorization", "Bearer real"), ("Authorization", "Bearer other")], 400),
+        ([("Authorization", "Bearer real"), ("X-API-Key", "other")], 400),
+        ([("X-API-Key", "real"), ("Authorization", "Bearer other")], 400),
+        ([("Authorization", "Bearer real"), ("X-API-Key", "real")], 200),
+        ([("Authorization", "Basic dXNlcjpwdw=="), ("X-API-Key", "real")], 200),
+        ([("Authorization", 'Digest username="u", realm="r"'), ("X-API-Key", "real")], 200),
+    ],
+)
+def test_key_headers_naming_different_keys_are_refused(
+    beatpass: Front, fields: list[tuple[str, str]], status: int
+) -> None:
+    with client("127.0.4.1") as http:
+        r = http.get(beatpass.serve + "/api/v1/tracks", headers=fields)
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert "send one API key" in r.text

@@ -51,7 +51,12 @@ def test_client_ip_walks_the_chain_from_the_right() -> None:
     assert client_ip("192.0.2.1", headers, trusted) == "192.0.2.1"
     assert client_ip("10.0.0.1", {"x-forwarded-for": "junk, 10.0.0.2"}, trusted) == "10.0.0.2"
     forwarded = {"forwarded": 'for=192.0.2.60;proto=http, for="[2001:db8::1]:80"'}
-    assert client_ip("10.0.0.1", forwarded, trusted) == "2001:db8::1"
+    assert client_ip("10.0.0.1", forwarded, trusted, "forwarded") == "2001:db8::1"
+    # One header is believed: Forwarded beside X-Forwarded-For is not read unless named.
+    both = {**headers, **forwarded}
+    assert client_ip("10.0.0.1", both, trusted) == "198.51.100.2"
+    assert client_ip("10.0.0.1", forwarded, trusted) == "10.0.0.1"
+    assert client_ip("10.0.0.1", {"x-real-ip": "192.0.2.7"}, trusted, "x-real-ip") == "192.0.2.7"
     assert client_ip(None, headers, trusted) == "unknown"
 
 

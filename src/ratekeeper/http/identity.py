@@ -1,8 +1,16 @@
 """Who is asking: a minimal request view in, the store keys of the caller out.
 
-Secrets never become store keys: API keys (and values returned by hooks) are hashed. Client
-addresses come from ``X-Forwarded-For`` / ``Forwarded`` only when the peer is a configured
-trusted proxy, walking the chain from the right and skipping trusted hops.
+Secrets never become store keys: API keys (and values returned by hooks) are hashed. A client's
+address comes from one header, ``X-Forwarded-For`` unless the policy names another
+(``identity.client_ip_header``: ``Forwarded``, ``X-Real-IP``...), and only when the peer is a
+configured trusted proxy, walking the chain from the right and skipping trusted hops: what a
+client wrote itself is to the left of what its proxy appended, so it is never reached. Every
+other forwarding header is ignored, so a client cannot pick its address through one the proxy
+does not rewrite.
+
+Ambiguous credentials never become an identity: a key header sent twice (joined into a list) or
+two key headers naming different keys is a conflict (:meth:`Identifier.key_conflict`), refused
+with 400, because the upstream may read another of the keys than the one that would be counted.
 """
 
 from __future__ import annotations
@@ -160,23 +168,25 @@ def _normalise(text: str) -> str | None:
         return None
 
 
-def client_ip(peer: str | None, headers: Mapping[str, str], trusted: tuple[_Network, ...]) -> str:
+def client_ip(
+    peer: str | None,
+    headers: Mapping[str, str],
+    trusted: tuple[_Network, ...],
+    header: str = "x-forwarded-for",
+) -> str:
     """The client's address: the peer, unless it is a trusted proxy, in which case the
-    rightmost untrusted address of the forwarding chain (a malformed hop stops the walk)."""
+    rightmost untrusted address of the chain in ``header`` (lower-case; ``forwarded`` is read
+    as RFC 7239, any other as comma-separated addresses); a malformed hop stops the walk."""
     address = peer or "unknown"
     if not trusted or peer is None:
         return address
     current = _normalise(peer)
     if current is None or not _in(current, trusted):
         return address
-    chain: list[str] = []
-    forwarded = headers.get("forwarded")
-    if forwarded:
-        chain = _forwarded_for(forwarded)
-    else:
-        xff = headers.get("x-forwarded-for")
-        if xff:
-            chain = xff.split(",")
+    value = headers.get(header)
+    if not value:
+        return current
+    chain = _forwarded_for(value) if header == "forwarded" else value.split(",")
     for hop in reversed(chain):
         parsed = _normalise(hop)
         if parsed is None:
@@ -185,6 +195,14 @@ def client_ip(peer: str | None, headers: Mapping[str, str], trusted: tuple[_Netw
         if not _in(parsed, trusted):
             break
     return current
+
+
+def _spelled(header: str) -> str:
+    """A lower-case header name as people write it (``X-API-Key``, ``Authorization: Bearer``)."""
+    if header == "authorization":
+        return "Authorization: Bearer"
+    words = header.split("-")
+    return "-".join(w.upper() if w in ("api", "id", "ip") else w.capitalize() for w in words)
 
 
 def _in(address: str, networks: tuple[_Network, ...]) -> bool:
@@ -211,9 +229,11 @@ class Identifier:
         plan_keys: Mapping[str, str] | None = None,
         plan_hook: Callable[[str], str | None] | None = None,
         plan_ttl_s: float = 60.0,
+        client_ip_header: str = "X-Forwarded-For",
         clock: Clock = system_clock,
     ) -> None:
         self.source = source
+        self.client_ip_header = client_ip_header.lower()
         self.key_headers = key_headers
         self.anonymous = anonymous
         self.trusted = _parse_networks(trusted_proxies)
@@ -225,12 +245,12 @@ class Identifier:
         self.plan_hook = plan_hook
         self._account_cache = TTLCache(account_ttl_s, clock)
         self._plan_cache = TTLCache(plan_ttl_s, clock)
-        self._ip_cache: dict[tuple[str | None, str | None, str | None], str] = {}
+        self._ip_cache: dict[tuple[str | None, str | None], str] = {}
         # X-Forwarded-For is read even without trusted proxies, to warn about servers that
         # rewrite the peer address from it.
         wanted = {"user-agent", "x-forwarded-for"} | set(key_headers)
         if self.trusted:
-            wanted.add("forwarded")
+            wanted.add(self.client_ip_header)
         self.header_names: frozenset[str] | None = None if function else frozenset(wanted)
 
     def api_key(self, headers: Mapping[str, str]) -> str | None:
@@ -249,14 +269,40 @@ class Identifier:
                 return value
         return None
 
+    def key_conflict(self, headers: Mapping[str, str]) -> str | None:
+        """Why the request's API key is ambiguous, or ``None``: a key header sent more than once
+        (its values joined with commas, which no key holds) or key headers naming different keys.
+
+        Counting one of them would let the others be a fresh budget each while the upstream
+        authenticates the real one, and which one an upstream reads differs between servers.
+        """
+        found: str | None = None
+        for name in self.key_headers:
+            value = headers.get(name)
+            if not value:
+                continue
+            if name == "authorization":
+                scheme, _, value = value.partition(" ")
+                # Other schemes (Basic, Digest) carry no key here, and Digest holds commas.
+                if scheme.lower() != "bearer":
+                    continue
+            value = value.strip()
+            if "," in value:
+                return f"{_spelled(name)} was sent more than once; send one API key."
+            if found is not None and value and value != found:
+                names = " and ".join(_spelled(n) for n in self.key_headers)
+                return f"{names} name different API keys; send one API key."
+            found = found or value or None
+        return None
+
     def _ip(self, view: RequestView) -> str:
         if not self.trusted:
             return view.peer or "unknown"
         headers = view.headers
-        probe = (view.peer, headers.get("x-forwarded-for"), headers.get("forwarded"))
+        probe = (view.peer, headers.get(self.client_ip_header))
         found = self._ip_cache.get(probe)
         if found is None:
-            found = client_ip(view.peer, headers, self.trusted)
+            found = client_ip(view.peer, headers, self.trusted, self.client_ip_header)
             if len(self._ip_cache) >= 10_000:
                 self._ip_cache.clear()
             self._ip_cache[probe] = found
