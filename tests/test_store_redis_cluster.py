@@ -16,7 +16,7 @@ from redis.crc import key_slot
 
 from ratekeeper import Limit, LimitSet
 from ratekeeper.core import EntryState, decide
-from ratekeeper.stores.redis import RedisStore, codec
+from ratekeeper.stores.redis import RedisStore, RedisStoreError, codec
 from ratekeeper.stores.redis.cluster import cross_slot_flow
 from redis_servers import RedisServer, check_exactness, redis_cluster
 
@@ -165,3 +165,32 @@ def test_scripts_are_reloaded_on_every_node_after_a_flush(
 def test_admitted_totals_equal_the_allowed_totals_on_the_cluster(url: str) -> None:
     totals = check_exactness(url, "exact")
     assert totals["windowed_attempts"] > 2 * totals["windowed_admitted"] > 0
+
+
+def test_a_slot_in_migration_is_followed_by_ask_then_moved(
+    store: RedisStore, nodes: list[RedisServer]
+) -> None:
+    items = ((API, "migrating-henry"),)
+    slot = key_slot(store._codec.key(API, "migrating-henry").encode())
+    owner_port = store._cluster.topology.owner(slot).endpoint.port
+    source = next(n for n in nodes if n.port == owner_port)
+    target = next(n for n in nodes if n.port != owner_port)
+    src, dst = source.client(), target.client()
+    src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+    try:
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        # The keys are not on the source: it answers ASK and the store asks the target, which
+        # refuses a script on several keys it does not have yet (TRYAGAIN): the slot's keys
+        # fail until its keys are moved (docs/redis.md).
+        with pytest.raises(RedisStoreError, match="TRYAGAIN"):
+            store.decide(items, 1, 5000.0)
+        for client in (src, dst):
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        # The slot has moved for good: MOVED, and the store's map follows it.
+        got = [store.decide(items, 1, 5000.0).allowed for _ in range(4)]
+        assert got == [True, True, True, False]
+        assert store._cluster.topology.owner(slot).endpoint.port == target.port
+    finally:
+        src.close()
+        dst.close()
