@@ -17,6 +17,7 @@ import pytest
 from gateway_servers import client, serve
 from ratekeeper.errors import PolicyError
 from ratekeeper.policy import loads_policy
+from redis_servers import redis_server
 from test_http_support import KINDS
 from test_http_support import serve as serve_app
 
@@ -181,3 +182,21 @@ def test_headers_limit_names_a_limit_of_the_policy() -> None:
         loads_policy(base + rule, "p.toml")
     with pytest.raises(PolicyError, match=r"user_agent_contact: expected a list of email and url"):
         loads_policy('user_agent_contact = ["phone"]\n' + base, "p.toml")
+
+
+def test_radio_cache_is_shared_by_two_gateways_on_one_redis(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        store = f"redis://127.0.0.1:{server.port}/0"
+        key = {"X-API-Key": f"radio-{uuid.uuid4().hex[:12]}"}
+        with (
+            serve("--preset", "radio", "--store", store, cwd=tmp_path) as one,
+            serve("--preset", "radio", "--store", store, cwd=tmp_path) as two,
+            client() as http,
+        ):
+            first = http.get(one.url + "/v1/schedule", headers=key)
+            second = http.get(two.url + "/v1/schedule", headers=key)
+            assert first.status_code == second.status_code == 200
+            assert second.headers["X-Cache"] == "HIT"
+            assert second.json() == first.json()
+            stored = server.client().keys("rk:values:*")
+        assert len(stored) == 1 and b"radio-" not in stored[0]
