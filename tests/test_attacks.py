@@ -21,6 +21,8 @@ import pytest
 
 from gateway_servers import PYTHON, Process, _start, client, demo_upstream, serve
 from nginx_servers import nginx_example
+from ratekeeper.errors import PolicyError
+from ratekeeper.policy import loads_policy
 
 POLICY = """
 apply = ["caller"]
@@ -444,7 +446,8 @@ def test_a_forged_address_per_request_buys_no_fresh_budget(musicbrainz: Front, h
     with client(address) as http:
         codes = [
             http.get(
-                musicbrainz.nginx + "/ws/2/artist/5b11f4ce?fmt=json", headers=forge(i)
+                musicbrainz.nginx + "/ws/2/artist/5b11f4ce?fmt=json",
+                headers={"User-Agent": "attack/1.0 ( me@example.org )", **forge(i)},
             ).status_code
             for i in range(30)
         ]
@@ -593,3 +596,32 @@ def test_key_headers_naming_different_keys_are_refused(
     assert r.status_code == status, r.text
     if status == 400:
         assert "send one API key" in r.text
+
+
+def test_the_believed_header_is_the_one_the_policy_names(root: Path, upstream: RawUpstream) -> None:
+    policy = root / "forwarded.toml"
+    policy.write_text(
+        POLICY.replace(
+            'anonymous = "ip"',
+            'anonymous = "ip"\ntrusted_proxies = ["127.0.0.1"]\nclient_ip_header = "Forwarded"',
+        ).replace('rates = "1000/hour"', 'rates = "2/hour"')
+    )
+    with serve(
+        "--config", str(policy), "--upstream", upstream.url, "--store", "memory://", cwd=root
+    ) as gw:
+        with client() as http:
+            # Forwarded is the one believed: each address its own budget.
+            for n in range(4):
+                r = http.get(gw.url + "/ok", headers={"Forwarded": f"for=192.0.2.{n}"})
+                assert r.status_code == 200
+            # X-Forwarded-For is not: a fresh value per request is the proxy's own budget.
+            codes = [
+                http.get(gw.url + "/ok", headers={"X-Forwarded-For": f"198.51.100.{n}"}).status_code
+                for n in range(4)
+            ]
+        assert codes == [200, 200, 429, 429]
+
+
+def test_a_client_ip_header_that_is_not_a_header_name_is_refused() -> None:
+    with pytest.raises(PolicyError, match=r"identity\.client_ip_header: expected one header name"):
+        loads_policy('[identity]\nclient_ip_header = "X Forwarded"\n', "p.toml")

@@ -252,8 +252,9 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         type=_network,
         metavar="CIDR",
-        help="a proxy in front (e.g. nginx on 127.0.0.1) whose X-Forwarded-For names the "
-        "client; repeatable; added to the policy's identity.trusted_proxies",
+        help="a proxy in front (e.g. nginx on 127.0.0.1) whose X-Forwarded-For (or the "
+        "policy's identity.client_ip_header) names the client, read from the right; no other "
+        "forwarding header is believed; repeatable; added to identity.trusted_proxies",
     )
     parser.add_argument(
         "--timeout",

@@ -185,6 +185,7 @@ def _identifier(policy: Policy, clock: Clock) -> Identifier:
         key_headers=ident.key_headers if needs_key else (),
         anonymous=ident.anonymous,
         trusted_proxies=ident.trusted_proxies,
+        client_ip_header=ident.client_ip_header,
         scopes=scopes,
         function=hook(ident.callable, "identity.callable"),
         accounts=ident.accounts,

@@ -108,6 +108,7 @@ class PolicyBuilder:
         key_headers: Sequence[str] = (),
         anonymous: Literal["ip", "reject"] = "ip",
         trusted_proxies: Sequence[str] = (),
+        client_ip_header: str = "",
         callable: Hook = "",
         accounts: Mapping[str, str] | None = None,
         account_hook: Hook = "",
@@ -119,6 +120,8 @@ class PolicyBuilder:
             table["key_headers"] = list(key_headers)
         if trusted_proxies:
             table["trusted_proxies"] = list(trusted_proxies)
+        if client_ip_header:
+            table["client_ip_header"] = client_ip_header
         if callable:
             table["callable"] = _hook_name(callable, "identity.callable")
         if accounts:

@@ -44,6 +44,8 @@ class IdentitySpec:
     key_headers: tuple[str, ...] = ("x-api-key", "authorization")
     anonymous: str = "ip"
     trusted_proxies: tuple[str, ...] = ()
+    # The one header a trusted proxy is believed for (lower-case).
+    client_ip_header: str = "x-forwarded-for"
     callable: str = ""
     accounts: Mapping[str, str] = field(default_factory=dict)
     account_hook: str = ""

@@ -227,6 +227,11 @@ def _read_identity(reader: TableReader | None) -> IdentitySpec:
             raise reader.error(
                 "trusted_proxies", f"IP addresses or CIDR networks, got {proxy!r}"
             ) from None
+    client_ip_header = reader.text("client_ip_header", "X-Forwarded-For")
+    if not _HEADER_RE.match(client_ip_header):
+        raise reader.error(
+            "client_ip_header", f"one header name such as X-Forwarded-For, got {client_ip_header!r}"
+        )
     function = reader.hook("callable")
     if source == "callable" and not function:
         raise reader.error("callable", "'package.module:function' when source = 'callable'")
@@ -235,6 +240,7 @@ def _read_identity(reader: TableReader | None) -> IdentitySpec:
         key_headers=tuple(h.lower() for h in headers),
         anonymous=anonymous,
         trusted_proxies=proxies,
+        client_ip_header=client_ip_header.lower(),
         callable=function,
         accounts=reader.str_map("accounts", secret_keys=True),
         account_hook=reader.hook("account_hook"),
