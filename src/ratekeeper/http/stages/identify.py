@@ -20,9 +20,12 @@ __all__ = ["identify", "user_agent"]
 # What counts as a way to reach a User-Agent's owner: an address with a dot in its domain, or
 # an http(s) URL with a host.
 _CONTACTS = {
-    "email": re.compile(r"[^\s@()<>;,]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    # Anchored at the "@" (a look-behind for the local part): a pattern starting with the
+    # local part would rescan a long User-Agent from every position, quadratic in its length.
+    "email": re.compile(r"(?<=[^\s@()<>;,])@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
     "url": re.compile(r"\bhttps?://[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", re.I),
 }
+_AGENT_SCAN = 512
 _CONTACT_WORDS = {"email": "an e-mail address", "url": "a URL"}
 _CONTACT_EXAMPLES = {"email": "me@example.com", "url": "https://example.com/myapp"}
 
@@ -46,7 +49,9 @@ def user_agent(kit: Kit) -> Stage | None:
         message = "A User-Agent header naming your application and a contact is required."
 
     def stage(ctx: Context) -> Ticket | None:
-        agent = ctx.view.headers.get("user-agent", "").strip()
+        # A contact sits near the start of a real User-Agent; looking no further bounds the
+        # work a long header can cause.
+        agent = ctx.view.headers.get("user-agent", "")[:_AGENT_SCAN].strip()
         if agent and (not patterns or any(p.search(agent) for p in patterns)):
             return None
         return answers.error(403, "user_agent_required", message)
