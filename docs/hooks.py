@@ -23,6 +23,9 @@ log = logging.getLogger("mkdocs.plugins.ratekeeper")
 
 # The packages whose ``__all__`` is the public API, in the order the reference shows them.
 PUBLIC = ("ratekeeper", "ratekeeper.client")
+# Modules of the framework integrations, rendered from their source (griffe) rather than
+# imported: Django and DRF cannot be imported without a configured project.
+INTEGRATIONS = ("fastapi", "flask", "django", "drf")
 MARKER = "<!-- public-api -->"
 
 # Reference sections by the area of the defining module (ratekeeper.<area>....).
@@ -92,6 +95,39 @@ def undocumented(name: str, obj: Any) -> list[str]:
     return missing
 
 
+def undocumented_in_source(module_path: str) -> list[str]:
+    """:func:`undocumented` for a module read from its source (the integrations)."""
+    src = Path(__file__).parent.parent / "src"
+    module = griffe.load(module_path, search_paths=[str(src)], resolve_aliases=False)
+    missing = []
+    for name in module.exports or []:
+        obj = module.members.get(str(name))
+        if obj is None or obj.is_alias or not (obj.is_class or obj.is_function):
+            continue
+        if not obj.docstring:
+            missing.append(f"{module_path}.{name}")
+        if obj.is_class:
+            missing += [
+                f"{module_path}.{name}.{member}"
+                for member, value in obj.members.items()
+                if not member.startswith("_")
+                and not value.is_alias
+                and value.is_function
+                and not value.docstring
+            ]
+    return missing
+
+
+def integration_modules() -> list[str]:
+    """The integration modules there are, as dotted paths."""
+    folder = Path(__file__).parent.parent / "src" / "ratekeeper" / "integrations"
+    return [
+        f"ratekeeper.integrations.{name}"
+        for name in INTEGRATIONS
+        if (folder / f"{name}.py").is_file()
+    ]
+
+
 def reference_markdown() -> str:
     """The reference: one ``:::`` block per public name, grouped by area."""
     groups: dict[str, list[str]] = {}
@@ -99,6 +135,10 @@ def reference_markdown() -> str:
         parts = path.split(".")
         area = AREAS.get(parts[1], "The core") if len(parts) > 2 else "The core"
         groups.setdefault(area, []).append(f"::: {path}\n    options:\n      heading_level: 3\n")
+    for module in integration_modules():
+        groups.setdefault("Framework integrations", []).append(
+            f"::: {module}\n    options:\n      heading_level: 3\n"
+        )
     order = ["The core", *dict.fromkeys(AREAS.values())]
     return "\n".join(f"## {area}\n\n" + "\n".join(groups[area]) for area in order if area in groups)
 
@@ -106,9 +146,10 @@ def reference_markdown() -> str:
 def on_config(config: Any) -> Any:
     """Check the public docstrings; list pages missing from the nav at the end of their
     section."""
-    for name, _path, obj in public_objects():
-        for what in undocumented(name, obj):
-            log.warning("public name without a docstring: %s", what)
+    missing = [what for name, _path, obj in public_objects() for what in undocumented(name, obj)]
+    missing += [what for module in integration_modules() for what in undocumented_in_source(module)]
+    for what in missing:
+        log.warning("public name without a docstring: %s", what)
     docs = Path(config["docs_dir"])
     listed = set(_nav_files(config["nav"]))
     for page in sorted(docs.rglob("*.md")):
