@@ -64,6 +64,19 @@ __all__ = ["RateKeeper", "RateKeeperMiddleware", "RateLimited", "RouteLimit", "e
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 _PARAMETER = "_ratekeeper_limit"
+_MEMO_MAX = 8192
+
+
+class _Check:
+    """The dependency FastAPI calls: :meth:`RateLimit.check`, under :class:`RateKeeper`."""
+
+    __slots__ = ("rate_limit",)
+
+    def __init__(self, rate_limit: RateLimit) -> None:
+        self.rate_limit = rate_limit
+
+    async def __call__(self, request: Request) -> None:
+        await self.rate_limit.check(request)
 
 
 class RouteLimit(Depends):
@@ -71,12 +84,13 @@ class RouteLimit(Depends):
     decorator of an endpoint (written below ``@app.get``, so FastAPI sees it)."""
 
     def __init__(self, rate_limit: RateLimit) -> None:
-        super().__init__(dependency=rate_limit)
+        super().__init__(dependency=_Check(rate_limit))
 
     @property
     def rate_limit(self) -> RateLimit:
-        """The dependency that decides."""
-        return self.dependency  # type: ignore[return-value]
+        """The limits that decide."""
+        check: _Check = self.dependency  # type: ignore[assignment]
+        return check.rate_limit
 
     def __call__(self, endpoint: Endpoint) -> Endpoint:
         """Give ``endpoint`` this limit as a dependency, named after the endpoint."""
@@ -126,8 +140,11 @@ def _rate_limits(route: BaseRoute) -> list[RateLimit]:
     pending = [route.dependant] if isinstance(route, APIRoute) else []
     while pending:
         dependant = pending.pop()
-        if isinstance(dependant.call, RateLimit):
-            found.append(dependant.call)
+        call = dependant.call
+        if isinstance(call, _Check):
+            found.append(call.rate_limit)
+        elif isinstance(call, RateLimit):
+            found.append(call)
         pending.extend(dependant.dependencies)
     return found
 
@@ -182,7 +199,8 @@ class RateKeeper:
         self.messages = (
             LimitSet("websocket-messages", websocket_messages) if websocket_messages else None
         )
-        self._limited: dict[int, bool] = {}
+        # (method, path) -> whether its route decides; routes are fixed once the app serves.
+        self._limited: dict[tuple[str, str], bool] = {}
         app.state.ratekeeper = self
         install(app)
         app.add_middleware(RateKeeperMiddleware, keeper=self)
@@ -195,15 +213,20 @@ class RateKeeper:
 
     def route_limited(self, scope: Scope) -> bool:
         """Whether the route ``scope`` goes to has a ratekeeper dependency (which decides)."""
-        router = getattr(scope.get("app"), "router", None)
-        for route in getattr(router, "routes", ()):
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                limited = self._limited.get(id(route))
-                if limited is None:
-                    limited = self._limited[id(route)] = bool(_rate_limits(route))
-                return limited
-        return False
+        probe = (scope["method"], scope["path"])
+        limited = self._limited.get(probe)
+        if limited is None:
+            limited = False
+            router = getattr(scope.get("app"), "router", None)
+            for route in getattr(router, "routes", ()):
+                match, _ = route.matches(scope)
+                if match is Match.FULL:
+                    limited = bool(_rate_limits(route))
+                    break
+            if len(self._limited) >= _MEMO_MAX:
+                self._limited.clear()
+            self._limited[probe] = limited
+        return limited
 
     def _document(self, app: Any) -> None:
         original = app.openapi
