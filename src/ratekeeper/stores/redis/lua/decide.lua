@@ -192,25 +192,44 @@ end
 local STEPS = { f = fixed_window, h = first_hit_window, s = sliding_window, g = gcra }
 local WIDTH = { f = 2, h = 2, s = 3, g = 1 }
 
+-- A pending key holds the reservations ("cost:token", scored by the end of their lease, an
+-- epoch in ms) and their total units as the score of the member TOTAL: a key every request
+-- touches (a global limit) holds as many reservations as decisions in flight, and a decision
+-- reads the total, not each of them. Scores above LEASES are leases; TOTAL's never is.
+local TOTAL = '#'
+local LEASES = '(100000000000'
+
 -- Pending (reserved, not yet committed) units of an item; drops expired reservations.
 local function pending_units(pkey)
   if call('EXISTS', pkey) == 0 then
     return 0
   end
-  call('ZREMRANGEBYSCORE', pkey, '-inf', server_ms)
-  local total = 0
-  for _, entry in ipairs(call('ZRANGE', pkey, 0, -1)) do
-    -- Reservations are "cost:token".
-    total = total + tonumber(string.match(entry, '^(%d+):'))
+  local expired = call('ZRANGEBYSCORE', pkey, LEASES, server_ms)
+  if #expired > 0 then
+    local gone = 0
+    for _, entry in ipairs(expired) do
+      gone = gone + tonumber(string.match(entry, '^(%d+):'))
+    end
+    call('ZREMRANGEBYSCORE', pkey, LEASES, server_ms)
+    call('ZINCRBY', pkey, -gone, TOTAL)
   end
-  return total
+  return math.max(tonumber(call('ZSCORE', pkey, TOTAL) or '0'), 0)
 end
 
 local member = cost .. ':' .. token
 
+-- Drops this decision's reservation from a pending key; whether it was there.
+local function release(pkey)
+  if call('ZREM', pkey, member) == 0 then
+    return false
+  end
+  call('ZINCRBY', pkey, -cost, TOTAL)
+  return true
+end
+
 if op == 'a' then
   for i = 1, n_items do
-    call('ZREM', KEYS[n_items + i], member)
+    release(KEYS[n_items + i])
   end
   return '1'
 end
@@ -288,7 +307,7 @@ if op == 'c' then
       held = false
     elseif not call('ZSCORE', mkey, held_mark) then
       local mark = held_mark
-      if call('ZREM', pkey, member) == 0 then
+      if not release(pkey) then
         held = false
         mark = lost_mark
       end
@@ -333,7 +352,10 @@ if allowed and not peek then
   else
     for i = 1, n_items do
       local pkey = KEYS[n_items + i]
-      call('ZADD', pkey, server_ms + lease_ms, member)
+      -- An item repeated in one decision reserves once (one member): count it once.
+      if call('ZADD', pkey, server_ms + lease_ms, member) == 1 then
+        call('ZINCRBY', pkey, cost, TOTAL)
+      end
       call('PEXPIRE', pkey, lease_ms)
     end
   end
