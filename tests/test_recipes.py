@@ -233,6 +233,9 @@ def test_musicbrainz_recipe_paces_one_a_second_with_a_contact_user_agent(
     url = gateway("musicbrainz").url
     caplog.set_level(logging.INFO)
     assert musicbrainz.user_agent("ops@example.org") == "RatekeeperRecipe/1.0 ( ops@example.org )"
+    # Why the contact is there: the preset refuses a User-Agent nobody can be reached through.
+    refused = httpx.get(url + "/ws/2/artist/mb-0", headers={"User-Agent": "RatekeeperRecipe/1.0"})
+    assert refused.status_code == 403
     started = time.monotonic()
     with musicbrainz.musicbrainz_client(url, "ops@example.org") as client:
         found = musicbrainz.lookup(client, "artist", ["mb-1", "mb-2", "mb-3", "mb-4"])
