@@ -9,6 +9,7 @@ import resource
 import selectors
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -625,3 +626,58 @@ def test_the_believed_header_is_the_one_the_policy_names(root: Path, upstream: R
 def test_a_client_ip_header_that_is_not_a_header_name_is_refused() -> None:
     with pytest.raises(PolicyError, match=r"identity\.client_ip_header: expected one header name"):
         loads_policy('[identity]\nclient_ip_header = "X Forwarded"\n', "p.toml")
+
+
+# Attack 6: policies that can never work were accepted: an absurd period, an amount of 1e30, a
+# rule whose cost exceeds every limit it is charged to (always 429, no Retry-After).
+
+ONE_LIMIT = 'apply = ["a"]\n[limits.a]\n'
+
+
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        (
+            ONE_LIMIT + 'rates = "1/99999999999999999999 days"\n',
+            r"limits\.a\.rates: expected a period from 1 ms to 366 days, got 8\.64e\+24 s",
+        ),
+        (
+            ONE_LIMIT + f'rates = "{10**30}/minute"\n',
+            r"limits\.a\.rates: expected an amount up to 10\^15 .*exact to 2\^53\), got 1000000",
+        ),
+        (
+            ONE_LIMIT + 'rates = "5/minute"\n[[rules]]\nroutes = ["/x"]\nlimits = ["a"]\n'
+            "cost = 10\n",
+            r"rules\[0\]\.cost: expected a cost up to 5, the most that limit 'a' \(5/minute\) "
+            r"ever admits at once; got 10",
+        ),
+        (
+            ONE_LIMIT + 'rates = "10000000/second"\nalgorithm = "gcra"\n',
+            r"limits\.a\.rates: expected at most one unit per microsecond with gcra",
+        ),
+        (
+            ONE_LIMIT + 'rates = "5/minute"\n[lockout]\nfailures = 3\nwindow = "9999 days"\n',
+            r"lockout\.window: expected a duration up to 3\.16224e\+07 s",
+        ),
+        (
+            ONE_LIMIT + 'rates = "5/minute"\nalgorithm = "leaky"\n',
+            r"limits\.a\.algorithm: expected one of fixed_window, first_hit_window, "
+            r"sliding_window, gcra; got 'leaky'",
+        ),
+    ],
+)
+def test_policies_that_cannot_work_are_refused_at_start(
+    root: Path, policy: str, error: str
+) -> None:
+    path = root / "unworkable.toml"
+    path.write_text(policy)
+    done = subprocess.run(
+        [PYTHON, "-m", "ratekeeper.cli", "serve", "--config", str(path), "--port", "0"],
+        check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.search(r"unworkable\.toml: " + error, done.stderr), done.stderr

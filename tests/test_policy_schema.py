@@ -62,7 +62,8 @@ def test_defaults() -> None:
         ),
         (
             BASE + 'algorithm = "leaky"',
-            r"f\.toml: limits\.api\.algorithm: expected .*'leaky': expected one of fixed_window",
+            r"f\.toml: limits\.api\.algorithm: expected one of fixed_window, first_hit_window, "
+            r"sliding_window, gcra; got 'leaky'",
         ),
         (
             BASE + "burst = 3",

@@ -95,7 +95,9 @@ class TableReader:
             raise self.error(key, f"a whole number >= {minimum}{top}, got {shown(value)}")
         return value
 
-    def duration(self, key: str, default: float, positive: bool = False) -> float:
+    def duration(
+        self, key: str, default: float, positive: bool = False, maximum: float = 366 * 86400.0
+    ) -> float:
         value = self.get(key)
         if value is None:
             return default
@@ -105,6 +107,9 @@ class TableReader:
             raise self.error(key, f"{exc}, got {shown(value)}") from None
         if positive and seconds <= 0:
             raise self.error(key, f"a duration above 0, got {shown(value)}")
+        # Past a year, expiries near no store's limits and no window ever ends in practice.
+        if not seconds <= maximum:
+            raise self.error(key, f"a duration up to {maximum:g} s, got {shown(value)}")
         return seconds
 
     def str_list(self, key: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from typing import Any
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.errors import LimitConfigError, PolicyError, RateSyntaxError
 from ratekeeper.limit import Limit, LimitSet
+from ratekeeper.policy.bounds import MAX_AMOUNT, MAX_IN_FLIGHT, capacity, rate_problem
 from ratekeeper.policy.inline import inline_limit, looks_like_rate
 from ratekeeper.policy.keys import read_keys
 from ratekeeper.policy.reader import TableReader, kind_of, shown
@@ -58,9 +59,13 @@ def _limit_set(reader: TableReader, key: str, name: str, algorithm: str, burst: 
         rates = parse_rates(rates_text)
         algo = Algorithm.parse(algorithm)
         limits = [Limit(rate=rate, algorithm=algo, burst=burst) for rate in rates]
-        return LimitSet(name, limits)
     except (RateSyntaxError, LimitConfigError) as exc:
         raise reader.error(key, f"a valid limit: {exc}") from None
+    for limit in limits:
+        problem = rate_problem(limit)
+        if problem is not None:
+            raise reader.error(key, problem)
+    return LimitSet(name, limits)
 
 
 def _read_limit(source: str, name: str, table: object) -> LimitSpec:
@@ -74,10 +79,11 @@ def _read_limit(source: str, name: str, table: object) -> LimitSpec:
     algorithm = reader.text("algorithm", "fixed_window")
     try:
         Algorithm.parse(algorithm)
-    except LimitConfigError as exc:
-        raise reader.error("algorithm", str(exc).replace("unknown algorithm ", "")) from None
-    burst = reader.number("burst", 0, 0)
-    in_flight = reader.number("in_flight", 0, 0)
+    except LimitConfigError:
+        known = ", ".join(a.value for a in Algorithm)
+        raise reader.error("algorithm", f"one of {known}; got {algorithm!r}") from None
+    burst = reader.number("burst", 0, 0, MAX_AMOUNT)
+    in_flight = reader.number("in_flight", 0, 0, MAX_IN_FLIGHT)
     limit_set = None
     if reader.has("rates"):
         limit_set = _limit_set(reader, "rates", name, algorithm, burst)
@@ -148,7 +154,7 @@ def _read_rule(source: str, index: int, table: object, limits: dict[str, LimitSp
         raise reader.error("methods", f"HTTP methods ({', '.join(sorted(METHODS))}), got {bad}")
     name = reader.text("name", routes[0])
     names = _limit_names(reader, "limits", name, limits)
-    cost = reader.number("cost", 1, 1)
+    cost = reader.number("cost", 1, 1, MAX_AMOUNT)
     cost_header, cost_query, max_cost = _read_cost_source(reader, cost)
     exempt = reader.flag("exempt", False)
     shadow = reader.flag("shadow", False)
@@ -450,3 +456,25 @@ def _check_whole(top: TableReader, policy: Policy) -> None:
         raise top.error("limits", "at least one [limits.<name>] table with a 'rates' key")
     if not policy.apply and not policy.default and not any(r.limits for r in policy.rules):
         raise top.error("apply", "at least one limit in 'apply', 'default' or a rule's 'limits'")
+    for index, rule in enumerate(policy.rules):
+        if not rule.exempt:
+            _check_cost(top, index, rule, [*policy.apply, *rule.limits], policy.limits)
+
+
+def _check_cost(
+    top: TableReader, index: int, rule: RuleSpec, names: list[str], limits: Mapping[str, LimitSpec]
+) -> None:
+    """A rule whose (largest) cost no limit it is charged to can ever admit would refuse every
+    request, with no Retry-After that could help."""
+    cost, key = (rule.max_cost, "max_cost") if rule.max_cost else (rule.cost, "cost")
+    for name in dict.fromkeys(names):
+        limit_set = limits[name].limit_set
+        if limit_set is None:
+            continue
+        for limit in limit_set.limits:
+            if cost > capacity(limit):
+                raise top.error(
+                    f"rules[{index}].{key}",
+                    f"a cost up to {capacity(limit)}, the most that limit {name!r} ({limit.rate}) "
+                    f"ever admits at once; got {cost}, which would refuse every request",
+                )
