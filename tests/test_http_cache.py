@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from ratekeeper import ManualClock
@@ -103,3 +103,24 @@ def test_a_cache_that_fails_is_a_miss_logged_once(caplog: pytest.LogCaptureFixtu
             assert "X-Cache" not in r.headers
     warnings = [r for r in caplog.records if "response cache unavailable" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_an_answer_past_max_body_bytes_streams_through_and_is_not_kept() -> None:
+    calls: list[str] = []
+
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"x" * 500
+
+    async def data(request: Request) -> StreamingResponse:
+        calls.append("app")
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    app = Starlette(routes=[Route("/data", data)])
+    policy = loads_policy(POLICY + "[cache]\nmax_body_bytes = 1000\n")
+    with uvicorn_in_thread(RateLimitMiddleware(app, policy)) as url:
+        for _ in range(2):
+            r = httpx.get(url + "/data", headers={"X-API-Key": "k"})
+            assert r.status_code == 200 and len(r.content) == 5000
+            assert "X-Cache" not in r.headers
+    assert calls == ["app", "app"]

@@ -10,8 +10,8 @@ logged once when a request looks rewritten that way.
 
 When a rule of the policy has a ``cache_ttl``, the app is wrapped in a
 :class:`~ratekeeper.http.cache_asgi.ResponseCacheMiddleware` (``response_cache`` says where
-answers are kept; this process by default). The admission ticket is left in the scope under
-``"ratekeeper.ticket"`` for it and for the app.
+answers are kept; by default beside an SQLite or Redis store, else in this process). The
+admission ticket is left in the scope under ``"ratekeeper.ticket"`` for it and for the app.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ratekeeper.http.asgi_scope import (
 )
 from ratekeeper.http.cache import TICKET, ResponseStore, caches
 from ratekeeper.http.cache_asgi import ResponseCacheMiddleware
+from ratekeeper.http.cache_shared import response_cache_beside
 from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
@@ -67,8 +68,11 @@ class RateLimitMiddleware:
         self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
         self._inner: ASGIApp = app
         if caches(enforcer.plan):
+            cache = response_cache or response_cache_beside(
+                enforcer.store, enforcer.store_url or "", enforcer.plan, enforcer.clock
+            )
             self._inner = ResponseCacheMiddleware(
-                app, enforcer.plan, cache=response_cache, clock=enforcer.clock
+                app, enforcer.plan, cache=cache, clock=enforcer.clock
             )
         self._wanted = enforcer.header_names
         self._warned = False

@@ -38,6 +38,7 @@ class ResponseCacheMiddleware:
         self.app = app
         self.keys = CacheKeys(plan)
         self.cache: ResponseStore = cache or ResponseCache.for_plan(plan, clock)
+        self._max_body = plan.policy.cache.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = None
@@ -51,7 +52,7 @@ class ResponseCacheMiddleware:
         if hit is not None:
             await _send_hit(send, hit)
             return
-        await self.app(scope, receive, _Capture(send, self.cache, key, ttl_s))
+        await self.app(scope, receive, _Capture(send, self.cache, key, ttl_s, self._max_body))
 
 
 async def _send_hit(send: Send, hit: CachedResponse) -> None:
@@ -62,15 +63,19 @@ async def _send_hit(send: Send, hit: CachedResponse) -> None:
 
 
 class _Capture:
-    """The ``send`` of a cacheable request: passes messages on, keeps a complete 200 answer."""
+    """The ``send`` of a cacheable request: passes messages on, keeps a complete 200 answer
+    (stops keeping one that grows past ``max_body`` bytes: a long stream is not buffered)."""
 
-    __slots__ = ("_chunks", "_headers", "_key", "_send", "_store", "_ttl_s")
+    __slots__ = ("_chunks", "_headers", "_key", "_left", "_send", "_store", "_ttl_s")
 
-    def __init__(self, send: Send, store: ResponseStore, key: str, ttl_s: float) -> None:
+    def __init__(
+        self, send: Send, store: ResponseStore, key: str, ttl_s: float, max_body: int
+    ) -> None:
         self._send = send
         self._store = store
         self._key = key
         self._ttl_s = ttl_s
+        self._left = max_body
         self._headers: list[tuple[str, str]] = []
         self._chunks: list[bytes] | None = None
 
@@ -82,8 +87,12 @@ class _Capture:
                 (n.decode("latin-1"), v.decode("latin-1")) for n, v in message.get("headers", ())
             ]
         elif kind == "http.response.body" and self._chunks is not None:
-            self._chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
+            chunk = message.get("body", b"")
+            self._left -= len(chunk)
+            self._chunks.append(chunk)
+            if self._left < 0:
+                self._chunks = None
+            elif not message.get("more_body", False):
                 body = b"".join(self._chunks)
                 self._chunks = None
                 cached = CachedResponse(200, cacheable_headers(self._headers), body)

@@ -47,6 +47,7 @@ class ResponseCacheWSGIMiddleware:
         self.app = app
         self.keys = CacheKeys(plan)
         self.cache: ResponseStore = cache or ResponseCache.for_plan(plan, clock)
+        self._max_body = plan.policy.cache.max_body_bytes
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         entry = None
@@ -68,7 +69,7 @@ class ResponseCacheWSGIMiddleware:
             return start_response(status, headers, exc_info)
 
         body = self.app(environ, start)
-        return _Keep(body, lambda data: self._keep(key, ttl_s, seen, data))
+        return _Keep(body, self._max_body, lambda data: self._keep(key, ttl_s, seen, data))
 
     def _keep(self, key: str, ttl_s: float, seen: dict[str, Any], body: bytes) -> None:
         if seen.get("status") == "200":
@@ -77,20 +78,28 @@ class ResponseCacheWSGIMiddleware:
 
 
 class _Keep:
-    """The app's body iterable, passed through; hands the whole body on once it was read."""
+    """The app's body iterable, passed through; hands the whole body on once it was read
+    (unless it grew past ``max_body`` bytes: a long stream is not buffered)."""
 
-    __slots__ = ("_body", "_done")
+    __slots__ = ("_body", "_done", "_max_body")
 
-    def __init__(self, body: Iterable[bytes], done: Callable[[bytes], None]) -> None:
+    def __init__(self, body: Iterable[bytes], max_body: int, done: Callable[[bytes], None]) -> None:
         self._body = body
+        self._max_body = max_body
         self._done = done
 
     def __iter__(self) -> Iterator[bytes]:
-        chunks: list[bytes] = []
+        chunks: list[bytes] | None = []
+        left = self._max_body
         for chunk in self._body:
-            chunks.append(chunk)
+            if chunks is not None:
+                left -= len(chunk)
+                chunks.append(chunk)
+                if left < 0:
+                    chunks = None
             yield chunk
-        self._done(b"".join(chunks))
+        if chunks is not None:
+            self._done(b"".join(chunks))
 
     def close(self) -> None:
         close = getattr(self._body, "close", None)

@@ -84,8 +84,11 @@ class Enforcer:
             policy = compile_policy(policy, clock=clock)
         self.plan = plan = policy
         spec = plan.policy
+        # The URL the store was opened from (None for a store given as an instance): what
+        # else lives beside it (the shared response cache) is found from it.
+        self.store_url: str | None = None
         if store is None or isinstance(store, str):
-            url = store or spec.store
+            url = self.store_url = store or spec.store
             try:
                 self.store = store_from_url(url)
             except (StoreError, ImportError) as exc:

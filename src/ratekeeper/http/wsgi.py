@@ -4,7 +4,8 @@
 
 The client address is ``REMOTE_ADDR``; forwarding headers count only from the policy's
 ``trusted_proxies``. When a rule of the policy has a ``cache_ttl``, the app is wrapped in a
-:class:`~ratekeeper.http.cache_wsgi.ResponseCacheWSGIMiddleware`; the admission ticket is
+:class:`~ratekeeper.http.cache_wsgi.ResponseCacheWSGIMiddleware` (answers kept beside an SQLite
+or Redis store, else in this process; ``response_cache`` chooses); the admission ticket is
 left in the environ under ``"ratekeeper.ticket"`` for it and for the app.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.http.cache import TICKET, ResponseStore, caches
+from ratekeeper.http.cache_shared import response_cache_beside
 from ratekeeper.http.cache_wsgi import ResponseCacheWSGIMiddleware
 from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer, Ticket
@@ -74,8 +76,11 @@ class RateLimitWSGIMiddleware:
         self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
         self._inner: WSGIApp = app
         if caches(enforcer.plan):
+            cache = response_cache or response_cache_beside(
+                enforcer.store, enforcer.store_url or "", enforcer.plan, enforcer.clock
+            )
             self._inner = ResponseCacheWSGIMiddleware(
-                app, enforcer.plan, cache=response_cache, clock=enforcer.clock
+                app, enforcer.plan, cache=cache, clock=enforcer.clock
             )
         self._wanted = enforcer.header_names
 
