@@ -59,7 +59,7 @@ def _cli(socket_path: Path, *args: str, stdin: str | None = None) -> tuple[int, 
     return done.returncode, data
 
 
-def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> float:
+def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> float:
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout_s:

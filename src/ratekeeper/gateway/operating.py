@@ -8,7 +8,8 @@
   Without ``--admin`` everything stays on one port, as before, but the admin API is not served;
 - the key registry's ``blocks`` and ``keys`` stages run after ``identify``;
 - every refusal is logged (:mod:`ratekeeper.http.refusals`) and every counted decision feeds
-  the near-limit sample, through one observer of admission;
+  the near-limit sample, through one observer of admission
+  (:class:`~ratekeeper.http.operator_observer.AdmissionObserver`);
 - a ticker thread applies reloaded policies (:mod:`ratekeeper.gateway.reload`), publishes the
   sample and flushes refusal counts.
 
@@ -38,8 +39,8 @@ from ratekeeper.gateway.app import app_from_environment as gateway_from_environm
 from ratekeeper.gateway.logs import AccessLog
 from ratekeeper.gateway.reload import PolicyChannel, PolicyFollower, PolicyReloader
 from ratekeeper.http.asgi import ASGIApp, Receive, Scope, Send
-from ratekeeper.http.flow import Context, Ticket
 from ratekeeper.http.near_limits import NearLimits
+from ratekeeper.http.operator_observer import AdmissionObserver
 from ratekeeper.http.refusals import RefusalLog
 from ratekeeper.http.stages.keys import blocks, key_registry
 from ratekeeper.policy.schema import Policy
@@ -115,7 +116,7 @@ class OperatedGateway:
         enforcer.add_stage("keys", key_registry(self.registry), after="blocks")
         self.sample = NearLimits(operator.sample_size)
         self.refusals = RefusalLog()
-        enforcer.observe(self._observe)
+        enforcer.observe(AdmissionObserver(self.sample, self.refusals, self.registry.label_of))
         self.channel = PolicyChannel(Path(operator.run_dir)) if operator.run_dir else None
         self.reloader = (
             PolicyReloader(settings.policy_path, self.channel, settings.trusted_proxies)
@@ -173,28 +174,6 @@ class OperatedGateway:
             await self._limited(scope, receive, send)
         else:
             await self._traffic(scope, receive, send)
-
-    def _observe(self, ctx: Context, ticket: Ticket) -> None:
-        decision = ctx.decision
-        caller = ctx.caller
-        if decision is not None and caller is not None:
-            self.sample.note(decision, caller.label)
-        answer = ticket.answer
-        if answer is None or answer.status < 400 or ctx.rule is None:
-            return
-        retry = next((v for k, v in answer.headers if k == "Retry-After"), None)
-        zone = ticket.reason
-        if decision is not None and not decision.allowed:
-            zone = decision.binding.limit_set
-        self.refusals.refused(
-            decision.now if decision is not None else time.time(),
-            status=answer.status,
-            rule=ctx.rule.name,
-            zone=zone,
-            key=_shown_key(caller.label) if caller is not None else None,
-            address=caller.ip if caller is not None else (ctx.view.peer or "-"),
-            retry_after_s=float(retry) if retry is not None and retry.isdigit() else None,
-        )
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -278,15 +257,6 @@ def _on_listener(server: Any, listener: tuple[str, int | None] | None) -> bool:
     if listener[0] in ("0.0.0.0", "::"):
         return bool(server[1] == listener[1])
     return bool(server[0] == listener[0] and server[1] == listener[1])
-
-
-def _shown_key(label: str) -> str | None:
-    """What a refusal line shows of the caller: a label, or the start of a key's digest."""
-    if label == "ip":
-        return None
-    if label.startswith("k:") and len(label) > 10:
-        return label[:10]
-    return label
 
 
 async def _not_found(send: Send) -> None:

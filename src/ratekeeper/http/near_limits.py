@@ -60,6 +60,10 @@ class NearLimits:
         ):
             return
         seen = _Seen(ratio, used, amount, binding.reset_at, label, decision.now)
+        if group is not None and key in group:
+            # Replacing a value is atomic; only a new entry can push another one out.
+            group[key] = seen
+            return
         with self._lock:
             if group is None:
                 group = self._groups.setdefault(group_name, {})
@@ -67,20 +71,22 @@ class NearLimits:
             if len(group) > self.size:
                 lowest = min(group, key=lambda k: group[k].used_ratio)
                 del group[lowest]
-                self._floors[group_name] = min(s.used_ratio for s in group.values())
+                self._floors[group_name] = min(s.used_ratio for s in list(group.values()))
 
     def snapshot(self, now: float) -> dict[str, list[dict[str, Any]]]:
         """The sample as JSON-ready data, without callers whose window has ended by ``now``."""
         out: dict[str, list[dict[str, Any]]] = {}
         with self._lock:
             for name, group in self._groups.items():
-                for key in [k for k, s in group.items() if s.reset_at <= now]:
+                # list(): other threads may replace values meanwhile (see note).
+                for key in [k for k, s in list(group.items()) if s.reset_at <= now]:
                     del group[key]
                 # Entries also fall as windows restart: the entry bar is set afresh here.
                 full = len(group) >= self.size
-                self._floors[name] = min(s.used_ratio for s in group.values()) if full else 0.0
+                seen_all = list(group.values())
+                self._floors[name] = min(s.used_ratio for s in seen_all) if full else 0.0
                 if group:
-                    out[name] = [_entry(key, seen) for key, seen in group.items()]
+                    out[name] = [_entry(key, seen) for key, seen in list(group.items())]
         return out
 
 

@@ -315,8 +315,10 @@ class Operator:
             raise RegistryError(f"top: expected 1 to {self.sample.size}, got {top!r}")
         self.publish_sample()
         samples = [json.loads(body) for body in self.registry.driver.samples()]
-        return {
-            "workers": len(samples),
-            "sample_size": self.sample.size,
-            "limits": merge_samples(samples, self.clock(), top),
-        }
+        merged = merge_samples(samples, self.clock(), top)
+        for entries in merged.values():
+            for entry in entries:
+                label = entry["label"]
+                if label.startswith("k:"):
+                    entry["label"] = self.registry.label_of(label[2:]) or label[:10]
+        return {"workers": len(samples), "sample_size": self.sample.size, "limits": merged}

@@ -10,7 +10,6 @@ in the policy's body format; ``ip`` counts them by address, as if they had sent 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -73,9 +72,12 @@ def key_registry(registry: Registry) -> StageFactory:
             api_key = caller.api_key
             if api_key is None:
                 return None
-            record = registry.view.keys.get(hash_secret(api_key))
+            digest = hash_secret(api_key)
+            record = registry.view.keys.get(digest)
             if record is not None:
-                ctx.caller = ctx.ticket.caller = known(caller, record, source)
+                # A label alone changes nothing here: logs and the admin API look it up.
+                if record.plan is not None or record.account is not None:
+                    ctx.caller = ctx.ticket.caller = known(caller, record, source, digest)
                 return None
             if unknown == "own":
                 return None
@@ -95,8 +97,9 @@ def key_registry(registry: Registry) -> StageFactory:
     return make
 
 
-def known(caller: Caller, record: KeyRecord, source: str) -> Caller:
-    """``caller`` with the plan, account and label the registry gives its key."""
+def known(caller: Caller, record: KeyRecord, source: str, digest: str) -> Caller:
+    """``caller`` with the plan and account the registry gives its key (``digest``); its label
+    names the key (``k:<digest>``), which logs and the admin API turn into the key's label."""
     keys = dict(caller.keys)
     if record.account is not None:
         shared = account_key(record.account)
@@ -104,11 +107,12 @@ def known(caller: Caller, record: KeyRecord, source: str) -> Caller:
             keys["account"] = shared
         if source == "account":
             keys["caller"] = shared
-    return dataclasses.replace(
-        caller,
+    return Caller(
         keys=keys,
+        ip=caller.ip,
+        api_key=caller.api_key,
         plan=record.plan or caller.plan,
-        label=record.label or caller.label,
+        label="k:" + digest,
     )
 
 
@@ -121,4 +125,4 @@ def by_address(caller: Caller, source: str) -> Caller:
             keys[scope] = ip_key
     if source in ("api_key", "account"):
         keys["caller"] = ip_key
-    return dataclasses.replace(caller, keys=keys, api_key=None, plan=None, label="ip")
+    return Caller(keys=keys, ip=caller.ip, api_key=None, plan=None, label="ip")

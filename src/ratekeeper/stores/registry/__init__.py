@@ -85,6 +85,11 @@ class Registry:
     def __repr__(self) -> str:
         return f"<Registry {self.driver!r} version={self.view.version} keys={len(self.view.keys)}>"
 
+    def label_of(self, digest: str) -> str | None:
+        """The label of the key with this digest, if the registry knows one."""
+        record = self.view.keys.get(digest)
+        return record.label if record is not None else None
+
     def set_base(self, base: Iterable[KeyRecord]) -> None:
         """Replace the policy file's keys (after a policy reload)."""
         with self._lock:

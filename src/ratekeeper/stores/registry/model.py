@@ -198,6 +198,9 @@ class RegistryView:
     key_blocks: Mapping[str, Block] = field(default_factory=dict)
     address_blocks: Mapping[str, Block] = field(default_factory=dict)
     network_blocks: tuple[Block, ...] = ()
+    # address -> the blocks that match it, whatever their time: callers repeat, and a network
+    # test is a parse and a walk. Belongs to this view, so a change starts it afresh.
+    _matches: dict[str, tuple[Block, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -232,17 +235,34 @@ class RegistryView:
             block = self.key_blocks.get(digest)
             if block is not None and block.active(now):
                 return block
-        if self.address_blocks:
-            block = self.address_blocks.get(address)
-            if block is not None and block.active(now):
-                return block
-        if self.network_blocks:
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                return None
-            for block in self.network_blocks:
-                network = block.network
-                if network is not None and ip in network and block.active(now):
+        if self.address_blocks or self.network_blocks:
+            matches = self._matches.get(address)
+            if matches is None:
+                matches = self._match(address)
+                if len(self._matches) >= 65_536:
+                    self._matches.clear()
+                self._matches[address] = matches
+            for block in matches:
+                if block.active(now):
                     return block
+        return None
+
+    def _match(self, address: str) -> tuple[Block, ...]:
+        found = []
+        block = self.address_blocks.get(address)
+        if block is not None:
+            found.append(block)
+        if self.network_blocks:
+            ip = _parsed_address(address)
+            if ip is not None:
+                found += [b for b in self.network_blocks if b.network and ip in b.network]
+        return tuple(found)
+
+
+# Callers repeat: a parsed address is a dict lookup instead of a parse per request (bounded).
+@functools.lru_cache(maxsize=65_536)
+def _parsed_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
         return None
