@@ -113,6 +113,8 @@ def test_adding_next_to_an_unknown_stage_names_the_known_ones() -> None:
     enforcer = Enforcer(loads_policy(POLICY))
     with pytest.raises(PolicyError, match=r"no stage 'decid'.*user_agent, route, identify"):
         enforcer.add_stage("blocklist", blocklist, before="decid")
+    with pytest.raises(PolicyError, match=r"stage 'route': there is one of that name already"):
+        enforcer.add_stage("route", blocklist)
 
 
 RADIO = """

@@ -128,8 +128,10 @@ class Enforcer:
     ) -> None:
         """Build a stage from ``factory(kit)`` and run it before or after the stage named so
         (at the end when neither is given); a factory returning ``None`` adds only the name."""
-        stage = factory(self.kit)
         names = [n for n, _ in self.stages]
+        if name in names:
+            raise PolicyError(f"stage {name!r}: there is one of that name already")
+        stage = factory(self.kit)
         index = len(names)
         for anchor, shift in ((before, 0), (after, 1)):
             if anchor is not None:
