@@ -265,14 +265,14 @@ def test_every_option_from_the_environment_and_json_refusal_lines(tmp_path: Path
                 for line in gw.output().splitlines()
                 if line.startswith("{") and '"refused"' in line
             ]
-            return len(refusals) >= 2
+            return {"api", "unknown_api_key"} <= {r["zone"] for r in refusals}
 
         _until(logged)
-        by_zone = {r["zone"]: r for r in refusals}
+        by_zone = {r["zone"]: r for r in reversed(refusals)}
         assert by_zone["api"]["key"] == "Partner" and by_zone["api"]["count"] == 1
         assert by_zone["api"]["retry_after_s"] > 0 and by_zone["api"]["status"] == 429
         assert by_zone["unknown_api_key"]["status"] == 401
         assert by_zone["unknown_api_key"]["key"].startswith("k:")
         assert "made-up-key-123" not in gw.output()
-        # 29 refusals of one caller in one window: one line, not 29.
-        assert sum(1 for r in refusals if r["zone"] == "api") == 1
+        # 29 refusals of one caller: one line per window, not 29 (two if a minute turned).
+        assert sum(1 for r in refusals if r["zone"] == "api") <= 2

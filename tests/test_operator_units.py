@@ -15,7 +15,7 @@ from ratekeeper.http.identity import RequestView
 from ratekeeper.http.near_limits import NearLimits, merge_samples
 from ratekeeper.http.refusals import RefusalLog
 from ratekeeper.http.stages.keys import blocks, key_registry
-from ratekeeper.policy import loads_policy
+from ratekeeper.policy import loads_policy, preset_path
 from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.registry import Block, KeyRecord, Registry, key_digest, registry_driver
 
@@ -181,3 +181,27 @@ def test_a_batch_is_charged_what_its_header_or_query_says() -> None:
         assert remaining("/batch", {"x-batch-size": bad}) == 400
     ticket = enforcer.admit(RequestView("GET", "/search", {}, "10.0.0.1", "n=11"))
     assert ticket.answer is not None and b"from 1 to 10" in ticket.answer.body
+
+
+@pytest.mark.parametrize("preset", ["musique", "beatpass", "radio", "musicbrainz", "aisoule"])
+def test_unknown_keys_refused_in_each_presets_body_format(preset: str) -> None:
+    text = preset_path(preset).read_text().replace('unknown = "own"', 'unknown = "refuse"')
+    if "[keys]" not in text:
+        text += '\n[keys]\nunknown = "refuse"\n'
+    policy = loads_policy(text, preset)
+    enforcer = Enforcer(policy, store=MemoryStore(), clock=ManualClock(1_800_000_010.0))
+    registry = Registry(registry_driver("memory://"), policy.keys.known)
+    enforcer.add_stage("keys", key_registry(registry), after="identify")
+    header = policy.identity.key_headers[0]
+    headers = {header: "Bearer made-up" if header == "authorization" else "made-up"}
+    headers["user-agent"] = "app/1 (ops@example.com)"
+    path = "/v1/shows" if preset == "radio" else "/"
+    ticket = enforcer.admit(RequestView("GET", path, headers, "10.0.0.1"))
+    assert ticket.answer is not None and ticket.answer.status == 401, preset
+    content_type = dict(ticket.answer.headers)["Content-Type"]
+    assert "made-up" not in ticket.answer.body.decode()
+    if "json" in content_type:
+        json.loads(ticket.answer.body)
+    if preset == "radio":
+        known = {header: headers[header].replace("made-up", "radio-demo-a1")}
+        assert enforcer.admit(RequestView("GET", path, known, "10.0.0.1")).answer is None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.redis_servers import redis_server
+from tests.redis_servers import redis_cluster, redis_server
 
 from ratekeeper.errors import RegistryError, StoreError
 from ratekeeper.http.identity import hash_secret
@@ -15,15 +15,18 @@ from ratekeeper.stores.registry import Block, KeyRecord, Registry, key_digest, r
 from ratekeeper.stores.registry.model import RegistryView
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "cluster"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "memory":
         yield "memory://"
     elif request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
-    else:
+    elif request.param == "redis":
         with redis_server(tmp_path / "redis") as server:
             yield server.url
+    else:
+        with redis_cluster(tmp_path / "cluster") as nodes:
+            yield "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
 
 
 def test_the_digest_is_the_one_identity_computes() -> None:
