@@ -19,7 +19,10 @@ The package, from the inside out:
 - :mod:`.topology`: a cluster's slot map and which masters are down;
 - :mod:`.cluster`: the cross-slot reserve / commit protocol and the cluster's calls (routed by
   the slot map, ``MOVED`` / ``ASK`` followed, on the same connections as standalone);
-- :mod:`.store`: :class:`RedisStore`, which puts them together.
+- :mod:`.store`: :class:`RedisStore`, which puts them together;
+- :mod:`.fail_modes`: :class:`~.fail_modes.ShardFallbackStore`, fail modes per cluster master.
+
+Running it in production (replication, failover, persistence, fail modes): ``docs/redis.md``.
 """
 
 from ratekeeper.errors import RedisStoreError, StoreError

@@ -182,4 +182,11 @@ class RedisStore:
         return text
 
     def _error(self, action: str, exc: BaseException) -> RedisStoreError:
-        return RedisStoreError(f"Redis store {self.url} failed to {action}: {self._clean(exc)}")
+        text = self._clean(exc)
+        if "CLUSTERDOWN" in text:
+            # The operator's fix, where they will look for it.
+            text += (
+                " (with cluster-require-full-coverage yes, every master refuses while one slot "
+                "range has none: set it to no, see docs/redis.md)"
+            )
+        return RedisStoreError(f"Redis store {self.url} failed to {action}: {text}")
