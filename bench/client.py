@@ -1,20 +1,24 @@
-"""The client side: transport overhead beside plain httpx, and how fast the same job finishes
-against a limited server beside aiolimiter + tenacity and urllib3's Retry, in one run.
+"""The client side: transport overhead beside plain httpx, and the same job against servers
+ratekeeper did not write, beside the peers, in one run.
 
-The servers run in a subprocess (uvicorn, loopback, a free port), so client and server do not
-share a GIL. Two parts:
+Each server runs in its own subprocess (client and server do not share a GIL) on loopback:
+slowapi and Flask-Limiter (windows start at a key's first hit; Flask-Limiter writes its reset a
+second late, rounded up), Flask-Limiter's moving window (``limits``), and a MusicBrainz-like
+server (2 per 2 s, windows aligned to the clock, whole-second epoch resets, 503 when over).
+Every contender runs under its own key (``X-Client``).
 
 1. Overhead: sequential GETs to an unlimited endpoint, plain ``httpx.Client`` against the same
-   client with :class:`RateLimitTransport` (policy unknown, and a generous known policy with
-   one-second aligned windows, so window edges are crossed), many short interleaved rounds,
-   best round kept; overhead = extra time per request.
-2. Throughput: each contender completes ``--jobs`` GETs (8 at a time) against an endpoint
-   limited to ``--rate`` (a scaled-down window, aligned fixed window, ratekeeper's headers with
-   ``Retry-After``), each under its own key; reported as completions per minute of wall time,
-   429s received, and time against the theoretical minimum.
+   client with :class:`RateLimitTransport`, many short interleaved rounds, best round kept.
+2. The job: ``--jobs`` GETs at concurrency 1 and 8, every contender against every server:
+   ratekeeper told the windows but not how they are counted (``HostPolicy(limits=...)``),
+   ratekeeper told nothing, aiolimiter + tenacity and requests-ratelimiter (+ urllib3 Retry)
+   told the windows, urllib3 ``Retry`` told nothing. Reported: seconds against the
+   theoretical minimum for that server's model, refusals (429/503 answered), the windows the
+   run spanned, and requests lost (no success in the end). The aligned server is run from two
+   points of its window: a quarter in and three quarters in.
 
-    .venv/bin/python bench/client.py            # about a minute on 2 cores
-    .venv/bin/python bench/client.py --quick    # a few seconds
+    .venv/bin/python bench/client.py            # about three minutes on 2 cores
+    .venv/bin/python bench/client.py --quick    # about a minute
 """
 
 # Peers are optional (bench extra): each is imported when its row is built.
@@ -33,204 +37,369 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 SERVER = r"""
-import collections, math, socket, sys
+import collections, email.utils, math, socket, sys, time
+kind, rate = sys.argv[1], sys.argv[2]
+counts = collections.Counter()
+sock = socket.socket()
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+sock.bind(("127.0.0.1", 0))
+sock.listen(128)
+print(sock.getsockname()[1], flush=True)
+
+if kind in ("flask", "moving"):
+    from flask import Flask, jsonify, request
+    from flask_limiter import Limiter
+    import waitress
+    app = Flask("bench")
+    limiter = Limiter(lambda: request.headers.get("x-client", "anon"), app=app,
+                      headers_enabled=True, storage_uri="memory://",
+                      strategy="moving-window" if kind == "moving" else "fixed-window")
+
+    @app.after_request
+    def count(response):
+        counts[(request.headers.get("x-client", "anon"), response.status_code)] += 1
+        return response
+
+    @app.get("/limited")
+    @limiter.limit(rate)
+    def limited():
+        return jsonify(ok=True)
+
+    @app.get("/stats")
+    @limiter.exempt
+    def stats():
+        key = request.args["key"]
+        return jsonify({str(s): n for (k, s), n in counts.items() if k == key})
+
+    waitress.serve(app, sockets=[sock], threads=16, _quiet=True)
+    sys.exit()
+
 import uvicorn
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from ratekeeper import Limiter, LimitSet
-
-limits = LimitSet("bench", sys.argv[1])
-limiter = Limiter()
-counts = collections.Counter()
 
 async def free(request):
     return Response(b"ok")
 
-async def limited(request):
-    key = request.headers.get("x-client", "anon")
-    d = limiter.hit(limits, key)
-    counts[(key, d.allowed)] += 1
-    headers = {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
-               "X-RateLimit-Reset": f"{d.reset_at:.3f}"}
-    if not d.allowed:
-        headers["Retry-After"] = str(max(math.ceil(d.retry_after_s), 1))
-        return JSONResponse({"error": "rate limited"}, status_code=429, headers=headers)
-    return JSONResponse({"ok": True}, headers=headers)
-
 async def stats(request):
     key = request.query_params["key"]
-    return JSONResponse({"ok": counts[(key, True)], "rejected": counts[(key, False)]})
+    return JSONResponse({str(s): n for (k, s), n in counts.items() if k == key})
 
-sock = socket.socket()
-sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-sock.bind(("127.0.0.1", 0))
-print(sock.getsockname()[1], flush=True)
-app = Starlette(routes=[Route("/free", free), Route("/limited", limited), Route("/stats", stats)])
-uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+routes = [Route("/free", free), Route("/stats", stats)]
+if kind == "slowapi":
+    from fastapi import FastAPI
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+    limiter = Limiter(key_func=lambda request: request.headers.get("x-client", "anon"),
+                      headers_enabled=True)
+    app = FastAPI()
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        response = await call_next(request)
+        counts[(request.headers.get("x-client", "anon"), response.status_code)] += 1
+        return response
+
+    @app.get("/limited")
+    @limiter.limit(rate)
+    async def limited(request: Request, response: Response):
+        return {"ok": True}
+
+    app.add_route("/free", free)
+    app.add_route("/stats", stats)
+else:
+    amount, period = (int(x) for x in rate.replace("s", "").split("/"))
+    used = collections.Counter()
+
+    async def limited(request):
+        key = request.headers.get("x-client", "anon")
+        now = time.time()
+        window = math.floor(now / period)
+        end = (window + 1) * period
+        headers = {"X-RateLimit-Limit": str(amount), "X-RateLimit-Reset": str(end),
+                   "Date": email.utils.formatdate(math.floor(now), usegmt=True)}
+        if used[(key, window)] >= amount:
+            counts[(key, 503)] += 1
+            headers.update({"X-RateLimit-Remaining": "0", "Retry-After": str(math.ceil(end - now))})
+            return PlainTextResponse("Your requests are exceeding the allowable rate limit.",
+                                     status_code=503, headers=headers)
+        used[(key, window)] += 1
+        counts[(key, 200)] += 1
+        headers["X-RateLimit-Remaining"] = str(amount - used[(key, window)])
+        return JSONResponse({"ok": True}, headers=headers)
+
+    app = Starlette(routes=[*routes, Route("/limited", limited)])
+uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                              date_header=kind != "aligned")).run(sockets=[sock])
 """
 
 
-def start_server(rate: str) -> tuple[subprocess.Popen[str], str]:
-    """Start the bench server; returns the process and its base URL."""
+@dataclass(frozen=True)
+class Server:
+    """One server under test: its model decides the theoretical minimum."""
+
+    name: str
+    kind: str
+    rate: str
+    amount: int
+    period: float
+    aligned: bool
+
+
+SERVERS = [
+    Server("slowapi (first hit)", "slowapi", "10/second", 10, 1.0, False),
+    Server("Flask-Limiter (first hit)", "flask", "10/second", 10, 1.0, False),
+    Server("limits moving window", "moving", "10/second", 10, 1.0, False),
+    Server("aligned 2/2s (MusicBrainz-like)", "aligned", "2/2s", 2, 2.0, True),
+]
+
+
+def start_server(kind: str, rate: str) -> tuple[subprocess.Popen[str], str]:
+    """Start a bench server; returns the process and its base URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, rate], stdout=subprocess.PIPE, text=True, env=os.environ
+        [sys.executable, "-c", SERVER, kind, rate],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
     )
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
-            httpx.get(f"{base}/free")
+            httpx.get(f"{base}/stats", params={"key": "-"})
             break
         except httpx.TransportError:
             time.sleep(0.05)
     return proc, base
 
 
-def overhead(base: str, requests: int, rounds: int) -> None:
+def overhead(requests: int, rounds: int) -> None:
     """Part 1: time per request, plain httpx vs through the transport."""
     from ratekeeper.client import HostPolicy, RateLimitTransport
 
+    proc, base = start_server("aligned", "2/2s")
     makers: dict[str, Callable[[], httpx.BaseTransport]] = {
         "httpx (plain)": httpx.HTTPTransport,
-        "ratekeeper, policy unknown": RateLimitTransport,
-        "ratekeeper, known 1e6/second": lambda: RateLimitTransport(
+        "ratekeeper, nothing told": RateLimitTransport,
+        "ratekeeper, told 1e6/second": lambda: RateLimitTransport(
             default=HostPolicy(limits="1000000/second")
         ),
     }
     best = dict.fromkeys(makers, math.inf)
-    for _ in range(rounds):
-        for name, make in makers.items():
-            with httpx.Client(transport=make()) as client:
-                for _ in range(20):
-                    client.get(f"{base}/free")
-                start = time.perf_counter()
-                for _ in range(requests):
-                    client.get(f"{base}/free")
-                best[name] = min(best[name], (time.perf_counter() - start) / requests)
+    try:
+        for _ in range(rounds):
+            for name, make in makers.items():
+                with httpx.Client(transport=make()) as client:
+                    for _ in range(20):
+                        client.get(f"{base}/free")
+                    start = time.perf_counter()
+                    for _ in range(requests):
+                        client.get(f"{base}/free")
+                    best[name] = min(best[name], (time.perf_counter() - start) / requests)
+    finally:
+        proc.terminate()
+        proc.wait(10)
     plain = best["httpx (plain)"]
     print(f"\n1. Overhead per request ({requests} sequential GETs, best of {rounds} rounds)")
     print(f"{'client':34} {'us/request':>11} {'overhead':>9}")
     for name, seconds in best.items():
-        extra = (seconds / plain - 1) * 100
-        print(f"{name:34} {seconds * 1e6:11.1f} {extra:+8.1f}%")
+        print(f"{name:34} {seconds * 1e6:11.1f} {(seconds / plain - 1) * 100:+8.1f}%")
 
 
-async def run_ratekeeper(base: str, key: str, jobs: int, rate: str | None) -> None:
-    from ratekeeper.client import AsyncRateLimitTransport, HostPolicy
-
-    transport = AsyncRateLimitTransport(default=HostPolicy(limits=rate, max_in_flight=8))
-    async with httpx.AsyncClient(transport=transport, headers={"x-client": key}) as client:
-        semaphore = asyncio.Semaphore(8)
-
-        async def one() -> None:
-            async with semaphore:
-                response = await client.get(f"{base}/limited")
-                response.raise_for_status()
-
-        await asyncio.gather(*(one() for _ in range(jobs)))
+def in_threads(job: Callable[[], bool], jobs: int, concurrency: int) -> int:
+    """Run ``job`` ``jobs`` times, ``concurrency`` at once; returns how many failed."""
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        return sum(not ok for ok in pool.map(lambda _: job(), range(jobs)))
 
 
-async def run_aiolimiter_tenacity(
-    base: str, key: str, jobs: int, amount: int, period: float
-) -> None:
+def run_ratekeeper(url: str, key: str, jobs: int, c: int, server: Server, told: bool) -> int:
+    from ratekeeper.client import HostPolicy, RateLimitTransport
+
+    policy = HostPolicy(limits=server.rate if told else None, max_in_flight=8)
+    client = httpx.Client(transport=RateLimitTransport(default=policy), headers={"x-client": key})
+
+    def job() -> bool:
+        try:
+            return client.get(url, timeout=30).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with client:
+        return in_threads(job, jobs, c)
+
+
+def run_aiolimiter_tenacity(url: str, key: str, jobs: int, c: int, server: Server) -> int:
     from aiolimiter import AsyncLimiter
     from tenacity import retry, retry_if_result, stop_after_attempt, wait_random_exponential
 
-    limiter = AsyncLimiter(amount, period)
-    async with httpx.AsyncClient(headers={"x-client": key}) as client:
-        semaphore = asyncio.Semaphore(8)
+    async def main() -> int:
+        limiter = AsyncLimiter(server.amount, server.period)
+        async with httpx.AsyncClient(headers={"x-client": key}, timeout=30) as client:
+            gate = asyncio.Semaphore(c)
 
-        @retry(
-            retry=retry_if_result(lambda r: r.status_code == 429),
-            wait=wait_random_exponential(multiplier=0.5, max=10),
-            stop=stop_after_attempt(20),
-        )
-        async def attempt() -> httpx.Response:
-            async with limiter:
-                return await client.get(f"{base}/limited")
+            @retry(
+                retry=retry_if_result(lambda r: r.status_code in (429, 503)),
+                wait=wait_random_exponential(multiplier=0.5, max=10),
+                stop=stop_after_attempt(20),
+            )
+            async def attempt() -> httpx.Response:
+                async with limiter:
+                    return await client.get(url)
 
-        async def one() -> None:
-            async with semaphore:
-                await attempt()
+            async def one() -> bool:
+                async with gate:
+                    try:
+                        return (await attempt()).status_code == 200
+                    except Exception:
+                        return False
 
-        await asyncio.gather(*(one() for _ in range(jobs)))
+            return sum(not ok for ok in await asyncio.gather(*(one() for _ in range(jobs))))
+
+    return asyncio.run(main())
 
 
-def run_urllib3(base: str, key: str, jobs: int) -> None:
-    import urllib3
+def urllib3_retry() -> Any:
     from urllib3.util.retry import Retry
 
-    retry = Retry(
-        total=20, status_forcelist=[429], respect_retry_after_header=True, backoff_factor=0.5
+    return Retry(
+        total=20,
+        status_forcelist=[429, 503],
+        respect_retry_after_header=True,
+        backoff_factor=0.5,
+        allowed_methods=None,
     )
-    pool = urllib3.PoolManager(maxsize=8, retries=retry, headers={"x-client": key})
-    with concurrent.futures.ThreadPoolExecutor(8) as executor:
-        list(executor.map(lambda _: pool.request("GET", f"{base}/limited").status, range(jobs)))
 
 
-def throughput(base: str, rate: str, jobs: int) -> None:
-    """Part 2: the same job for every contender, each under its own key."""
-    from ratekeeper.rates import parse_rate
+def run_urllib3(url: str, key: str, jobs: int, c: int) -> int:
+    import urllib3
 
-    # Imported before the clocks start: import time is not part of anyone's job.
-    for module in ("aiolimiter", "tenacity", "urllib3", "ratekeeper.client"):
-        importlib.import_module(module)
-    parsed = parse_rate(rate)
-    contenders: dict[str, Callable[[str], Any]] = {
-        "ratekeeper (policy known)": lambda k: asyncio.run(run_ratekeeper(base, k, jobs, rate)),
-        "ratekeeper (learns from headers)": lambda k: asyncio.run(
-            run_ratekeeper(base, k, jobs, None)
+    pool = urllib3.PoolManager(maxsize=8, retries=urllib3_retry(), headers={"x-client": key})
+
+    def job() -> bool:
+        try:
+            return pool.request("GET", url).status == 200
+        except urllib3.exceptions.HTTPError:
+            return False
+
+    return in_threads(job, jobs, c)
+
+
+def run_requests_ratelimiter(url: str, key: str, jobs: int, c: int, server: Server) -> int:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from requests_ratelimiter import LimiterSession
+
+    # N per W as one rate of N over W seconds (pyrate-limiter's sliding log).
+    session = LimiterSession(
+        per_second=server.amount / server.period,
+        burst=server.period,
+        limit_statuses=(429, 503),
+    )
+    session.mount("http://", HTTPAdapter(max_retries=urllib3_retry(), pool_maxsize=8))
+    session.headers["x-client"] = key
+
+    def job() -> bool:
+        try:
+            return session.get(url, timeout=30).status_code == 200
+        except requests.RequestException:
+            return False
+
+    with session:
+        return in_threads(job, jobs, c)
+
+
+def minimum_s(server: Server, jobs: int, start: float) -> float:
+    """The shortest time the server's model allows for ``jobs`` requests from ``start``."""
+    bursts = math.ceil(jobs / server.amount)
+    if not server.aligned:
+        return (bursts - 1) * server.period
+    first_end = (math.floor(start / server.period) + 1) * server.period
+    return first_end - start + (bursts - 2) * server.period if bursts > 1 else 0.0
+
+
+def the_job(server: Server, jobs: int, concurrency: tuple[int, ...]) -> list[str]:
+    """Part 2 for one server: every contender at every concurrency; returns table rows."""
+    proc, base = start_server(server.kind, server.rate)
+    url = f"{base}/limited"
+    contenders: dict[str, Callable[[str, int, int], int]] = {
+        "ratekeeper, windows told": lambda k, n, c: run_ratekeeper(url, k, n, c, server, True),
+        "ratekeeper, nothing told": lambda k, n, c: run_ratekeeper(url, k, n, c, server, False),
+        "aiolimiter + tenacity, told": lambda k, n, c: run_aiolimiter_tenacity(
+            url, k, n, c, server
         ),
-        "aiolimiter + tenacity": lambda k: asyncio.run(
-            run_aiolimiter_tenacity(base, k, jobs, parsed.amount, parsed.period_s)
+        "requests-ratelimiter, told": lambda k, n, c: run_requests_ratelimiter(
+            url, k, n, c, server
         ),
-        "urllib3 Retry(respect_retry_after)": lambda k: run_urllib3(base, k, jobs),
+        "urllib3 Retry, nothing told": lambda k, n, c: run_urllib3(url, k, n, c),
     }
-    print(f"\n2. {jobs} GETs, 8 in flight, server limit {rate} (aligned fixed window)")
-    print(f"{'client':36} {'seconds':>8} {'vs min':>7} {'done/min':>9} {'429s':>6}")
-    for index, (name, run) in enumerate(contenders.items()):
-        key = f"c{index}-{time.time_ns()}"
-        # Start at a window boundary so every contender faces the same windows.
-        time.sleep(math.ceil(time.time() / parsed.period_s) * parsed.period_s - time.time())
-        start = time.time()
-        run(key)
-        elapsed = time.time() - start
-        stats = httpx.get(f"{base}/stats", params={"key": key}).json()
-        minimum = (math.ceil(jobs / parsed.amount) - 1) * parsed.period_s
-        print(
-            f"{name:36} {elapsed:8.2f} {elapsed / minimum:6.2f}x "
-            f"{stats['ok'] / elapsed * 60:9.0f} {stats['rejected']:6d}"
-        )
+    phases = (0.25, 0.75) if server.aligned else (0.5,)
+    rows = []
+    try:
+        for c in concurrency:
+            for phase in phases:
+                for index, (name, run) in enumerate(contenders.items()):
+                    key = f"c{index}-{c}-{phase}-{time.time_ns()}"
+                    # Every contender starts at the same point of a window.
+                    period = server.period
+                    time.sleep((phase * period - time.time() % period) % period)
+                    start = time.time()
+                    lost = run(key, jobs, c)
+                    elapsed = time.time() - start
+                    stats = httpx.get(f"{base}/stats", params={"key": key}).json()
+                    refused = stats.get("429", 0) + stats.get("503", 0)
+                    windows = math.ceil(elapsed / period) + 1
+                    ratio = elapsed / minimum_s(server, jobs, start)
+                    where = f" @{phase:.2f}W" if server.aligned else ""
+                    rows.append(
+                        f"{server.name + where:38} {name:30} {c:2d} {elapsed:7.2f} "
+                        f"{ratio:6.2f}x {refused:7d} {windows:7d} {lost:5d}"
+                    )
+                    print(rows[-1], flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return rows
 
 
 def main() -> None:
     """Run both parts and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    parser.add_argument("--rate", default="20/second", help="the limited endpoint's policy")
-    parser.add_argument("--jobs", type=int, default=0, help="GETs per throughput contender")
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument("--jobs", type=int, default=0, help="GETs per 10/second contender")
     args = parser.parse_args()
-    # Many short interleaved rounds, best kept: on a shared machine a long round is rarely
-    # undisturbed from start to end, a short one often is.
-    requests, rounds = (100, 6) if args.quick else (250, 24)
-    jobs = args.jobs or (40 if args.quick else 120)
-    # The low-remaining warnings are expected here; keep the tables readable.
+    requests, rounds = (100, 4) if args.quick else (200, 10)
+    jobs = args.jobs or (20 if args.quick else 30)
+    # The low-remaining warnings and retries are expected here; keep the tables readable.
     logging.getLogger("ratekeeper.client").setLevel(logging.ERROR)
-    proc, base = start_server(args.rate)
-    try:
-        print(f"python {sys.version.split()[0]}, httpx {httpx.__version__}, server {base}")
-        overhead(base, requests, rounds)
-        throughput(base, args.rate, jobs)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    for module in (
+        "aiolimiter",
+        "tenacity",
+        "urllib3",
+        "requests_ratelimiter",
+        "ratekeeper.client",
+    ):
+        importlib.import_module(module)
+    print(f"python {sys.version.split()[0]}, httpx {httpx.__version__}")
+    overhead(requests, rounds)
+    print(f"\n2. The same job against each server ({jobs} GETs at 10/second, {jobs // 4} at 2/2s)")
+    print(
+        f"{'server':38} {'client':30} {'c':>2} {'seconds':>7} {'vs min':>7} "
+        f"{'refused':>7} {'windows':>7} {'lost':>5}"
+    )
+    for server in SERVERS:
+        n = jobs if server.period == 1.0 else max(jobs // 4, 4)
+        the_job(server, n, (1, 8))
 
 
 if __name__ == "__main__":

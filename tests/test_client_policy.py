@@ -54,7 +54,7 @@ def test_tier_exempt_shadow_and_cost() -> None:
         [limits.api]
         rates = "10/second"
         [limits.watched]
-        rates = "1/second"
+        rates = "5/second"
         shadow = true
         [plans.gold]
         api = "100/second"

@@ -266,7 +266,7 @@ class ClientFlow(Generic[Req, Resp]):
                 stale_retried = paid = True
                 continue
             response: Resp = outcome
-            hints, status = yield from self._answer(state, ops, seq, response)
+            hints, status = yield from self._answer(state, ops, seq, sent_at, response)
             if status not in self.retry.statuses:
                 return response
             verdict = self._verdict(method, url, status, hints, retries, waited)
@@ -283,7 +283,7 @@ class ClientFlow(Generic[Req, Resp]):
             retries += 1
 
     def _answer(
-        self, state: HostState, ops: _HostOps, seq: int, response: Resp
+        self, state: HostState, ops: _HostOps, seq: int, sent_at: float, response: Resp
     ) -> Generator[Op, Any, tuple[Hints, int]]:
         """Read what an answer says about the limits and learn from it."""
         wire = self.wire
@@ -303,7 +303,7 @@ class ClientFlow(Generic[Req, Resp]):
         skew = state.observe_date(date, now) if date is not None else state.skew.skew_s
         useful = len(found) > (date is not None) or body
         hints = read_hints(found, body, now, skew) if useful else NO_HINTS
-        low = state.on_answer(seq, now, status, hints)
+        low = state.on_answer(seq, now, status, hints, sent_at)
         # Read after on_answer: a request that starts waiting later sees the free slot.
         if state.slot_waiters:
             yield ops.answered

@@ -8,6 +8,7 @@ Everything takes the clock reading as an argument.
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 from collections.abc import Mapping
@@ -35,6 +36,9 @@ class _Budget:
     reset_at: float | None
     name: str
 
+
+# What the first requests to a host may take to arrive (a connection to set up, TLS).
+_FIRST_FLIGHT_S = 0.25
 
 # Window ends computed from different clock readings agree to within float error.
 _SAME_END_S = 1e-6
@@ -78,6 +82,11 @@ class HostState:
         self._failure_mark = 0
         self.zone: str | None = None
         self.skew = SkewEstimate()
+        # Aligned windows told: how far ahead of the clock they are decided, ``margin_s`` or
+        # the longest recent round trip (a request may reach the server that late); before
+        # any round trip is known, long enough for a connection to be set up.
+        self.shift_s = max(plan.clock_shift_s, _FIRST_FLIGHT_S) if plan.clock_shift_s else 0.0
+        self._rtts: collections.deque[float] = collections.deque(maxlen=16)
         self.pacers = tuple(
             WindowPacer(n, w, policy.margin_s, learn=learn) for n, w, learn in plan.windows
         )
@@ -186,7 +195,7 @@ class HostState:
     def needs_room(self, charge: Charge, now: float) -> bool:
         """Whether ``now`` is within ``margin_s`` of an aligned window's end whose room is not
         yet known: the flow then peeks at the window before charging the next one."""
-        shift = self.plan.clock_shift_s
+        shift = self.shift_s
         room = self._room
         for _, period, limit in charge.aligned:
             end = now - now % period + period
@@ -200,7 +209,7 @@ class HostState:
         """Remember the room of the aligned windows ending within ``margin_s`` of ``now``, from
         a peek at the real clock (nothing is charged to them once their margin has begun)."""
         states = peek.states
-        shift = self.plan.clock_shift_s
+        shift = self.shift_s
         for index, period, limit in charge.aligned:
             end = now - now % period + period
             if now + shift < end:
@@ -217,7 +226,7 @@ class HostState:
         It may go at once when the current window has room for every request charged early
         to the next one: wherever the server counts it, it stays within the limit.
         """
-        shift = self.plan.clock_shift_s
+        shift = self.shift_s
         at = decision.now
         for _, period, _ in charge.aligned:
             if at % period < shift:
@@ -281,7 +290,9 @@ class HostState:
             for pacer in self.pacers:
                 pacer.answered(sent, now)
 
-    def on_answer(self, seq: int, now: float, status: int, hints: Hints) -> Quota | None:
+    def on_answer(
+        self, seq: int, now: float, status: int, hints: Hints, sent_at: float | None = None
+    ) -> Quota | None:
         """Learn from an answer; returns the binding quota when it fell under the host's
         ``low_remaining`` threshold with this answer (warn once per crossing)."""
         with self._lock:
@@ -290,6 +301,9 @@ class HostState:
                 self._reached(seq, now)
             if seq == self._window_seq:
                 self._window_start = now
+            if sent_at is not None and self.plan.clock_shift_s:
+                self._rtts.append(now - sent_at)
+                self.shift_s = max(self.plan.clock_shift_s, *self._rtts)
             if hints.zone:
                 self.zone = hints.zone
             failed = status == 429 or status >= 500
@@ -379,6 +393,7 @@ class Pacer:
     backoff_base_s: float = 1.0
     _prefixes: list[tuple[str, HostPolicy]] = field(init=False)
     _states: dict[str, HostState] = field(init=False)
+    _by_host: dict[tuple[str, int | None], HostState] = field(init=False)
     _lock: threading.Lock = field(init=False)
 
     def __post_init__(self) -> None:
@@ -392,20 +407,28 @@ class Pacer:
             key=lambda item: -len(item[0]),
         )
         self._states = {}
+        self._by_host = {}
         self._lock = threading.Lock()
 
     def state_for(self, url: httpx.URL) -> HostState:
         """The state of the host (or prefix) ``url`` belongs to, created on first use."""
-        text = str(url)
-        for prefix, policy in self._prefixes:
-            if text.startswith(prefix):
-                return self._state(prefix, policy)
+        if self._prefixes:
+            text = str(url)
+            for prefix, policy in self._prefixes:
+                if text.startswith(prefix):
+                    return self._state(prefix, policy)
         host = url.host
         port = url.port
+        known = self._by_host.get((host, port))
+        if known is not None:
+            return known
         if port is not None and (found := self.hosts.get(f"{host}:{port}")) is not None:
             return self._state(f"{host}:{port}", found)
         name = host if port is None else f"{host}:{port}"
-        return self._state(name, self.hosts.get(host, self.default))
+        state = self._state(name, self.hosts.get(host, self.default))
+        # Most requests go to hosts seen before: found by (host, port) without formatting.
+        self._by_host[(host, port)] = state
+        return state
 
     def _state(self, name: str, policy: HostPolicy) -> HostState:
         state = self._states.get(name)

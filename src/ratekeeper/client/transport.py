@@ -195,10 +195,11 @@ class _Transport(Generic[L, Req, Resp]):
     def _limiter(self, state: HostState) -> L:
         limiter = self._limiters.get(state.plan.name)
         if limiter is None:
-            shift = state.plan.clock_shift_s
             clock = self._flow.clock
+            # Aligned windows are decided ahead by the host's shift, which follows latency.
             limiter = self._limiter_type(
-                self._store, clock=(lambda: clock() + shift) if shift else clock
+                self._store,
+                clock=(lambda: clock() + state.shift_s) if state.plan.clock_shift_s else clock,
             )
             self._limiters[state.plan.name] = limiter
         return limiter

@@ -1,0 +1,100 @@
+"""Told windows without their counting, and the server's clock from Date: pure state, exact."""
+
+from __future__ import annotations
+
+import email.utils
+
+import pytest
+
+from ratekeeper.client.hints import Quota
+from ratekeeper.client.skew import SkewEstimate
+from ratekeeper.client.windows import WindowPacer
+
+T0 = 1_700_000_000.0  # a multiple of 2: aligned windows of 1 s and 2 s start here
+
+
+def reset(at: float, now: float, *, rounding: float = 0.0, epoch: bool = True) -> Quota:
+    return Quota(
+        name="x",
+        limit=2,
+        remaining=1,
+        reset_in_s=at - now,
+        reset_rounding_s=rounding,
+        reset_epoch=epoch,
+    )
+
+
+def test_at_most_n_in_any_span_measured_from_the_answers() -> None:
+    pacer = WindowPacer(2, 2.0, 0.025)
+    for sent, answered in [(T0, T0 + 0.05), (T0 + 0.1, T0 + 0.3)]:
+        assert pacer.wait_s(sent) == 0.0
+        pacer.record(sent)
+        pacer.answered(sent, answered)
+    # The first request reached the server by T0 + 0.05: the third may arrive 2 s after that.
+    assert pacer.wait_s(T0 + 0.3) == pytest.approx(1.751)
+    pacer.record(T0 + 2.051)
+    assert not pacer.waits_for_answer()
+    assert pacer.wait_s(T0 + 2.1) == pytest.approx(0.201)
+    pacer.record(T0 + 2.301)
+    # The request two back has not been answered: when it reached the server is unknown.
+    assert pacer.waits_for_answer()
+
+
+def test_a_refused_request_frees_its_place() -> None:
+    pacer = WindowPacer(1, 1.0, 0.025)
+    pacer.record(T0)
+    pacer.answered(T0, T0 + 0.01)
+    pacer.refund(T0)
+    assert pacer.wait_s(T0 + 0.02) == 0.0
+
+
+def test_aligned_windows_learned_only_from_a_reset_no_own_window_explains() -> None:
+    pacer = WindowPacer(2, 2.0, 0.025)
+    pacer.record(T0 + 1.2)
+    pacer.answered(T0 + 1.2, T0 + 1.21)
+    # A first-hit window from T0 + 1.2 would end at T0 + 3.2 (or a second either side,
+    # written in whole seconds): T0 + 3 says nothing.
+    pacer.observe(reset(T0 + 3.0, T0 + 1.21, rounding=1.0), T0 + 1.21)
+    assert pacer.model == "moving"
+    # A whole-second delta says too little about where a window starts.
+    pacer.observe(reset(T0 + 2.0, T0 + 1.21, rounding=1.0, epoch=False), T0 + 1.21)
+    assert pacer.model == "moving"
+    # An epoch at T0 + 2 is earlier than any window this client started could end.
+    pacer.observe(reset(T0 + 2.0, T0 + 1.21, rounding=1.0), T0 + 1.21)
+    assert pacer.model == "aligned"
+    pacer.record(T0 + 1.3)
+    pacer.answered(T0 + 1.3, T0 + 1.31)
+    # The window is full: the next request goes at the boundary, not 2 s after the first.
+    assert pacer.wait_s(T0 + 1.32) == pytest.approx(0.68)
+
+
+def test_aligned_windows_count_a_request_near_a_boundary_on_both_sides() -> None:
+    pacer = WindowPacer(2, 1.0, 0.05)
+    pacer.aligned_phase_s = 0.0
+    pacer.record(T0 + 0.98)  # may land in either window
+    assert pacer.wait_s(T0 + 0.99) == 0.0
+    pacer.record(T0 + 0.99)
+    pacer.answered(T0 + 0.98, T0 + 1.01)
+    pacer.answered(T0 + 0.99, T0 + 1.02)
+    # Both may have landed after the boundary: the new window may be full already.
+    assert pacer.wait_s(T0 + 1.03) == pytest.approx(0.97)
+
+
+def http_date(at: float) -> str:
+    return email.utils.formatdate(at, usegmt=True)
+
+
+def test_skew_acted_on_only_when_rounding_cannot_explain_it() -> None:
+    lagging = SkewEstimate()
+    for step in range(10):
+        now = T0 + step * 0.37
+        # A cached Date, up to a second stale and rounded down: rounding explains it.
+        assert lagging.observe(http_date(int(now) - 1), now) == 0.0
+    ahead = SkewEstimate()
+    for step in range(10):
+        now = T0 + step * 0.37
+        skew = ahead.observe(http_date(int(now + 30)), now)
+    assert 29.0 <= skew <= 30.0
+    # The server's clock jumped back: only the newest answers describe it.
+    assert ahead.observe(http_date(int(T0 + 10)), T0 + 10) == 0.0
+    assert ahead.observe("not a date", T0 + 10) == 0.0
