@@ -18,6 +18,9 @@ pool of 20,000 identities:
 - global key only, N processes: every decision touches one key (one slot of one master): how far
   a global limit scales.
 
+Latency: one thread, one decision at a time, median and 90th percentile: a decision over 2 or
+3 slots takes two rounds (reserve everywhere at once, then commit everywhere at once).
+
 Failover: 30 identities decided from ``PROCESSES`` x ``THREADS`` threads; one master is killed
 (``kill -9``) 2 s in; per 250 ms, decisions for keys of the healthy masters and of the failed
 one, and errors; then kill -> promoted (the replica says ``master``) -> decisions back.
@@ -133,6 +136,20 @@ def measure(url: str, shape: str, driver: str, processes: int, seconds: float) -
     for process in workers:
         process.join()
     return total / seconds
+
+
+def latency(url: str, shape: str, n: int = 2000) -> tuple[float, float]:
+    """Median and 90th percentile (ms) of one thread's decisions, one at a time."""
+    store = RedisStore(url, prefix="lat")
+    store.decide(_items(shape, "warm"), 1, 0.0)
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        store.decide(_items(shape, f"k{i}"), 1, 0.0)
+        times.append(time.perf_counter() - started)
+    store.close()
+    times.sort()
+    return times[n // 2] * 1000, times[n * 9 // 10] * 1000
 
 
 # ------------------------------------------------------------------------------- servers
@@ -370,6 +387,10 @@ def main() -> None:
                 f"2 slots / same slot {best[('cluster, 2 slots', driver)] / same:.2f}, "
                 f"3 slots / same slot {best[('cluster, 3 slots', driver)] / same:.2f}"
             )
+        print("one thread, one decision at a time (a cross-slot decision is two rounds):")
+        for name, url, shape, _ in rows[::2]:
+            median, p90 = latency(url, shape)
+            print(f"{name:<34} median {median:.2f} ms, p90 {p90:.2f} ms")
         for n in (1, 2, 4):
             rate = max(
                 measure(cluster, "global", "async", n, seconds) for _ in range(options.rounds)
