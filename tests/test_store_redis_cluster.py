@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
 import time
 from collections.abc import Iterator
 
@@ -194,3 +195,26 @@ def test_a_slot_in_migration_is_followed_by_ask_then_moved(
     finally:
         src.close()
         dst.close()
+
+
+def _child(store: RedisStore, queue: multiprocessing.Queue[object]) -> None:
+    items = ((GLOBAL, "forked"), (API, "forked-ivy"))
+    sync_ok = store.decide(items, 1, 0.0).allowed
+    async_ok = asyncio.run(store.decide_async(items, 1, 0.0)).allowed
+    queue.put((sync_ok, async_ok))
+
+
+def test_a_forked_child_opens_its_own_cluster_connections(url: str) -> None:
+    store = RedisStore(url, prefix="fork")
+    items = ((GLOBAL, "forked"), (API, "forked-ivy"))
+    assert store.decide(items, 1, 0.0).allowed
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[object] = context.Queue()
+    child = context.Process(target=_child, args=(store, queue))
+    child.start()
+    assert queue.get(timeout=10) == (True, True)
+    child.join(10)
+    assert child.exitcode == 0
+    # The caller's 3 per minute are spent, by the parent and the child together.
+    assert not store.decide(items, 1, 0.0).allowed
+    store.close()

@@ -14,8 +14,10 @@ receives the reply), so the sync and asyncio drivers share it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -64,6 +66,7 @@ class Topology:
         self._down: dict[Node, float] = {}
         self.stale = True
         self._read_at = -REFRESH_S
+        _TOPOLOGIES.add(self)
 
     def node(self, address: Address) -> Node:
         """The node at ``address``, made on first use with the store's connection set-up."""
@@ -196,3 +199,15 @@ def _address(entry: Any, asked: Node) -> Address:
     if host in ("", "?"):
         host = asked.endpoint.host
     return host, int(entry[1])
+
+
+_TOPOLOGIES: weakref.WeakSet[Topology] = weakref.WeakSet()
+
+
+def _new_locks_after_fork() -> None:
+    # A thread of the parent may have held a lock at the fork: the child's copy would stay held.
+    for topology in _TOPOLOGIES:
+        topology._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
