@@ -1,11 +1,16 @@
-"""The cost of the operator's side on the allowed path: admission with the key registry's stages
-(blocks, keys) and the admission observer (near-limit sample, refusal log) against the same
-enforcer without them, in one run.
+"""The cost of the operator's side on the allowed path, on and off in one run.
 
-Both enforcers run the same policy (a key per caller, 100000/minute so every request is
-allowed) on their own memory store; the registry knows 10 000 keys and holds a few blocks, so
-the stages do their full work. Rounds alternate the two, and the table reports the median
-time per admission of each and their ratio.
+1. Admission alone: an enforcer with the key registry's stages (blocks, keys) and the admission
+   observer (near-limit sample, refusal log) against the same enforcer without them, each on
+   its own memory store. The registry knows 10 000 keys and holds a few blocks, so the stages
+   do their full work.
+2. The gateway app, called as ASGI in process (no sockets): ``ratekeeper serve``'s worker app
+   (``OperatedGateway``: registry, sample, refusal log, admin routing) against the bare
+   ``Gateway`` it wraps, both with the demo API behind them on one SQLite file each.
+
+Both use one policy (a key per caller, 100000/minute so every request is allowed). Rounds
+alternate on and off; the table reports the median CPU time per request of each (process
+time: on a shared machine, other processes' load does not count) and the ratio.
 
     .venv/bin/python bench/operator_side.py            # about a minute
     .venv/bin/python bench/operator_side.py --quick    # a few seconds
@@ -14,8 +19,12 @@ time per admission of each and their ratio.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
@@ -57,19 +66,76 @@ def _enforcers(keys: int) -> tuple[Enforcer, Enforcer]:
     registry.put(Block(kind="address", value="203.0.113.9"))
     registry.put(KeyRecord(digest=key_digest("blocked"), label="x"))
     operated.add_stage("blocks", blocks(registry), after="identify")
-    operated.add_stage("keys", key_registry(registry), after="blocks")
+    operated.replace_stage("keys", key_registry(registry))
     operated.observe(AdmissionObserver(NearLimits(32), RefusalLog(), registry.label_of))
     return plain, operated
 
 
 def _round(enforcer: Enforcer, views: list[RequestView]) -> float:
     admit = enforcer.admit
-    started = time.perf_counter()
+    started = time.process_time()
     for view in views:
         ticket = admit(view)
         if ticket.answer is not None:
             raise SystemExit(f"not allowed: {ticket.answer.status} {ticket.answer.body[:80]!r}")
-    return (time.perf_counter() - started) / len(views)
+    return (time.process_time() - started) / len(views)
+
+
+def _gateways(directory: Path) -> tuple[Any, Any]:
+    from ratekeeper.gateway.app import ServeSettings, build_gateway  # noqa: PLC0415
+    from ratekeeper.gateway.operating import OperatedGateway, OperatorSettings  # noqa: PLC0415
+
+    config = directory / "policy.toml"
+    config.write_text(POLICY.format(unknown="refuse") + _KNOWN)
+    apps = []
+    for name in ("off", "on"):
+        settings = ServeSettings(config=str(config), store=f"sqlite:///{directory / name}.db")
+        apps.append(build_gateway(settings))
+    return apps[0], OperatedGateway(apps[1], settings, OperatorSettings())
+
+
+_KNOWN = "".join(f'[[keys.known]]\nkey = "key-{n}"\nlabel = "C {n}"\n' for n in range(1000))
+
+
+async def _asgi_round(app: Any, keys: list[str]) -> float:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    started = time.process_time()
+    for key in keys:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/api/integration/tracks",
+            "raw_path": b"/api/integration/tracks",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"bench"), (b"x-api-key", key.encode())],
+            "client": ("10.0.0.1", 5000),
+            "server": ("127.0.0.1", 8080),
+        }
+        await app(scope, receive, send)
+        if sent[0]["status"] != 200:
+            raise SystemExit(f"not allowed: {sent}")
+        sent.clear()
+    return (time.process_time() - started) / len(keys)
+
+
+def _compare(rounds: int, run_off: Any, run_on: Any) -> tuple[float, float]:
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for index in range(rounds):
+        order = [("off", run_off), ("on", run_on)]
+        for name, run in order if index % 2 == 0 else reversed(order):
+            times[name].append(run())
+    return statistics.median(times["off"]), statistics.median(times["on"])
 
 
 def main() -> None:
@@ -87,16 +153,26 @@ def main() -> None:
     ]
     _round(plain, views[:1000])
     _round(operated, views[:1000])
-    times: dict[str, list[float]] = {"off": [], "on": []}
-    for index in range(rounds):
-        order = [("off", plain), ("on", operated)]
-        for name, enforcer in order if index % 2 == 0 else reversed(order):
-            times[name].append(_round(enforcer, views))
-    off, on = statistics.median(times["off"]), statistics.median(times["on"])
-    print(f"{'allowed path, memory store':<44} {'us/admission':>12}")
-    print(f"{'  registry + near-limit sample off':<44} {off * 1e6:>12.2f}")
-    print(f"{'  registry + near-limit sample on':<44} {on * 1e6:>12.2f}")
-    print(f"{'  on / off':<44} {on / off:>12.3f}")
+    off, on = _compare(rounds, lambda: _round(plain, views), lambda: _round(operated, views))
+    print(f"{'allowed path':<52} {'us/request':>10}")
+    print(f"{'admission, memory store: operator side off':<52} {off * 1e6:>10.2f}")
+    print(f"{'admission, memory store: operator side on':<52} {on * 1e6:>10.2f}")
+    print(f"{'  on / off':<52} {on / off:>10.3f}")
+    with tempfile.TemporaryDirectory() as directory:
+        bare, operated_app = _gateways(Path(directory))
+        keys = [f"key-{n % 1000}" for n in range(requests // 4)]
+        loop = asyncio.new_event_loop()
+
+        def run(app: Any) -> float:
+            return loop.run_until_complete(_asgi_round(app, keys))
+
+        run(bare)
+        run(operated_app)
+        off, on = _compare(rounds, lambda: run(bare), lambda: run(operated_app))
+        loop.close()
+    print(f"{'gateway ASGI app, demo API, SQLite: operator side off':<52} {off * 1e6:>10.2f}")
+    print(f"{'gateway ASGI app, demo API, SQLite: operator side on':<52} {on * 1e6:>10.2f}")
+    print(f"{'  on / off':<52} {on / off:>10.3f}")
 
 
 if __name__ == "__main__":

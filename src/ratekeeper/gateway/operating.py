@@ -113,7 +113,7 @@ class OperatedGateway:
             interval_s=operator.registry_interval_s,
         )
         enforcer.add_stage("blocks", blocks(self.registry), after="identify")
-        enforcer.add_stage("keys", key_registry(self.registry), after="blocks")
+        enforcer.replace_stage("keys", key_registry(self.registry))
         self.sample = NearLimits(operator.sample_size)
         self.refusals = RefusalLog()
         enforcer.observe(AdmissionObserver(self.sample, self.refusals, self.registry.label_of))

@@ -145,6 +145,16 @@ class Enforcer:
         self._factories[name] = factory
         self._stages = tuple(s for _, s in self.stages if s is not None)
 
+    def replace_stage(self, name: str, factory: StageFactory) -> None:
+        """Build the stage ``name`` from ``factory`` from now on, in the same place (the
+        gateway gives the ``keys`` stage its live key registry)."""
+        names = [n for n, _ in self.stages]
+        if name not in names:
+            raise PolicyError(f"stage {name!r}: no such stage (expected one of {', '.join(names)})")
+        self.stages[names.index(name)] = (name, factory(self.kit))
+        self._factories[name] = factory
+        self._stages = tuple(s for _, s in self.stages if s is not None)
+
     def observe(self, observer: Observer) -> None:
         """Call ``observer(ctx, ticket)`` after every admission (logs, samples); an observer
         that raises is logged and never fails the request."""

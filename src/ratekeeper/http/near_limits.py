@@ -35,8 +35,9 @@ class NearLimits:
 
     def __init__(self, size: int = 32) -> None:
         self.size = size
-        self._groups: dict[str, dict[str, _Seen]] = {}
-        self._floors: dict[str, float] = {}
+        # Keyed by (limit set, limit name): two interned strings, no text built per decision.
+        self._groups: dict[tuple[str, str], dict[str, _Seen]] = {}
+        self._floors: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -49,7 +50,7 @@ class NearLimits:
         amount = limit.amount
         used = amount if not decision.allowed else amount - binding.remaining
         ratio = used / amount
-        group_name = f"{binding.limit_set}/{limit.name}"
+        group_name = (binding.limit_set, limit.name)
         group = self._groups.get(group_name)
         key = binding.key
         if (
@@ -77,7 +78,8 @@ class NearLimits:
         """The sample as JSON-ready data, without callers whose window has ended by ``now``."""
         out: dict[str, list[dict[str, Any]]] = {}
         with self._lock:
-            for name, group in self._groups.items():
+            for (set_name, limit_name), group in list(self._groups.items()):
+                name = (set_name, limit_name)
                 # list(): other threads may replace values meanwhile (see note).
                 for key in [k for k, s in list(group.items()) if s.reset_at <= now]:
                     del group[key]
@@ -86,7 +88,8 @@ class NearLimits:
                 seen_all = list(group.values())
                 self._floors[name] = min(s.used_ratio for s in seen_all) if full else 0.0
                 if group:
-                    out[name] = [_entry(key, seen) for key, seen in list(group.items())]
+                    entries = [_entry(key, seen) for key, seen in list(group.items())]
+                    out[f"{set_name}/{limit_name}"] = entries
         return out
 
 

@@ -1,6 +1,6 @@
 """The stages of admission, one module each, in the order :data:`STAGES` runs them.
 
-``user_agent`` → ``route`` → ``identify`` → ``lockout`` → ``in_flight`` → ``tiers`` →
+``user_agent`` → ``route`` → ``identify`` → ``keys`` → ``lockout`` → ``in_flight`` → ``tiers`` →
 ``cost`` → ``shadow`` → ``decide`` → ``usage``. See :mod:`ratekeeper.http.flow` for what a stage is.
 """
 
@@ -12,6 +12,7 @@ from ratekeeper.http.stages.cost import cost
 from ratekeeper.http.stages.decide import decide, shadow
 from ratekeeper.http.stages.identify import identify, user_agent
 from ratekeeper.http.stages.in_flight import in_flight
+from ratekeeper.http.stages.keys import key_registry
 from ratekeeper.http.stages.lockout import lockout
 from ratekeeper.http.stages.route import route
 from ratekeeper.http.stages.tiers import tiers
@@ -22,6 +23,7 @@ STAGES: tuple[tuple[str, StageFactory], ...] = (
     ("user_agent", user_agent),
     ("route", route),
     ("identify", identify),
+    ("keys", key_registry()),
     ("lockout", lockout),
     ("in_flight", in_flight),
     ("tiers", tiers),

@@ -17,6 +17,7 @@ from ratekeeper.http.flow import Context, Kit, Stage, StageFactory, Ticket
 from ratekeeper.http.identity import Caller, account_key, hash_secret
 from ratekeeper.http.stages.answer import Answers
 from ratekeeper.stores.registry import Registry
+from ratekeeper.stores.registry.drivers import MemoryRegistry
 from ratekeeper.stores.registry.model import Block, KeyRecord
 
 __all__ = ["blocks", "key_registry"]
@@ -32,7 +33,7 @@ def blocks(registry: Registry, clock: Callable[[], float] = time.time) -> StageF
 
         def stage(ctx: Context) -> Ticket | None:
             view = registry.view
-            if not (view.key_blocks or view.address_blocks or view.network_blocks):
+            if not view.has_blocks:
                 return None
             caller = ctx.identified
             api_key = caller.api_key
@@ -58,11 +59,17 @@ def _blocked(answers: Answers, block: Block, now: float) -> Ticket:
     return answers.error(403, "blocked", message, headers)
 
 
-def key_registry(registry: Registry) -> StageFactory:
-    """The stage applying the registry to the caller's key (see the module docstring)."""
+def key_registry(registry: Registry | None = None) -> StageFactory:
+    """The stage applying ``registry`` to the caller's key (see the module docstring); without
+    one, the policy's own ``[keys]`` (none: no stage)."""
 
-    def make(kit: Kit) -> Stage:
+    def make(kit: Kit) -> Stage | None:
         policy = kit.plan.policy
+        live = registry
+        if live is None:
+            if not policy.keys.declared:
+                return None
+            live = Registry(MemoryRegistry(), policy.keys.known)
         unknown = policy.keys.unknown
         source = policy.identity.source
         answers, metrics = kit.answers, kit.metrics
@@ -73,7 +80,7 @@ def key_registry(registry: Registry) -> StageFactory:
             if api_key is None:
                 return None
             digest = hash_secret(api_key)
-            record = registry.view.keys.get(digest)
+            record = live.view.keys.get(digest)
             if record is not None:
                 # A label alone changes nothing here: logs and the admin API look it up.
                 if record.plan is not None or record.account is not None:

@@ -201,6 +201,11 @@ class RegistryView:
     # address -> the blocks that match it, whatever their time: callers repeat, and a network
     # test is a parse and a walk. Belongs to this view, so a change starts it afresh.
     _matches: dict[str, tuple[Block, ...]] = field(default_factory=dict, compare=False, repr=False)
+    has_blocks: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        blocks = bool(self.key_blocks or self.address_blocks or self.network_blocks)
+        object.__setattr__(self, "has_blocks", blocks)
 
     @classmethod
     def build(
