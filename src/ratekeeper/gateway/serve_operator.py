@@ -131,7 +131,7 @@ def _bind_admin(spec: str) -> tuple[socket.socket, tuple[str, int | None]]:
     host = host.strip("[]")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise GatewayConfigError(
-            f"--admin: expected HOST:PORT (e.g. 127.0.0.1:9180) or unix:PATH, got {spec!r}"
+            f"--admin: expected HOST:PORT (e.g. 127.0.0.1:9090) or unix:PATH, got {spec!r}"
         )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -3,7 +3,7 @@
 Keys are hashed here, before anything is sent: the gateway's admin API only ever sees a key's
 digest. Give a key as ``-`` to read it from standard input (kept out of the shell history and
 the process list), or its digest with ``--hash``. The gateway is ``--url`` (default
-``$RATEKEEPER_ADMIN_URL``, else ``http://127.0.0.1:9180``) or ``--unix PATH``; the token is
+``$RATEKEEPER_ADMIN_URL``, else ``http://127.0.0.1:9090``) or ``--unix PATH``; the token is
 ``$RATEKEEPER_ADMIN_TOKEN`` (or ``--token``). Answers are printed as JSON.
 """
 
@@ -23,7 +23,7 @@ from ratekeeper.stores.registry.model import key_digest
 
 __all__ = ["DEFAULT_ADMIN_URL", "admin_main"]
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:9180"
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
 
 
 def _duration(text: str) -> float:
