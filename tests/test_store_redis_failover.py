@@ -16,7 +16,7 @@ from redis.crc import key_slot
 
 from ratekeeper import LimitSet
 from ratekeeper.stores.fallback import DegradedDecision
-from ratekeeper.stores.redis import RedisStore
+from ratekeeper.stores.redis import RedisStore, RedisStoreError
 from ratekeeper.stores.redis.fail_modes import ShardFallbackStore
 from redis_servers import RedisServer, failover_load, redis_cluster
 
@@ -188,3 +188,51 @@ def test_fail_modes_apply_to_the_failed_masters_keys_only(cluster: list[RedisSer
     print(f"\nfail_closed per shard: promoted -> last degraded answer {last - promoted:+.2f} s")
     assert last - promoted < 1.5
     assert [s for s in seen if s[1] and not s[2] and s[0] > last]
+
+
+def test_with_full_coverage_a_dead_master_stops_every_key_and_the_error_says_so(
+    cluster: list[RedisServer],
+) -> None:
+    alive = [s for s in cluster if s.process is not None]
+    masters = [s for s in alive if s.role() == "master"]
+    for server in alive:
+        client = server.client()
+        client.config_set("cluster-require-full-coverage", "yes")
+        client.close()
+    victim, healthy = masters[0], masters[1]
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in alive) + "?timeout=0.5"
+    store = RedisStore(url, prefix="fc")
+    limits = LimitSet("w", "1000/second")
+    first, last = _slots(healthy)
+    key = next(
+        k
+        for k in (f"user{i}" for i in range(1000))
+        if first <= key_slot(store._codec.key(limits, k).encode()) <= last
+    )
+    assert store.decide(((limits, key),), 1, 0.0).allowed
+    # No replica to take over: the victim's slots stay without a master.
+    for server in alive:
+        if server is not victim and server not in masters and _replica_of(server) == victim.port:
+            server.kill()
+    victim.kill()
+    deadline = time.time() + 10
+    message = ""
+    while time.time() < deadline and "CLUSTERDOWN" not in message:
+        try:
+            store.decide(((limits, key),), 1, 0.0)
+        except RedisStoreError as exc:
+            message = str(exc)
+        time.sleep(0.02)
+    # A key of a living master fails too, and the operator is told which setting to change.
+    assert "CLUSTERDOWN" in message
+    assert "cluster-require-full-coverage" in message
+    store.close()
+
+
+def _replica_of(server: RedisServer) -> int | None:
+    client = server.client()
+    try:
+        role = client.execute_command("ROLE")
+    finally:
+        client.close()
+    return int(role[2]) if role[0] == b"slave" else None
