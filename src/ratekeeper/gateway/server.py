@@ -256,6 +256,15 @@ def _parser() -> argparse.ArgumentParser:
         "policy's identity.client_ip_header) names the client, read from the right; no other "
         "forwarding header is believed; repeatable; added to identity.trusted_proxies",
     )
+    _add_time_and_connection_arguments(parser)
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    add_operator_arguments(parser)
+    return parser
+
+
+def _add_time_and_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
@@ -287,11 +296,6 @@ def _parser() -> argparse.ArgumentParser:
         help="how long a client may take to send a request's head before its connection is "
         "closed (default: %(default)s)",
     )
-    parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
-    add_operator_arguments(parser)
-    return parser
 
 
 def _store_of(args: argparse.Namespace, settings: ServeSettings) -> str:
@@ -307,11 +311,7 @@ def _store_of(args: argparse.Namespace, settings: ServeSettings) -> str:
     return store if isinstance(store, str) and store else DEFAULT_STORE
 
 
-def serve_main(argv: Sequence[str] | None = None) -> int:
-    """The ``ratekeeper serve`` command; returns the exit status."""
-    parser = _parser()
-    given = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(with_environment(parser, given, dict(os.environ)))
+def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.workers < 1:
         parser.error(f"--workers must be 1 or more, got {args.workers}")
     if not 0 <= args.port <= 65535:
@@ -322,6 +322,36 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-connections must be 1 or more, got {args.max_connections}")
     if not args.header_timeout > 0:
         parser.error(f"--header-timeout must be above 0 seconds, got {args.header_timeout}")
+
+
+def _start_line(
+    args: argparse.Namespace, settings: ServeSettings, policy: Policy, operator: OperatorRun
+) -> Callable[[str], str]:
+    """The start-up line, given the URL the socket got."""
+    what = f"preset {args.preset}" if args.preset else f"policy {args.config}"
+    target = f"upstream {settings.upstream}" if settings.upstream else "demo API"
+    hints = try_paths(settings.demo_names) if not settings.upstream else []
+    workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
+
+    def describe(url: str) -> str:
+        line = (
+            f"ratekeeper serve: {what}: {describe_policy(policy)} | store "
+            f"{_store_words(settings.store)} | {target} | listening on {url} ({workers}; "
+            f"{operator_words(args, operator.admin_url)})"
+        )
+        for options, path in hints[:1]:
+            line += f"\n  try: curl -i {options} {url}{path}"
+        return line
+
+    return describe
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """The ``ratekeeper serve`` command; returns the exit status."""
+    parser = _parser()
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(with_environment(parser, given, dict(os.environ)))
+    _check_numbers(parser, args)
     configure_logging(args.log_level, args.log_format)
     settings = ServeSettings(
         preset=args.preset,
@@ -349,21 +379,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"ratekeeper serve: {exc}", file=sys.stderr)
         return 2
     os.environ[ENVIRONMENT_VARIABLE] = settings.to_json()
-    what = f"preset {args.preset}" if args.preset else f"policy {args.config}"
-    target = f"upstream {settings.upstream}" if settings.upstream else "demo API"
-    hints = try_paths(settings.demo_names) if not settings.upstream else []
-    workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
-
-    def describe(url: str) -> str:
-        line = (
-            f"ratekeeper serve: {what}: {describe_policy(policy)} | store "
-            f"{_store_words(settings.store)} | {target} | listening on {url} ({workers}; "
-            f"{operator_words(args, operator.admin_url)})"
-        )
-        for options, path in hints[:1]:
-            line += f"\n  try: curl -i {options} {url}{path}"
-        return line
-
+    describe = _start_line(args, settings, policy, operator)
     made = None
     if args.workers > 1 and multiprocess_dir() is None:
         # Before the workers start: prometheus-client picks its mode when first imported.
