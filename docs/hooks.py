@@ -95,10 +95,16 @@ def undocumented(name: str, obj: Any) -> list[str]:
     return missing
 
 
+@functools.cache
+def _source_package() -> Any:
+    """The ratekeeper package as griffe reads it from source, read once."""
+    src = Path(__file__).parent.parent / "src"
+    return griffe.load("ratekeeper", search_paths=[str(src)], resolve_aliases=False)
+
+
 def undocumented_in_source(module_path: str) -> list[str]:
     """:func:`undocumented` for a module read from its source (the integrations)."""
-    src = Path(__file__).parent.parent / "src"
-    module = griffe.load(module_path, search_paths=[str(src)], resolve_aliases=False)
+    module = _source_package()[module_path.removeprefix("ratekeeper.")]
     missing = []
     for name in module.exports or []:
         obj = module.members.get(str(name))
