@@ -1,7 +1,6 @@
-"""In-process enforcement: identify, match rules, decide, answer (ASGI, WSGI, FastAPI).
+"""In-process enforcement: a compiled policy, the stages of admission, the middlewares.
 
-Import from the submodules: :mod:`ratekeeper.http.asgi` (``RateLimitMiddleware``),
-:mod:`ratekeeper.http.wsgi` (``RateLimitWSGIMiddleware``), :mod:`ratekeeper.http.engine`
-(``Enforcer``), :mod:`ratekeeper.http.fastapi` (``RateLimit`` dependency) and
-:mod:`ratekeeper.http.metrics`.
+The public names are exported from :mod:`ratekeeper` (``RateLimitMiddleware``,
+``RateLimitWSGIMiddleware``, ``Enforcer``, ``compile_policy``, ``CompiledPolicy``,
+``RequestView``); ``docs/architecture.md`` shows which module holds what.
 """
