@@ -112,6 +112,19 @@ def test_the_cli_operates_a_running_gateway_on_sqlite(tmp_path: Path) -> None:
             assert code == 1 and "enterprise" in bad["err"]
             # The admin API is not on the traffic port.
             assert http.get(url + "/admin/keys").status_code in (401, 404)
+            # Reload through the admin API: nothing new, then a lower limit, then a broken file.
+            assert _cli(sock, "policy", "reload")[1] == {
+                "reloaded": False,
+                "generation": 1,
+                "error": None,
+            }
+            _policy(config, minute=4)
+            assert _cli(sock, "policy", "reload")[1]["reloaded"]
+            assert _get(http, url, "partner-key").headers["X-RateLimit-Limit"] == "4"
+            config.write_text("[limits.api]\nrates = 'fast'\n")
+            code, broken = _cli(sock, "policy", "reload")
+            assert code == 0 and not broken["reloaded"] and "limits.api.rates" in broken["error"]
+            assert _get(http, url, "partner-key").headers["X-RateLimit-Limit"] == "4"
         lines = [json.loads(x) for x in gw.output().splitlines() if x.startswith("{")]
         assert not lines  # text logs by default
         assert "refused status=401" in gw.output()
@@ -274,5 +287,9 @@ def test_every_option_from_the_environment_and_json_refusal_lines(tmp_path: Path
         assert by_zone["unknown_api_key"]["status"] == 401
         assert by_zone["unknown_api_key"]["key"].startswith("k:")
         assert "made-up-key-123" not in gw.output()
+        # SIGHUP reloads a single-process gateway too.
+        _policy(config, minute=3)
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        _until(lambda: _get(http, gw.url, "partner-key").headers["X-RateLimit-Limit"] == "3")
         # 29 refusals of one caller: one line per window, not 29 (two if a minute turned).
         assert sum(1 for r in refusals if r["zone"] == "api") <= 2
