@@ -64,6 +64,14 @@ def test_a_wrong_password_fails_at_start_up_without_showing_it(tmp_path: Path) -
         store.close()
 
 
+def test_a_cluster_url_for_a_standalone_server_says_so(tmp_path: Path) -> None:
+    with (
+        redis_server(tmp_path) as server,
+        pytest.raises(StoreError, match=r"cluster support disabled.*is it a cluster"),
+    ):
+        RedisStore(f"redis+cluster://127.0.0.1:{server.port}")
+
+
 def test_decisions_use_the_server_clock_not_the_callers(tmp_path: Path) -> None:
     with redis_server(tmp_path) as server:
         store = RedisStore(server.url)

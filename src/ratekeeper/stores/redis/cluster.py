@@ -193,7 +193,10 @@ class ClusterClient:
         """Read the slot map: raises ``ConnectionError`` when no node answers."""
         self.topology.claim_refresh()
         if not drive(self.topology.refresh_flow(), self._ask):
-            raise ConnectionError("no cluster node answered CLUSTER SLOTS")
+            raise ConnectionError(
+                f"no node answered CLUSTER SLOTS (last: {self.topology.last_error}); "
+                "is it a cluster?"
+            )
 
     # -- threads ------------------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class Topology:
         self._down: dict[Node, float] = {}
         self.stale = True
         self._read_at = -REFRESH_S
+        # Why the last node asked for the map gave none (for the start-up error).
+        self.last_error = ""
         _TOPOLOGIES.add(self)
 
     def node(self, address: Address) -> Node:
@@ -135,6 +137,7 @@ class Topology:
             reply = yield node, _CLUSTER_SLOTS
             table = _read_table(reply, node)
             if table is None:
+                self.last_error = f"{node}: {reply!r}"
                 continue
             if not first:
                 first = (table,)
