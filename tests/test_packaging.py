@@ -108,11 +108,21 @@ def test_licence_file_matches_the_declared_licence() -> None:
     assert {"Documentation", "Source", "Issues", "Changelog"} <= set(project["urls"])
 
 
+CONTRIBUTOR_EXTRAS = {"dev", "docs", "bench"}
+
+
 def test_feature_extras_carry_no_test_or_docs_tools() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
+    features = set(extras) - CONTRIBUTOR_EXTRAS
+    assert {"redis", "http", "client"} <= features
     tools = ("pytest", "hypothesis", "ruff", "mypy", "mkdocs", "ratekeeper[")
-    for feature in ("redis", "http", "client"):
+    for feature in features:
         for requirement in extras[feature]:
+            if requirement.startswith("ratekeeper["):
+                # A feature may build on another feature (drf on django), never on dev/docs.
+                named = set(requirement.removeprefix("ratekeeper[").split("]")[0].split(","))
+                assert named <= features, (feature, requirement)
+                continue
             assert not requirement.startswith(tools), (feature, requirement)
     # The contributor extras build on the features, never the other way round.
     assert extras["dev"][0].startswith("ratekeeper[")
