@@ -4,6 +4,8 @@ the registry shared by two instances over Redis, environment configuration, JSON
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -17,6 +19,8 @@ from pathlib import Path
 import httpx
 from tests.gateway_servers import Process, client, free_port, serve
 from tests.redis_servers import redis_server
+
+from ratekeeper.gateway.admin.cli import admin_main
 
 POLICY = """
 body = "musique"
@@ -47,16 +51,26 @@ def _policy(path: Path, minute: int = 100, unknown: str = "refuse") -> Path:
 
 
 def _cli(socket_path: Path, *args: str, stdin: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
-    done = subprocess.run(
-        [sys.executable, "-m", "ratekeeper.cli", "admin", "--unix", str(socket_path), *args],
-        input=stdin,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    data = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {"err": done.stderr}
-    return done.returncode, data
+    """``ratekeeper admin --unix SOCKET ARGS``: in a subprocess when it reads standard input
+    (the real entry point), else in process (real HTTP all the same, without an interpreter
+    start per call)."""
+    argv = ["--unix", str(socket_path), *args]
+    if stdin is not None:
+        done = subprocess.run(
+            [sys.executable, "-m", "ratekeeper.cli", "admin", *argv],
+            input=stdin,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        code, out, err = done.returncode, done.stdout, done.stderr
+    else:
+        out_buffer, err_buffer = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out_buffer), contextlib.redirect_stderr(err_buffer):
+            code = admin_main(argv)
+        out, err = out_buffer.getvalue(), err_buffer.getvalue()
+    return code, json.loads(out) if out.strip().startswith("{") else {"err": err}
 
 
 def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> float:
