@@ -295,6 +295,23 @@ def test_rounded_up_reset_learns_the_true_period() -> None:
     assert elapsed <= 4.0 * 1.25 + LOAD_S
 
 
+def test_learned_window_paces_a_moving_window_as_if_told() -> None:
+    """Cause 5, moving windows: units come back one by one, which no reset says; once the
+    window's size is reported and its period probed, the host is paced as if told."""
+    counts = Counts()
+    with serve_wsgi(flask_app("10/second", counts, "moving-window")) as base:
+        transport = RateLimitTransport(default=HostPolicy())
+        with httpx.Client(transport=transport, timeout=10) as client:
+            start = time.time()
+            for _ in range(30):
+                assert client.get(f"{base}/items").status_code == 200
+            elapsed = time.time() - start
+    (pacer,) = only_state(transport).pacers
+    assert (pacer.amount, pacer.period_s) == (10, 1.0)
+    assert counts.statuses[429] <= math.ceil(elapsed) + 1
+    assert elapsed <= 2.0 * 1.1 + LOAD_S
+
+
 def test_first_retry_without_hint_waits_at_least_the_base() -> None:
     """Cause 6: with no hint at all the first retry waited uniform [0, 1) s."""
     log: list[float] = []

@@ -30,7 +30,7 @@ from slowapi.errors import RateLimitExceeded
 from slowapi.util import get_remote_address
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -351,3 +351,24 @@ def test_two_processes_share_one_budget_through_sqlite(tmp_path: Path) -> None:
             assert proc.wait(60) == 0
     assert counts.statuses[200] == 40
     assert counts.statuses[429] == 0
+
+
+def test_an_endless_refusal_body_is_not_read() -> None:
+    """An attacker's 429 that streams forever: the transport reads no body without a stated,
+    small length, so the caller gets the answer (here as a stream) instead of a hang."""
+
+    async def forever() -> Any:
+        while True:
+            yield b"x" * 65536
+            await asyncio.sleep(0)
+
+    async def endpoint(request: Request) -> Response:
+        return StreamingResponse(forever(), status_code=429)
+
+    with serve_asgi(Starlette(routes=[Route("/items", endpoint)])) as base:
+        retry = RetryPolicy(max_retries=1, backoff_base_s=0.05)
+        with (
+            httpx.Client(transport=RateLimitTransport(retry=retry), timeout=5) as client,
+            client.stream("GET", f"{base}/items") as response,
+        ):
+            assert response.status_code == 429

@@ -292,8 +292,10 @@ class ClientFlow(Generic[Req, Resp]):
         found = hint_headers(wire.raw_headers(response))
         body = None
         if status in self.retry.statuses or status == 429:
-            length = wire.content_length(response) or "0"
-            if not length.isdigit() or int(length) <= _MAX_HINT_BODY:
+            # Only a body of a stated, small length: a server streaming an endless refusal
+            # must not hold the client (or its memory).
+            length = wire.content_length(response)
+            if length is not None and length.isdigit() and int(length) <= _MAX_HINT_BODY:
                 read = yield Read(response)
                 if type(read) is Failed:
                     yield from self._abort(state, ops, seq)

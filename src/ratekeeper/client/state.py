@@ -92,6 +92,11 @@ class HostState:
         )
         # Told windows: when each request in flight left (its answer bounds its arrival).
         self._sent_at: dict[int, float] = {}
+        # Learned: recent requests as (sent, answered), and whether the window learned (size
+        # and a probed period) now paces the host as if told.
+        self._track = bool(self.pacers) or not plan.known
+        self._recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=1024)
+        self._learned = False
         # Learned budgets whose resets may be written late: the window's first request and
         # when its answer came (the server's window began before that), the true period once
         # a probe confirmed it, and whether a probe was refused.
@@ -123,7 +128,13 @@ class HostState:
             if pacer.waits_for_answer():
                 return False
         budget = self.budget
-        return in_flight == 0 or budget is None or self.plan.known or budget.remaining > in_flight
+        return (
+            in_flight == 0
+            or budget is None
+            or self.plan.known
+            or self._learned
+            or budget.remaining > in_flight
+        )
 
     def estimated_remaining(self) -> int | None:
         """What the server has left at least: the lowest remaining it reported in this window,
@@ -147,7 +158,7 @@ class HostState:
             budget = self.budget
             # A known policy paces by itself: servers often report resets late (slowapi and
             # Flask-Limiter add a second), and obeying them would halve short windows.
-            if budget is None or budget.reset_at is None or self.plan.known:
+            if budget is None or budget.reset_at is None or self.plan.known or self._learned:
                 return wait
             probe = self._probe_at
             if now >= budget.reset_at or (probe is not None and now >= probe):
@@ -252,7 +263,7 @@ class HostState:
             self.last_send = now
             self.in_flight += 1
             self.sent += 1
-            if self.pacers:
+            if self._track:
                 self._sent_at[self.sent] = now
                 for pacer in self.pacers:
                     pacer.record(now)
@@ -289,6 +300,8 @@ class HostState:
         if sent is not None:
             for pacer in self.pacers:
                 pacer.answered(sent, now)
+            if not self.plan.known:
+                self._recent.append((sent, now))
 
     def on_answer(
         self, seq: int, now: float, status: int, hints: Hints, sent_at: float | None = None
@@ -297,7 +310,7 @@ class HostState:
         ``low_remaining`` threshold with this answer (warn once per crossing)."""
         with self._lock:
             self.in_flight -= 1
-            if self.pacers:
+            if self._track:
                 self._reached(seq, now)
             if seq == self._window_seq:
                 self._window_start = now
@@ -317,7 +330,12 @@ class HostState:
                 else:
                     self.adaptive.success()
             if seq == self._probe_sent:
-                self._probed(failed)
+                self._probed(failed, now)
+            if failed and self._learned:
+                # The window learned was wrong after all: back to what the answers say.
+                self.pacers = ()
+                self._learned = False
+                self._probe_refused = True
             binding = hints.binding
             if binding is None:
                 return None
@@ -326,13 +344,31 @@ class HostState:
                     pacer.observe(binding, now)
             return self._learn(binding, now, failed)
 
-    def _probed(self, failed: bool) -> None:
+    def _probed(self, failed: bool, now: float) -> None:
         """The answer to the first send of a window refilled before its written reset."""
         self._probe_sent = 0
         if failed:
             self._probe_refused = True
         elif self.period_s is None:
             self.period_s = self._guessed_period
+            self._adopt(now)
+
+    def _adopt(self, now: float) -> None:
+        """Pace by the window learned (its size reported, its period probed) as if told: at
+        most that many requests in any such span, from the requests seen so far. Units come
+        back one by one in a moving window, which a reset cannot say."""
+        amount, period = self.window_limit, self.period_s
+        if amount is None or period is None or self.pacers:
+            return
+        pacer = WindowPacer(amount, period, self.plan.policy.margin_s)
+        seen = [(sent, answered) for sent, answered in self._recent if answered > now - 2 * period]
+        seen += [(sent, math.inf) for sent in self._sent_at.values()]
+        for sent, answered in sorted(seen):
+            pacer.record(sent)
+            if answered < math.inf:
+                pacer.answered(sent, answered)
+        self.pacers = (pacer,)
+        self._learned = True
 
     def _learn(self, binding: Quota, now: float, failed: bool) -> Quota | None:
         reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
