@@ -9,11 +9,12 @@ import resource
 import selectors
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -681,3 +682,117 @@ def test_policies_that_cannot_work_are_refused_at_start(
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert re.search(r"unworkable\.toml: " + error, done.stderr), done.stderr
+
+
+# Attack 5: a store that stays broken disabled enforcement for ever: a damaged SQLite file was
+# taken as a short outage, fail_open admitted an exhausted key indefinitely, /healthz said ok.
+
+
+def _serve_args(policy: Path, store: str, upstream: RawUpstream) -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "ratekeeper.cli",
+        "serve",
+        "--config",
+        str(policy),
+        "--port",
+        "0",
+        "--upstream",
+        upstream.url,
+        "--store",
+        store,
+    ]
+
+
+@pytest.mark.parametrize("damage", ["pages", "not-a-database"])
+def test_a_damaged_sqlite_file_is_refused_at_start(
+    tmp_path: Path, upstream: RawUpstream, damage: str
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    db = tmp_path / "counters.db"
+    with (
+        serve(
+            "--config",
+            str(policy),
+            "--upstream",
+            upstream.url,
+            "--store",
+            f"sqlite:///{db}",
+            cwd=tmp_path,
+        ) as gw,
+        client() as http,
+    ):
+        for n in range(300):
+            assert http.get(gw.url + "/ok", headers={"X-API-Key": f"k{n}"}).status_code == 200
+    with closing(sqlite3.connect(db)) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db.read_bytes())
+    if damage == "pages":
+        # The 100-byte header stays valid: SQLite opens the file and fails on its pages.
+        page = int.from_bytes(data[16:18], "big") or 65536
+        data[page:] = bytes(range(256)) * ((len(data) - page) // 256 + 1)
+        del data[len(db.read_bytes()) :]
+    else:
+        data[:16] = b"not a database!!"
+    db.write_bytes(bytes(data))
+    done = subprocess.run(
+        [*_serve_args(policy, f"sqlite:///{db}", upstream)],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    # The store's own check refuses a file that is no database; the start check the rest.
+    assert f"SQLite store {str(db)!r}" in done.stderr, done.stderr
+    assert re.search(r"is damaged \(.+\); restore it|not an SQLite database", done.stderr)
+
+
+def test_a_store_that_stays_down_is_unhealthy_and_fail_open_ends(
+    tmp_path: Path, upstream: RawUpstream
+) -> None:
+    from redis_servers import redis_server  # noqa: PLC0415 (only this test needs Redis)
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        POLICY.replace('rates = "1000/hour"', 'rates = "2/hour"').replace(
+            'body = "musique"', 'body = "musique"\nfail_open_max = "3s"'
+        )
+    )
+    with (
+        redis_server(tmp_path) as redis,
+        serve(
+            "--config", str(policy), "--upstream", upstream.url, "--store", redis.url, cwd=tmp_path
+        ) as gw,
+        client() as http,
+    ):
+        key = {"X-API-Key": "spent"}
+        assert [http.get(gw.url + "/ok", headers=key).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
+        assert http.get(gw.url + "/healthz").status_code == 200
+        redis.kill()
+        # Failing open: the spent key is let through, and the gateway says it is not healthy.
+        assert http.get(gw.url + "/ok", headers=key).status_code == 200
+        health = http.get(gw.url + "/healthz")
+        assert health.status_code == 503
+        assert health.json()["store"] == "down"
+        assert health.json()["on_store_error"] == "fail_open"
+        assert health.json()["unenforced_decisions"] >= 1
+        assert (
+            "ratekeeper_store_unenforced_decisions_total 1.0" in http.get(gw.url + "/metrics").text
+        )
+        # Past fail_open_max, limits hold again (counted in the gateway's memory).
+        time.sleep(3.2)
+        codes = [http.get(gw.url + "/ok", headers=key).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        health = http.get(gw.url + "/healthz").json()
+        assert health["on_store_error"] == "fallback"
+    output = gw.output()
+    assert "for at most 3 s, then deciding on this process's in-memory store" in output
+    assert "fail_open ends (fail_open_max)" in output

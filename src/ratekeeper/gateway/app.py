@@ -28,6 +28,7 @@ from ratekeeper.gateway.demo import DEMOS, demo_app
 from ratekeeper.gateway.metrics import StoreHealthExport, merged_metrics_app, multiprocess_dir
 from ratekeeper.gateway.paths import normal_scope, refuse_path
 from ratekeeper.gateway.proxy import UpstreamProxy, error_answer, quiet_uvicorn_errors
+from ratekeeper.gateway.store_check import check_store
 from ratekeeper.http.asgi import ASGIApp, RateLimitMiddleware, Receive, Scope, Send
 from ratekeeper.http.cache import ResponseStore, caches
 from ratekeeper.http.cache_shared import SharedResponseCache, response_cache_beside
@@ -36,6 +37,7 @@ from ratekeeper.http.metrics import metrics_asgi_app
 from ratekeeper.policy import load_policy, preset_path
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.fallback import FallbackStore
 from ratekeeper.stores.sqlite import SQLiteStore
 from ratekeeper.stores.url import mask_url, store_from_url
 
@@ -176,7 +178,8 @@ class Gateway:
         elif path == REPORT_PATH:
             await report(self.enforcer, scope, send, self._wanted)
         elif path == "/healthz":
-            start, body = self._healthy
+            fallback = self.enforcer.fallback
+            start, body = _store_down(fallback) if fallback.degraded else self._healthy
             await send(start)
             await send(body)
         elif path == "/metrics" and self._metrics is not None:
@@ -214,6 +217,22 @@ class Gateway:
                 return
 
 
+def _store_down(fallback: FallbackStore) -> tuple[dict[str, Any], dict[str, Any]]:
+    """/healthz while the store is down: 503, so that a load balancer or an orchestrator sees
+    a gateway that is not enforcing its policy as it should."""
+    body = json.dumps(
+        {
+            "status": "degraded",
+            "store": "down",
+            "down_for_s": round(fallback.down_for_s, 1),
+            "on_store_error": fallback.effective_mode.value,
+            "unenforced_decisions": fallback.unenforced_decisions,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return _plain(503, body, b"application/json")
+
+
 async def _shutting_down(send: Send) -> None:
     """Answer 503 to a request cancelled at shutdown; one whose answer had started is cut."""
     task = asyncio.current_task()
@@ -246,7 +265,14 @@ def _upstream_counter(enforcer: Enforcer) -> Callable[[str], None] | None:
 def build_gateway(settings: ServeSettings) -> Gateway:
     """The gateway app for ``settings``: opens the store and, if any, prepares the upstream."""
     policy = settings.load_policy()
-    enforcer = Enforcer(policy, store=open_store(settings.store))
+    store = open_store(settings.store)
+    try:
+        check_store(store, policy)
+    except StoreError:
+        if isinstance(store, Store):
+            store.close()
+        raise
+    enforcer = Enforcer(policy, store=store)
     on_start: list[Callable[[], Any]] = []
     on_stop: list[Callable[[], Any]] = []
     metrics: ASGIApp | None = None

@@ -67,6 +67,12 @@ class StoreHealthExport:
             multiprocess_mode="livemax",
             registry=None,
         )
+        self._unenforced = prometheus_client.Gauge(
+            "ratekeeper_store_unenforced_decisions",
+            "Decisions let through without the store (fail_open), so without any limit",
+            multiprocess_mode="sum",
+            registry=None,
+        )
         self._task: asyncio.Task[None] | None = None
 
     def refresh(self) -> None:
@@ -75,6 +81,7 @@ class StoreHealthExport:
         self._errors.set(store.failures)
         self._outages.set(store.outages)
         self._fallback.set(1 if store.degraded else 0)
+        self._unenforced.set(store.unenforced_decisions)
 
     async def start(self) -> None:
         """Refresh once a second until :meth:`stop`."""

@@ -99,7 +99,9 @@ class Enforcer:
         else:
             self.store = store
         self.clock = clock
-        self.fallback = FallbackStore(self.store, spec.on_store_error)
+        self.fallback = FallbackStore(
+            self.store, spec.on_store_error, fail_open_max_s=spec.fail_open_max_s
+        )
         self._on_loop = decides_on_loop(self.fallback)
         self.metrics = Metrics(spec.metrics)
         self.metrics.watch_store(self.fallback)

@@ -103,6 +103,11 @@ class _StoreCollector:
             f"1 while the store is down and decisions follow on_store_error ({store.mode.value})",
             value=1 if store.degraded else 0,
         )
+        yield pc.core.CounterMetricFamily(
+            "ratekeeper_store_unenforced_decisions",
+            "Decisions let through without the store (fail_open), so without any limit",
+            value=store.unenforced_decisions,
+        )
 
 
 def _need(metrics: Metrics) -> Any:

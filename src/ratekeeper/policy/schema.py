@@ -135,6 +135,9 @@ class Policy:
     apply: tuple[str, ...] = ()
     default: tuple[str, ...] = ()
     on_store_error: FailMode = FailMode.FAIL_OPEN
+    # How long fail_open may last in one outage before decisions fall back to this process's
+    # memory (a store that stays broken must not disable enforcement for ever).
+    fail_open_max_s: float = 300.0
     exempt_ips: tuple[str, ...] = ()
     metrics: bool = True
     identity: IdentitySpec = field(default_factory=IdentitySpec)

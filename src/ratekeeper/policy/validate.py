@@ -392,6 +392,7 @@ def policy_from_mapping(data: Mapping[str, Any], source: str = "<policy>") -> Po
         on_store_error=ON_STORE_ERROR[
             top.text("on_store_error", "fail_open", tuple(ON_STORE_ERROR))
         ],
+        fail_open_max_s=top.duration("fail_open_max", 300.0, positive=True),
         exempt_ips=_read_networks(top, "exempt_ips"),
         metrics=top.flag("metrics", True),
         identity=_read_identity(top.table_at("identity")),

@@ -12,8 +12,15 @@ up only the request that carries it.
 Every exception from the primary counts as the store being down: a driver bug must not take the
 application down with it either, and the outage log line names the exception's type. Only
 ``BaseException``\\ s such as cancellation pass through. The logger ``ratekeeper.store`` gets one
-line per outage and one per recovery, never one per request; ``degraded``, ``outages``,
-``failures`` and ``degraded_decisions`` are there for metrics.
+line per outage, one per recovery, and while the outage lasts one every ``report_every_s`` with
+the decisions made without the store (never one per request); ``degraded``, ``outages``,
+``failures``, ``degraded_decisions`` and ``unenforced_decisions`` are there for metrics and
+health checks.
+
+A store that stays broken (a corrupted file, a script that always fails) looks like an outage
+that never ends. ``fail_open`` then would enforce nothing for ever, so ``fail_open_max_s``
+bounds it: past that much outage, decisions fall back to the local in-memory store (limits
+per process) until the store returns, and a line says so.
 """
 
 from __future__ import annotations
@@ -109,6 +116,8 @@ class FallbackStore:
         retry_after_s: float = 1.0,
         local: MemoryStore | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        fail_open_max_s: float | None = None,
+        report_every_s: float = 60.0,
     ) -> None:
         if not isinstance(probe_interval_s, int | float) or not 0 < probe_interval_s < math.inf:
             raise LimitConfigError(
@@ -118,8 +127,19 @@ class FallbackStore:
             raise LimitConfigError(
                 f"retry_after_s must be a finite number > 0 of seconds, got {retry_after_s!r}"
             )
+        bounds = (("fail_open_max_s", fail_open_max_s), ("report_every_s", report_every_s))
+        for name, value in bounds:
+            if value is None:
+                continue
+            if not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise LimitConfigError(
+                    f"{name} must be a finite number > 0 of seconds, got {value!r}"
+                )
         self.primary = primary
         self.mode = FailMode.parse(mode)
+        self.fail_open_max_s = fail_open_max_s
+        self.report_every_s = float(report_every_s)
+        self.unenforced_decisions = 0
         self.probe_interval_s = float(probe_interval_s)
         self.retry_after_s = float(retry_after_s)
         self.local = local if local is not None else MemoryStore()
@@ -139,6 +159,9 @@ class FallbackStore:
         self._down_since = 0.0
         self._failures_at_outage = 0
         self._decisions_at_outage = 0
+        self._unenforced_at_outage = 0
+        self._next_report = 0.0
+        self._fell_back = False
 
     def __repr__(self) -> str:
         health = "degraded" if self.degraded else "healthy"
@@ -256,8 +279,22 @@ class FallbackStore:
         return self._sync
 
     @property
+    def down_for_s(self) -> float:
+        """Seconds since the current outage began; 0 while the store is healthy."""
+        return self._monotonic() - self._down_since if self.degraded else 0.0
+
+    @property
+    def effective_mode(self) -> FailMode:
+        """How decisions are made while the store is down: the mode, except that ``fail_open``
+        becomes ``fallback`` once the outage has lasted ``fail_open_max_s``."""
+        limit = self.fail_open_max_s
+        if self.mode is FailMode.FAIL_OPEN and limit is not None and self.down_for_s >= limit:
+            return FailMode.FALLBACK
+        return self.mode
+
+    @property
     def _uses_local(self) -> bool:
-        return self.mode is FailMode.FALLBACK
+        return self.effective_mode is FailMode.FALLBACK
 
     def _route(self) -> int:
         if not self.degraded:
@@ -284,11 +321,18 @@ class FallbackStore:
             self._next_probe = self._down_since + self.probe_interval_s
             self._failures_at_outage = self.failures - 1
             self._decisions_at_outage = self.degraded_decisions
+            self._unenforced_at_outage = self.unenforced_decisions
+            self._next_report = self._down_since + self.report_every_s
+            self._fell_back = False
+        bound = ""
+        if self.mode is FailMode.FAIL_OPEN and self.fail_open_max_s is not None:
+            bound = f" for at most {self.fail_open_max_s:g} s, then {_DOING[FailMode.FALLBACK]}"
         logger.warning(
-            "store %r is down (%s); %s until it recovers",
+            "store %r is down (%s); %s%s until it recovers",
             self.primary,
             _describe(exc),
             _DOING[self.mode],
+            bound,
         )
 
     def _succeeded(self, route: int) -> None:
@@ -302,12 +346,15 @@ class FallbackStore:
             down_s = self._monotonic() - self._down_since
             failures = self.failures - self._failures_at_outage
             decisions = self.degraded_decisions - self._decisions_at_outage
+            unenforced = self.unenforced_decisions - self._unenforced_at_outage
         logger.info(
-            "store %r recovered after %.1f s down (%d failed calls, %d degraded decisions)",
+            "store %r recovered after %.1f s down (%d failed calls, %d degraded decisions); "
+            "%d decisions were not enforced",
             self.primary,
             down_s,
             failures,
             decisions,
+            unenforced,
         )
 
     def _abandon(self, route: int) -> None:
@@ -315,12 +362,46 @@ class FallbackStore:
             with self._lock:
                 self._probing = False
 
+    def _report_outage(self) -> None:
+        with self._lock:
+            failures = self.failures - self._failures_at_outage
+            decisions = self.degraded_decisions - self._decisions_at_outage
+            unenforced = self.unenforced_decisions - self._unenforced_at_outage
+        logger.warning(
+            "store %r still down after %.0f s (%d failed calls): %d decisions without it, %d of "
+            "them not enforced; %s",
+            self.primary,
+            self.down_for_s,
+            failures,
+            decisions,
+            unenforced,
+            _DOING[self.effective_mode],
+        )
+
     def _degraded(
         self, items: Items, cost: int, now: float, local: Decision | None
     ) -> DegradedDecision:
+        mode = self.effective_mode
         with self._lock:
             self.degraded_decisions += 1
-        mode = self.mode
+            if mode is FailMode.FAIL_OPEN:
+                self.unenforced_decisions += 1
+            report = self.degraded and self._monotonic() >= self._next_report
+            switched = mode is not self.mode and not self._fell_back
+            if report:
+                self._next_report = self._monotonic() + self.report_every_s
+            if switched:
+                self._fell_back = True
+        if switched:
+            logger.warning(
+                "store %r still down after %.0f s: fail_open ends (fail_open_max), %s until it "
+                "recovers",
+                self.primary,
+                self.down_for_s,
+                _DOING[mode],
+            )
+        if report:
+            self._report_outage()
         if local is not None:
             return DegradedDecision.of(local, items, mode)
         if mode is FailMode.FAIL_OPEN:
