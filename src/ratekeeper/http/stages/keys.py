@@ -37,7 +37,7 @@ def blocks(registry: Registry, clock: Callable[[], float] = time.time) -> StageF
                 return None
             caller = ctx.identified
             api_key = caller.api_key
-            digest = hash_secret(api_key) if api_key is not None else None
+            digest = hash_secret(api_key) if api_key is not None and view.key_blocks else None
             block = view.blocked(digest, caller.ip, clock())
             if block is None:
                 return None
