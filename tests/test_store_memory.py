@@ -6,7 +6,8 @@ from ratekeeper import Limit, Limiter, LimitSet, ManualClock, MemoryStore
 def test_expired_keys_are_reclaimed_on_the_decision_path() -> None:
     clock = ManualClock(0.0)
     store = MemoryStore()
-    limiter = Limiter(store, clock=clock)
+    # Every decision reaches the store: refusals answered from memory would not sweep.
+    limiter = Limiter(store, clock=clock, over_limit_cache_s=0)
     limits = LimitSet("api", "10/minute")
     for i in range(1000):
         limiter.hit(limits, f"k{i}")

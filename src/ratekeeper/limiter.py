@@ -2,11 +2,16 @@
 
 Both are thin: they read the clock once, check the arguments, and hand the items to the store,
 which applies the one pure core (:mod:`ratekeeper.core`). Only the I/O differs between them.
+Refusals of keys already over their limits are answered from memory by an
+:class:`~ratekeeper.stores.over_limit.OverLimitCache` in front of the store (exact: a reset
+through the limiter is seen at once, one made elsewhere within ``over_limit_cache_s``; 0 turns
+it off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
@@ -14,6 +19,7 @@ from ratekeeper.errors import LimitConfigError
 from ratekeeper.limit import LimitSet
 from ratekeeper.stores.base import AsyncStore, Store
 from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.over_limit import OverLimitCache
 from ratekeeper.stores.url import store_from_url
 
 __all__ = ["AsyncLimiter", "Limiter"]
@@ -34,16 +40,34 @@ def _check(items: Sequence[tuple[LimitSet, str]], cost: int) -> None:
             raise LimitConfigError(f"each item must be a (LimitSet, str key) pair, got {item!r}")
 
 
+def _behind_cache(store: Any, over_limit_cache_s: float) -> Any:
+    """``store`` behind an over-limit cache of entries living ``over_limit_cache_s`` at most."""
+    if isinstance(over_limit_cache_s, bool) or not isinstance(over_limit_cache_s, int | float):
+        raise LimitConfigError(
+            f"over_limit_cache_s must be a number of seconds, got {over_limit_cache_s!r}"
+        )
+    if over_limit_cache_s == 0:
+        return store
+    return OverLimitCache(store, max_age_s=over_limit_cache_s)
+
+
 class Limiter:
     """Synchronous limiter over a :class:`~ratekeeper.stores.base.Store` (memory by default)."""
 
-    __slots__ = ("clock", "store")
+    __slots__ = ("_decider", "clock", "store")
 
-    def __init__(self, store: Store | str | None = None, *, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        clock: Clock = system_clock,
+        over_limit_cache_s: float = 1.0,
+    ) -> None:
         resolved = store_from_url(store) if isinstance(store, str) else store
         # ``is None``, not ``or``: an empty store is falsy (it has a length).
         self.store: Store = MemoryStore() if resolved is None else resolved
         self.clock = clock
+        self._decider: Store = _behind_cache(self.store, over_limit_cache_s)
 
     def __repr__(self) -> str:
         return f"<Limiter store={self.store!r}>"
@@ -53,12 +77,12 @@ class Limiter:
         items = ((limits, key),)
         if cost != 1 or type(key) is not str or type(limits) is not LimitSet:
             _check(items, cost)
-        return self.store.decide(items, cost, self.clock())
+        return self._decider.decide(items, cost, self.clock())
 
     def hit_many(self, items: Sequence[tuple[LimitSet, str]], cost: int = 1) -> Decision:
         """Charge several ``(limit_set, key)`` items at once: all of them, or none."""
         _check(items, cost)
-        return self.store.decide(tuple(items), cost, self.clock())
+        return self._decider.decide(tuple(items), cost, self.clock())
 
     def peek(self, limits: LimitSet, key: str) -> Decision:
         """The current state of ``key``, charging nothing."""
@@ -67,25 +91,30 @@ class Limiter:
     def peek_many(self, items: Sequence[tuple[LimitSet, str]]) -> Decision:
         """The current state of several items, charging nothing."""
         _check(items, 1)
-        return self.store.decide(tuple(items), 0, self.clock(), peek=True)
+        return self._decider.decide(tuple(items), 0, self.clock(), peek=True)
 
     def reset(self, limits: LimitSet, key: str) -> None:
         """Forget ``key``'s state under ``limits``: it starts afresh."""
         _check(((limits, key),), 1)
-        self.store.reset(((limits, key),))
+        self._decider.reset(((limits, key),))
 
 
 class AsyncLimiter:
     """The asyncio twin of :class:`Limiter` over an :class:`~ratekeeper.stores.base.AsyncStore`."""
 
-    __slots__ = ("clock", "store")
+    __slots__ = ("_decider", "clock", "store")
 
     def __init__(
-        self, store: AsyncStore | str | None = None, *, clock: Clock = system_clock
+        self,
+        store: AsyncStore | str | None = None,
+        *,
+        clock: Clock = system_clock,
+        over_limit_cache_s: float = 1.0,
     ) -> None:
         resolved = store_from_url(store) if isinstance(store, str) else store
         self.store: AsyncStore = MemoryStore() if resolved is None else resolved
         self.clock = clock
+        self._decider: AsyncStore = _behind_cache(self.store, over_limit_cache_s)
 
     def __repr__(self) -> str:
         return f"<AsyncLimiter store={self.store!r}>"
@@ -95,12 +124,12 @@ class AsyncLimiter:
         items = ((limits, key),)
         if cost != 1 or type(key) is not str or type(limits) is not LimitSet:
             _check(items, cost)
-        return await self.store.decide_async(items, cost, self.clock())
+        return await self._decider.decide_async(items, cost, self.clock())
 
     async def hit_many(self, items: Sequence[tuple[LimitSet, str]], cost: int = 1) -> Decision:
         """Charge several ``(limit_set, key)`` items at once: all of them, or none."""
         _check(items, cost)
-        return await self.store.decide_async(tuple(items), cost, self.clock())
+        return await self._decider.decide_async(tuple(items), cost, self.clock())
 
     async def peek(self, limits: LimitSet, key: str) -> Decision:
         """The current state of ``key``, charging nothing."""
@@ -109,9 +138,9 @@ class AsyncLimiter:
     async def peek_many(self, items: Sequence[tuple[LimitSet, str]]) -> Decision:
         """The current state of several items, charging nothing."""
         _check(items, 1)
-        return await self.store.decide_async(tuple(items), 0, self.clock(), peek=True)
+        return await self._decider.decide_async(tuple(items), 0, self.clock(), peek=True)
 
     async def reset(self, limits: LimitSet, key: str) -> None:
         """Forget ``key``'s state under ``limits``: it starts afresh."""
         _check(((limits, key),), 1)
-        await self.store.reset_async(((limits, key),))
+        await self._decider.reset_async(((limits, key),))
