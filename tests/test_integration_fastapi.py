@@ -268,3 +268,40 @@ scope = "global"
     responses = app.openapi()["paths"]["/x"]["get"]["responses"]
     assert {"429", "503"} <= set(responses)
     assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_a_routers_limit_and_an_endpoints_limit_are_one_decision() -> None:
+    app = fastapi.FastAPI()
+    RateKeeper(app, loads_policy(POLICY), clock=ManualClock(1_699_999_980.0))
+    router = fastapi.APIRouter(dependencies=[limit("3/minute", key=tenant)])
+
+    @router.get("/both")
+    @limit("2/minute")
+    async def both() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.include_router(router, prefix="/v1")
+    with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, headers=KEY) as client:
+        first = client.get("/v1/both", headers={"X-Tenant": "a"})
+        assert first.headers.get_list("X-RateLimit-Limit") == ["2"]
+        assert client.get("/v1/both", headers={"X-Tenant": "b"}).status_code == 200
+        # The endpoint's 2/minute per caller is spent; tenant a's 3/minute still has one.
+        assert client.get("/v1/both", headers={"X-Tenant": "a"}).status_code == 429
+        document = client.get("/openapi.json").json()
+    assert "429" in document["paths"]["/v1/both"]["get"]["responses"]
+
+
+def test_a_routers_key_function_counts_per_its_own_key() -> None:
+    app = fastapi.FastAPI()
+    RateKeeper(app, loads_policy(POLICY), clock=ManualClock(1_699_999_980.0))
+    router = fastapi.APIRouter(dependencies=[limit("2/minute", key=tenant)])
+
+    @router.get("/tenanted")
+    async def tenanted() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.include_router(router, prefix="/v2")
+    with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, headers=KEY) as client:
+        a = [client.get("/v2/tenanted", headers={"X-Tenant": "a"}).status_code for _ in range(3)]
+        assert a == [200, 200, 429]
+        assert client.get("/v2/tenanted", headers={"X-Tenant": "b"}).status_code == 200

@@ -17,7 +17,7 @@ charges only the limits that decision did not cover, and adds no second set of h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,7 +31,13 @@ from ratekeeper.http.cache import TICKET
 from ratekeeper.http.compiled import CompiledRule, Pairs
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.flow import Ticket
-from ratekeeper.http.route_limits import CostFunction, KeyFunction, RouteGuard, RouteLimits
+from ratekeeper.http.route_limits import (
+    CostFunction,
+    KeyFunction,
+    RouteGuard,
+    RouteLimits,
+    together,
+)
 
 __all__ = ["ADMISSION", "Admission", "RateLimit", "RateLimited", "install", "rate_limited_handler"]
 
@@ -41,11 +47,16 @@ ADMISSION = "ratekeeper.admission"
 
 @dataclass(slots=True)
 class Admission:
-    """Left in the scope by a middleware that lets a route's dependency decide: the dependency
-    puts its ticket here, and the middleware adds its headers and completes it."""
+    """Left in the scope by the integration's middleware. When it found the route's ratekeeper
+    dependencies (``route_limits``) it leaves the decision to the first of them, which puts its
+    ticket here; else it decided itself (``ticket`` set, ``by_route`` false). Either way the
+    middleware adds the headers (``headers`` when a dependency replaced them) and completes."""
 
     enforcer: Enforcer
     ticket: Ticket | None = None
+    route_limits: tuple[RateLimit, ...] = ()
+    by_route: bool = False
+    headers: list[tuple[str, str]] | None = None
 
 
 async def rate_limited_handler(request: Request, exc: Exception) -> Response:
@@ -143,21 +154,40 @@ class RateLimit:
     async def check(self, request: Request) -> None:
         """Decide for ``request`` under the integration's middleware, which adds the headers
         and completes the ticket (a plain function: FastAPI runs it at a fraction of the cost
-        of a dependency with ``yield``)."""
+        of a dependency with ``yield``). The first of the route's ratekeeper dependencies to
+        run decides for them all (a router's and the endpoint's, say), once."""
         admission: Admission | None = request.scope.get(ADMISSION)
         if admission is None:
             raise PolicyError(
                 "limit() needs RateKeeper(app, policy) on the app: its middleware completes "
                 "what the route's limits admitted"
             )
+        enforcer = self.enforcer or admission.enforcer
         if admission.ticket is None:
-            admission.ticket = await self._admit(request, self.enforcer or admission.enforcer)
+            together_ = admission.route_limits or (self,)
+            admission.ticket = await self._admit(request, enforcer, together_)
+            admission.by_route = True
+        elif not admission.by_route and admission.ticket.rule is not None:
+            # The middleware did not see this route's limits (a router it cannot look into)
+            # and decided alone: charge what its decision did not cover.
+            extra = _top_up(self.rule(request, enforcer), admission.ticket.rule)
+            if extra is not None:
+                view = view_from_scope(request.scope, enforcer.header_names)
+                topped = await enforcer.admit_async(replace(view, request=request), extra)
+                _raise_if_refused(topped)
+                admission.headers = topped.headers
 
-    async def _admit(self, request: Request, enforcer: Enforcer) -> Ticket:
+    def rule(self, request: Request, enforcer: Enforcer) -> CompiledRule:
+        """This dependency's limits and the policy's for ``request``, as one rule."""
         scope = request.scope
         owner = self.owner or getattr(scope.get("route"), "path", None) or scope["path"]
-        view = view_from_scope(scope, enforcer.header_names)
-        rule = self.guard(enforcer, owner).rule(view.method, view.path)
+        return self.guard(enforcer, owner).rule(scope["method"], scope["path"])
+
+    async def _admit(
+        self, request: Request, enforcer: Enforcer, route_limits: Sequence[RateLimit]
+    ) -> Ticket:
+        rule = together([limit.rule(request, enforcer) for limit in route_limits])
+        view = view_from_scope(request.scope, enforcer.header_names)
         ticket = await enforcer.admit_async(replace(view, request=request), rule)
         _raise_if_refused(ticket)
         return ticket
@@ -175,14 +205,13 @@ class RateLimit:
             # The plain middleware decided already and will add its headers and count the
             # answer: charge only what its decision did not cover.
             view = view_from_scope(scope, enforcer.header_names)
-            owner = self.owner or getattr(scope.get("route"), "path", None) or scope["path"]
-            rule = self.guard(enforcer, owner).rule(view.method, view.path)
+            rule = self.rule(request, enforcer)
             extra = None if admitted.rule is None else _top_up(rule, admitted.rule)
             if extra is not None:
                 _raise_if_refused(await enforcer.admit_async(replace(view, request=request), extra))
             yield
             return
-        ticket = await self._admit(request, enforcer)
+        ticket = await self._admit(request, enforcer, (self,))
         for name, value in ticket.headers:
             response.headers[name] = value
         status = 200

@@ -15,7 +15,7 @@ policy rule's cost by default). The ``request`` stage (added to the enforcer on 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,10 +32,11 @@ __all__ = [
     "RouteRule",
     "combine",
     "request_stage",
+    "together",
 ]
 
 REQUEST_SCOPE = "request"
-"""The scope the route's own rates count per when it has a ``key`` function."""
+"""The scope (followed by the route's name) its own rates count per with a ``key`` function."""
 
 KeyFunction = Callable[[Any], object]
 CostFunction = Callable[[Any], int]
@@ -85,9 +86,10 @@ def _whole(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteRule(CompiledRule):
-    """A compiled rule whose key or cost comes from the request (see :func:`request_stage`)."""
+    """A compiled rule whose keys or cost come from the request (see :func:`request_stage`):
+    ``keys`` pairs a scope of its own rates with the function giving its key."""
 
-    key: KeyFunction | None = None
+    keys: tuple[tuple[str, KeyFunction], ...] = ()
     cost_of: CostFunction | None = None
 
 
@@ -100,29 +102,54 @@ def _union(*pairs: Pairs) -> Pairs:
     return tuple(dict.fromkeys(pair for group in pairs for pair in group))
 
 
-def _merge(base: CompiledRule, own: CompiledRule, spec: RouteLimits) -> CompiledRule:
+def _tiers(rules: Sequence[CompiledRule]) -> dict[str, tuple[Pairs, Pairs]]:
+    tiers: dict[str, tuple[Pairs, Pairs]] = {}
+    for tier in {tier for rule in rules for tier in rule.tiers}:
+        chosen = [rule.tiers.get(tier, (rule.enforced, rule.shadow)) for rule in rules]
+        tiers[tier] = (_union(*(e for e, _ in chosen)), _union(*(s for _, s in chosen)))
+    return tiers
+
+
+def _merge(base: CompiledRule, own: CompiledRule, spec: RouteLimits, scope: str) -> RouteRule:
     """``base`` (the policy's rule for the path) and ``own`` (the route's) as one rule."""
     if base.exempt:
         base = replace(_EXEMPT, exempt=False, name=own.name)
-    tiers: dict[str, tuple[Pairs, Pairs]] = {}
-    for tier in {*base.tiers, *own.tiers}:
-        b = base.tiers.get(tier, (base.enforced, base.shadow))
-        o = own.tiers.get(tier, (own.enforced, own.shadow))
-        tiers[tier] = (_union(b[0], o[0]), _union(b[1], o[1]))
-    cost = spec.cost if isinstance(spec.cost, int) else base.cost
+    rules = (base, own)
     return RouteRule(
         name=f"{base.name} {own.name}" if spec.limits else base.name,
         exempt=False,
-        cost=cost,
+        cost=spec.cost if isinstance(spec.cost, int) else base.cost,
         cache_ttl_s=base.cache_ttl_s,
         enforced=_union(base.enforced, own.enforced),
         shadow=_union(base.shadow, own.shadow),
         in_flight=tuple(dict.fromkeys((*base.in_flight, *own.in_flight))),
-        tiers=tiers,
+        tiers=_tiers(rules),
         # The policy's cost from the request (a header, a query parameter) unless code says.
         cost_source=base.cost_source if spec.cost is None else None,
-        key=spec.key,
+        keys=((scope, spec.key),) if spec.key is not None else (),
         cost_of=spec.cost if callable(spec.cost) else None,
+    )
+
+
+def together(rules: Sequence[CompiledRule]) -> CompiledRule:
+    """Several routes' rules for one request (a router's limits and an endpoint's, say), each
+    already merged with the same policy rule, as one: every limit, the first cost given."""
+    if len(rules) == 1 or any(rule.exempt for rule in rules):
+        return next((rule for rule in rules if rule.exempt), rules[0])
+    first = rules[0]
+    route_rules = [rule for rule in rules if isinstance(rule, RouteRule)]
+    return RouteRule(
+        name=" ".join(dict.fromkeys(rule.name for rule in rules)),
+        exempt=False,
+        cost=first.cost,
+        cache_ttl_s=first.cache_ttl_s,
+        enforced=_union(*(rule.enforced for rule in rules)),
+        shadow=_union(*(rule.shadow for rule in rules)),
+        in_flight=tuple(dict.fromkeys(pair for rule in rules for pair in rule.in_flight)),
+        tiers=_tiers(rules),
+        cost_source=first.cost_source,
+        keys=tuple(pair for rule in route_rules for pair in rule.keys),
+        cost_of=next((r.cost_of for r in route_rules if r.cost_of is not None), None),
     )
 
 
@@ -131,12 +158,15 @@ class RouteGuard:
     qualified name or the route's path) under one enforcer: :meth:`rule` is the one rule to
     admit a request with."""
 
-    __slots__ = ("_rules", "enforcer", "owner", "spec")
+    __slots__ = ("_rules", "enforcer", "owner", "scope", "spec")
 
     def __init__(self, enforcer: Enforcer, owner: str, spec: RouteLimits) -> None:
         self.enforcer = enforcer
         self.owner = owner
         self.spec = spec
+        # What this route's own rates count per when it has a key function: a scope of its own,
+        # so two routes' key functions (a router's and an endpoint's) never share a key.
+        self.scope = f"{REQUEST_SCOPE} {owner}"
         self._rules: dict[tuple[int, int], tuple[CompiledRule, CompiledRule]] = {}
         if spec.key is not None or callable(spec.cost):
             request_stage.install(enforcer)
@@ -164,9 +194,9 @@ class RouteGuard:
                 cache_ttl_s=0.0,
                 shadow_rule=False,
                 apply=False,
-                inline_scope=REQUEST_SCOPE if self.spec.key is not None else "caller",
+                inline_scope=self.scope if self.spec.key is not None else "caller",
             )
-            merged = _merge(base, own, self.spec)
+            merged = _merge(base, own, self.spec, self.scope)
         # The base rule is kept with its merge, so its id is not reused while the entry lives.
         self._rules[probe] = (base, merged)
         return merged
@@ -198,11 +228,12 @@ def _request(ctx: Context) -> Ticket | None:
     if type(rule) is not RouteRule:
         return None
     request = ctx.view.request
-    if rule.key is not None:
+    if rule.keys:
         caller = ctx.identified
-        value = rule.key(request)
-        key = caller.keys["caller"] if value is None else _store_key(value)
-        keys: Mapping[str, str] = {**caller.keys, REQUEST_SCOPE: key}
+        keys: dict[str, str] = dict(caller.keys)
+        for scope, key_of in rule.keys:
+            value = key_of(request)
+            keys[scope] = keys["caller"] if value is None else _store_key(value)
         ctx.caller = replace(caller, keys=keys)
     if rule.cost_of is not None:
         cost = rule.cost_of(request)

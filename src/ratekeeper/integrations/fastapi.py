@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from fastapi.params import Depends
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
 
 from ratekeeper.clock import Clock, system_clock
@@ -53,7 +53,7 @@ from ratekeeper.http.cache_asgi import ResponseCacheMiddleware
 from ratekeeper.http.compiled import CompiledPolicy, CompiledRule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.fastapi import ADMISSION, Admission, RateLimit, RateLimited, install
-from ratekeeper.http.route_limits import CostFunction, KeyFunction
+from ratekeeper.http.route_limits import CostFunction, KeyFunction, together
 from ratekeeper.http.workers import warn_if_split
 from ratekeeper.limit import LimitSet
 from ratekeeper.policy.schema import Policy
@@ -135,9 +135,21 @@ exempt = RouteLimit(RateLimit(None, (), exempt=True))
 """A route free of every limit, the policy's included (``@exempt`` or ``dependencies=[exempt]``)."""
 
 
-def _rate_limits(route: BaseRoute) -> list[RateLimit]:
+def _endpoints(routes: Iterable[BaseRoute]) -> Iterator[Any]:
+    """Everything FastAPI routes to (``path_regex``, ``path_format``, ``methods``,
+    ``dependant``): its routes, and those of included routers it keeps whole."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            yield from contexts()
+        elif isinstance(route, APIRoute):
+            yield route
+
+
+def _rate_limits(endpoint: Any) -> tuple[RateLimit, ...]:
+    """The ratekeeper dependencies of an endpoint (its routers' and its own)."""
     found: list[RateLimit] = []
-    pending = [route.dependant] if isinstance(route, APIRoute) else []
+    pending = [endpoint.dependant]
     while pending:
         dependant = pending.pop()
         call = dependant.call
@@ -146,7 +158,7 @@ def _rate_limits(route: BaseRoute) -> list[RateLimit]:
         elif isinstance(call, RateLimit):
             found.append(call)
         pending.extend(dependant.dependencies)
-    return found
+    return tuple(found)
 
 
 _REFUSAL_HEADERS = {
@@ -199,8 +211,8 @@ class RateKeeper:
         self.messages = (
             LimitSet("websocket-messages", websocket_messages) if websocket_messages else None
         )
-        # (method, path) -> whether its route decides; routes are fixed once the app serves.
-        self._limited: dict[tuple[str, str], bool] = {}
+        # (method, path) -> its route's ratekeeper dependencies; routes are fixed once it serves.
+        self._limited: dict[tuple[str, str], tuple[RateLimit, ...]] = {}
         app.state.ratekeeper = self
         install(app)
         app.add_middleware(RateKeeperMiddleware, keeper=self)
@@ -211,22 +223,21 @@ class RateKeeper:
     def __repr__(self) -> str:
         return f"<RateKeeper {self.enforcer!r}>"
 
-    def route_limited(self, scope: Scope) -> bool:
-        """Whether the route ``scope`` goes to has a ratekeeper dependency (which decides)."""
-        probe = (scope["method"], scope["path"])
-        limited = self._limited.get(probe)
-        if limited is None:
-            limited = False
+    def route_limits(self, scope: Scope) -> tuple[RateLimit, ...]:
+        """The ratekeeper dependencies of the route ``scope`` goes to (which decide for it)."""
+        method, path = scope["method"], scope["path"]
+        found = self._limited.get((method, path))
+        if found is None:
+            found = ()
             router = getattr(scope.get("app"), "router", None)
-            for route in getattr(router, "routes", ()):
-                match, _ = route.matches(scope)
-                if match is Match.FULL:
-                    limited = bool(_rate_limits(route))
+            for endpoint in _endpoints(getattr(router, "routes", ())):
+                if endpoint.path_regex.match(path) and method in (endpoint.methods or ()):
+                    found = _rate_limits(endpoint)
                     break
             if len(self._limited) >= _MEMO_MAX:
                 self._limited.clear()
-            self._limited[probe] = limited
-        return limited
+            self._limited[(method, path)] = found
+        return found
 
     def _document(self, app: Any) -> None:
         original = app.openapi
@@ -234,24 +245,30 @@ class RateKeeper:
         def openapi() -> dict[str, Any]:
             if app.openapi_schema is None:
                 schema = original()
-                for route in app.routes:
-                    if isinstance(route, APIRoute) and route.include_in_schema:
-                        self._describe(route, schema.get("paths", {}).get(route.path_format, {}))
+                for endpoint in _endpoints(app.routes):
+                    if endpoint.include_in_schema:
+                        paths = schema.get("paths", {})
+                        self._describe(endpoint, paths.get(endpoint.path_format, {}))
                 app.openapi_schema = schema
             return app.openapi_schema  # type: ignore[no-any-return]
 
         app.openapi = openapi
 
-    def _rule(self, route: APIRoute, method: str) -> CompiledRule:
+    def _rule(self, route: Any, method: str) -> CompiledRule:
         plan = self.enforcer.plan
         owned = _rate_limits(route)
         if not owned:
             return plan.routes.match(method, route.path_format)
-        rate_limit = owned[0]
-        owner = rate_limit.owner or route.path_format
-        return rate_limit.guard(self.enforcer, owner).rule(method, route.path_format)
+        return together(
+            [
+                limit.guard(self.enforcer, limit.owner or route.path_format).rule(
+                    method, route.path_format
+                )
+                for limit in owned
+            ]
+        )
 
-    def _describe(self, route: APIRoute, operations: dict[str, Any]) -> None:
+    def _describe(self, route: Any, operations: dict[str, Any]) -> None:
         plan = self.enforcer.plan
         ietf = plan.policy.ietf_headers
         for method in route.methods or ():
@@ -300,7 +317,8 @@ class RateKeeperMiddleware:
             return
         enforcer = self.keeper.enforcer
         admission = scope[ADMISSION] = Admission(enforcer)
-        if not self.keeper.route_limited(scope):
+        admission.route_limits = self.keeper.route_limits(scope)
+        if not admission.route_limits:
             view = view_from_scope(scope, enforcer.header_names)
             ticket = await enforcer.admit_async(replace(view, request=Request(scope)))
             if ticket.answer is not None:
@@ -314,8 +332,11 @@ class RateKeeperMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 ticket = admission.ticket
-                if ticket is not None and ticket.headers:
-                    extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in ticket.headers]
+                headers = admission.headers
+                if headers is None and ticket is not None:
+                    headers = ticket.headers
+                if headers:
+                    extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
                     message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
