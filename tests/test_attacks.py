@@ -23,8 +23,10 @@ import pytest
 
 from gateway_servers import PYTHON, Process, _start, client, demo_upstream, serve
 from nginx_servers import nginx_example
+from ratekeeper import LimitSet
 from ratekeeper.errors import PolicyError
 from ratekeeper.policy import loads_policy
+from ratekeeper.stores.sqlite import SQLiteStore
 
 POLICY = """
 apply = ["caller"]
@@ -629,6 +631,23 @@ def test_a_client_ip_header_that_is_not_a_header_name_is_refused() -> None:
         loads_policy('[identity]\nclient_ip_header = "X Forwarded"\n', "p.toml")
 
 
+def test_a_second_key_is_refused_through_nginx_too(beatpass: Front) -> None:
+    # The decision endpoint sees the client's headers as nginx passes them: both copies.
+    # (nginx itself refuses a second Authorization header.)
+    with client("127.0.4.2") as http:
+        r = http.get(
+            beatpass.nginx + "/api/v1/tracks", headers=[("X-API-Key", "real"), ("X-API-Key", "b")]
+        )
+        assert r.status_code == 400
+        assert "X-API-Key was sent more than once; send one API key." in r.text
+        r = http.get(
+            beatpass.nginx + "/api/v1/tracks",
+            headers=[("Authorization", "Bearer real"), ("X-API-Key", "other")],
+        )
+        assert r.status_code == 400
+        assert "name different API keys" in r.text
+
+
 # Attack 6: policies that can never work were accepted: an absurd period, an amount of 1e30, a
 # rule whose cost exceeds every limit it is charged to (always 429, no Retry-After).
 
@@ -667,11 +686,15 @@ ONE_LIMIT = 'apply = ["a"]\n[limits.a]\n'
         ),
     ],
 )
-def test_policies_that_cannot_work_are_refused_at_start(
-    root: Path, policy: str, error: str
-) -> None:
+def test_policies_that_cannot_work_are_refused_at_load(policy: str, error: str) -> None:
+    with pytest.raises(PolicyError, match=r"unworkable\.toml: " + error):
+        loads_policy(policy, "unworkable.toml")
+
+
+def test_serve_refuses_a_policy_that_cannot_work(root: Path) -> None:
     path = root / "unworkable.toml"
-    path.write_text(policy)
+    path.write_text(ONE_LIMIT + 'rates = "1/99999999999999999999 days"\n')
+    error = r"limits\.a\.rates: expected a period from 1 ms to 366 days, got 8\.64e\+24 s"
     done = subprocess.run(
         [PYTHON, "-m", "ratekeeper.cli", "serve", "--config", str(path), "--port", "0"],
         check=False,
@@ -712,20 +735,12 @@ def test_a_damaged_sqlite_file_is_refused_at_start(
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     db = tmp_path / "counters.db"
-    with (
-        serve(
-            "--config",
-            str(policy),
-            "--upstream",
-            upstream.url,
-            "--store",
-            f"sqlite:///{db}",
-            cwd=tmp_path,
-        ) as gw,
-        client() as http,
-    ):
-        for n in range(300):
-            assert http.get(gw.url + "/ok", headers={"X-API-Key": f"k{n}"}).status_code == 200
+    # Counters for a few hundred callers, so that the file has pages beyond the first.
+    store = SQLiteStore(db)
+    limits = LimitSet("caller", "1000/hour")
+    for n in range(300):
+        store.decide([(limits, f"k{n}")], 1, time.time())
+    store.close()
     with closing(sqlite3.connect(db)) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(db.read_bytes())
