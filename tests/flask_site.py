@@ -18,6 +18,7 @@ POLICY = {
 rk = RateKeeper()
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 public = Blueprint("public", __name__, url_prefix="/public")
+tenants = Blueprint("tenants", __name__, url_prefix="/tenants")
 
 
 @admin.get("/stats")
@@ -30,8 +31,15 @@ def page() -> dict[str, bool]:
     return {"ok": True}
 
 
+@tenants.get("/report")
+@rk.limit("2/minute", key=lambda r: r.args.get("user"))
+def report() -> dict[str, bool]:
+    return {"ok": True}
+
+
 rk.limit("2/minute")(admin)
 rk.exempt(public)
+rk.limit("3/minute", key=lambda r: r.headers.get("X-Tenant"))(tenants)
 
 
 def create_app(store: str | None = None) -> Flask:
@@ -66,6 +74,7 @@ def create_app(store: str | None = None) -> Flask:
 
     app.register_blueprint(admin)
     app.register_blueprint(public)
+    app.register_blueprint(tenants)
     return app
 
 

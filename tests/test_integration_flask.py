@@ -57,6 +57,19 @@ def test_exempt_views_and_blueprints(url: str) -> None:
         assert keyed == [200, 200, 429]
 
 
+def test_a_blueprints_key_and_a_views_key_count_apart(url: str) -> None:
+    calls = [("a", "u1"), ("a", "u2"), ("a", "u3"), ("a", "u4"), ("b", "u1"), ("b", "u1")]
+    with httpx.Client(base_url=url, headers=KEY) as client:
+        statuses = [
+            client.get(
+                "/tenants/report", params={"user": user}, headers={"X-Tenant": tenant}
+            ).status_code
+            for tenant, user in calls
+        ]
+    # Tenant a's 3/minute is spent at its fourth call; user u1's 2/minute at its third.
+    assert statuses == [200, 200, 200, 429, 200, 429]
+
+
 def test_a_view_that_raises_still_completes(url: str) -> None:
     with httpx.Client(base_url=url, headers=KEY) as client:
         assert client.get("/fail").status_code == 500

@@ -39,6 +39,7 @@ from ratekeeper.http.route_limits import (
     RouteGuard,
     RouteLimits,
     combine,
+    together,
 )
 from ratekeeper.http.workers import warn_if_split
 from ratekeeper.http.wsgi_environ import view_from_environ
@@ -69,7 +70,7 @@ class _AppState:
     def __init__(self, enforcer: Enforcer, enabled: bool) -> None:
         self.enforcer = enforcer
         self.enabled = enabled
-        self.guards: dict[str, RouteGuard | None] = {}
+        self.guards: dict[str, tuple[RouteGuard, ...]] = {}
 
 
 class RateKeeper:
@@ -132,23 +133,28 @@ class RateKeeper:
             raise PolicyError("RateKeeper: call init_app(app) before the first request")
         return state  # type: ignore[no-any-return]
 
-    def _guard(self, state: _AppState, endpoint: str | None) -> RouteGuard | None:
+    def _guards(self, state: _AppState, endpoint: str | None) -> tuple[RouteGuard, ...]:
+        """The view's limits and each of its blueprints', a budget (and key) of their own."""
         if endpoint is None:
-            return None
-        try:
-            return state.guards[endpoint]
-        except KeyError:
-            pass
+            return ()
+        guards = state.guards.get(endpoint)
+        if guards is not None:
+            return guards
         view = current_app.view_functions.get(endpoint)
-        specs = [
-            getattr(view, _ATTRIBUTE, None),
-            getattr(getattr(view, "view_class", None), _ATTRIBUTE, None),
+        declared = [
+            (endpoint, getattr(view, _ATTRIBUTE, None)),
+            (endpoint, getattr(getattr(view, "view_class", None), _ATTRIBUTE, None)),
+            *((f"{endpoint}@{name}", self._blueprints.get(name)) for name in request.blueprints),
         ]
-        specs += [self._blueprints.get(name) for name in request.blueprints]
-        spec = combine(specs)
-        guard = None if spec is None else RouteGuard(state.enforcer, endpoint, spec)
-        state.guards[endpoint] = guard
-        return guard
+        owners: dict[str, RouteLimits] = {}
+        for owner, spec in declared:
+            if spec is not None:
+                owners[owner] = combine([owners.get(owner), spec])  # type: ignore[assignment]
+        if any(spec.exempt for spec in owners.values()):
+            owners = {endpoint: RouteLimits(exempt=True)}
+        guards = tuple(RouteGuard(state.enforcer, o, spec) for o, spec in owners.items())
+        state.guards[endpoint] = guards
+        return guards
 
     def _before(self) -> Response | None:
         state = self._state(current_app)
@@ -156,8 +162,8 @@ class RateKeeper:
             return None
         enforcer = state.enforcer
         view = view_from_environ(request.environ, enforcer.header_names)
-        guard = self._guard(state, request.endpoint)
-        rule = None if guard is None else guard.rule(view.method, view.path)
+        guards = self._guards(state, request.endpoint)
+        rule = together([g.rule(view.method, view.path) for g in guards]) if guards else None
         ticket = enforcer.admit(replace(view, request=request), rule)
         answer = ticket.answer
         if answer is not None:
