@@ -35,6 +35,7 @@ from ratekeeper.http.cache_shared import response_cache_beside
 from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
+from ratekeeper.http.workers import warn_if_split
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
 
@@ -66,6 +67,7 @@ class RateLimitMiddleware:
     ) -> None:
         self.app = app
         self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
+        warn_if_split(enforcer.store, enforcer.plan.policy.source)
         self._inner: ASGIApp = app
         if caches(enforcer.plan):
             cache = response_cache or response_cache_beside(

@@ -2,11 +2,12 @@
 
 Several processes serving one app (``uvicorn --workers``, gunicorn, a pre-forking WSGI server)
 each get a memory store of their own, so ``100/minute`` lets 100 requests through per worker,
-silently. :func:`warn_if_split` looks for signs of siblings when an integration starts:
-``WEB_CONCURRENCY`` above 1 (uvicorn and gunicorn read it), a multiprocessing parent (uvicorn's
-workers), or another live process of the same program and working directory that registered
-in the same temporary directory (forking servers such as gunicorn). A worker started before its
-siblings cannot see them; a later one does, so the warning appears once the second one starts.
+silently. :func:`warn_if_split` looks for signs of siblings when a middleware or an integration
+starts: ``WEB_CONCURRENCY`` above 1 (uvicorn and gunicorn read it), a multiprocessing parent
+(uvicorn's workers), or another live child of the same parent running the same program in the
+same directory (the workers of a forking server such as gunicorn), found through a temporary
+directory they register in. A worker started before its siblings cannot see them; a later one
+does, so the warning appears once the second one starts.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ log = logging.getLogger("ratekeeper.http")
 
 
 def _siblings(where: str) -> int:
-    """Other live processes registered for ``where``; registers this one."""
-    program = f"{os.getcwd()}|{sys.argv[0] if sys.argv else ''}|{where}"
+    """Other live processes registered for ``where`` by the same parent (a pre-forking
+    server's workers); registers this one. Two separate runs of one program are not siblings."""
+    parent = os.getppid()
+    if parent <= 1:
+        return 0
+    program = f"{os.getcwd()}|{sys.argv[0] if sys.argv else ''}|{where}|{parent}"
     digest = hashlib.blake2b(program.encode(), digest_size=8).hexdigest()
     folder = Path(tempfile.gettempdir()) / f"ratekeeper-workers-{digest}"
     try:

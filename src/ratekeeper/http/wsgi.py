@@ -21,6 +21,7 @@ from ratekeeper.http.cache_shared import response_cache_beside
 from ratekeeper.http.cache_wsgi import ResponseCacheWSGIMiddleware
 from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer, Ticket
+from ratekeeper.http.workers import warn_if_split
 from ratekeeper.http.wsgi_environ import (
     Environ,
     StartResponse,
@@ -74,6 +75,7 @@ class RateLimitWSGIMiddleware:
     ) -> None:
         self.app = app
         self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
+        warn_if_split(enforcer.store, enforcer.plan.policy.source)
         self._inner: WSGIApp = app
         if caches(enforcer.plan):
             cache = response_cache or response_cache_beside(
