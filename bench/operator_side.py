@@ -52,8 +52,12 @@ unknown = "{unknown}"
 """
 
 
+# "Off": the same policy without [keys], so no registry stage runs at all.
+_WITHOUT_KEYS = POLICY.split("[keys]", maxsplit=1)[0]
+
+
 def _enforcers(keys: int) -> tuple[Enforcer, Enforcer]:
-    plain = Enforcer(loads_policy(POLICY.format(unknown="own")), store=MemoryStore())
+    plain = Enforcer(loads_policy(_WITHOUT_KEYS), store=MemoryStore())
     operated = Enforcer(loads_policy(POLICY.format(unknown="refuse")), store=MemoryStore())
     registry = Registry(registry_driver("memory://"))
     for n in range(keys):
@@ -85,10 +89,10 @@ def _gateways(directory: Path) -> tuple[Any, Any]:
     from ratekeeper.gateway.app import ServeSettings, build_gateway  # noqa: PLC0415
     from ratekeeper.gateway.operating import OperatedGateway, OperatorSettings  # noqa: PLC0415
 
-    config = directory / "policy.toml"
-    config.write_text(POLICY.format(unknown="refuse") + _KNOWN)
     apps = []
-    for name in ("off", "on"):
+    for name, text in (("off", _WITHOUT_KEYS), ("on", POLICY.format(unknown="refuse") + _KNOWN)):
+        config = directory / f"{name}.toml"
+        config.write_text(text)
         settings = ServeSettings(config=str(config), store=f"sqlite:///{directory / name}.db")
         apps.append(build_gateway(settings))
     return apps[0], OperatedGateway(apps[1], settings, OperatorSettings())

@@ -73,6 +73,9 @@ def key_registry(registry: Registry | None = None) -> StageFactory:
         unknown = policy.keys.unknown
         source = policy.identity.source
         answers, metrics = kit.answers, kit.metrics
+        # Callers repeat, and building one costs more than the rest of the stage: the caller a
+        # record makes is kept, keyed by everything it is made of (bounded).
+        made: dict[tuple[str | None, ...], Caller] = {}
 
         def stage(ctx: Context) -> Ticket | None:
             caller = ctx.identified
@@ -84,7 +87,22 @@ def key_registry(registry: Registry | None = None) -> StageFactory:
             if record is not None:
                 # A label alone changes nothing here: logs and the admin API look it up.
                 if record.plan is not None or record.account is not None:
-                    ctx.caller = ctx.ticket.caller = known(caller, record, source, digest)
+                    keys = caller.keys
+                    memo = (
+                        digest,
+                        caller.ip,
+                        keys.get("ip_ua"),
+                        keys.get("account"),
+                        caller.plan,
+                        record.plan,
+                        record.account,
+                    )
+                    found = made.get(memo)
+                    if found is None:
+                        if len(made) >= 65_536:
+                            made.clear()
+                        found = made[memo] = known(caller, record, source, digest)
+                    ctx.caller = ctx.ticket.caller = found
                 return None
             if unknown == "own":
                 return None
@@ -107,8 +125,9 @@ def key_registry(registry: Registry | None = None) -> StageFactory:
 def known(caller: Caller, record: KeyRecord, source: str, digest: str) -> Caller:
     """``caller`` with the plan and account the registry gives its key (``digest``); its label
     names the key (``k:<digest>``), which logs and the admin API turn into the key's label."""
-    keys = dict(caller.keys)
+    keys = caller.keys
     if record.account is not None:
+        keys = dict(keys)
         shared = account_key(record.account)
         if "account" in keys:
             keys["account"] = shared
