@@ -242,6 +242,28 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(
         assert closed_by_peer(sock, 10)
 
 
+@pytest.mark.parametrize("drip_s", [None, 0.3])
+def test_a_request_body_sent_too_slowly_is_cut(gateway: Process, drip_s: float | None) -> None:
+    # The head is complete and admitted; the body then stops (or comes a byte at a time).
+    with connect(gateway.url) as sock:
+        sock.sendall(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n0123456789")
+        started = time.monotonic()
+        cut = False
+        while time.monotonic() - started < 15:
+            if drip_s is not None:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    cut = True
+                    break
+            if closed_by_peer(sock, drip_s or 1.0):
+                cut = True
+                break
+        assert cut
+        # 2 s of grace (--header-timeout) and at most 500 bytes/s after it.
+        assert time.monotonic() - started < 8
+
+
 def test_an_oversized_request_head_is_answered_431(gateway: Process) -> None:
     with connect(gateway.url) as sock:
         sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n")

@@ -8,6 +8,10 @@ and leave real clients with resets. The protocols here are uvicorn's own, with f
 - a request head must be complete ``header_timeout_s`` after its first byte (or after the
   connection opened); otherwise the connection is closed;
 - a request head larger than ``max_header_bytes`` is answered 431 and the connection closed;
+- a request body must keep coming: after ``header_timeout_s`` of grace it must have averaged
+  ``_MIN_BODY_RATE`` bytes a second (Apache's ``mod_reqtimeout`` default), else the connection
+  is closed, so a body dripped a byte at a time cannot hold a connection either (time while
+  the app is not reading does not count);
 - above ``max_connections`` open connections, a newcomer closes the connection that has waited
   longest for a request head (idle keep-alive ones included), so held-open connections cannot
   crowd real clients out; when every connection is busy with a request, the newcomer's request
@@ -48,6 +52,8 @@ _REFUSED_HEAD_S = 1.0
 _MAX_REFUSING = 64
 # Descriptors kept for what is not a client: the upstream pool, the store, logs, the listener.
 _RESERVED_FDS = 320
+# Bytes a second a request body must average once its grace has passed.
+_MIN_BODY_RATE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,13 @@ class _Ledger:
         self.open = 0
         self.refusing = 0
         self.waiting: dict[Any, None] = {}
-        self.counts = {"evicted": 0, "refused": 0, "head_timeout": 0, "head_too_large": 0}
+        self.counts = {
+            "evicted": 0,
+            "refused": 0,
+            "head_timeout": 0,
+            "head_too_large": 0,
+            "body_too_slow": 0,
+        }
         self.flush: asyncio.TimerHandle | None = None
 
     def note(self, kind: str, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
@@ -149,7 +161,7 @@ class _Ledger:
         log.warning(
             "shedding connections (%d open, cap %d): %d idle closed for newcomers, %d refused "
             "503 (all busy), %d closed without a request head after %gs, %d request heads over "
-            "%d bytes",
+            "%d bytes, %d request bodies slower than %d bytes/s",
             self.open,
             limits.max_connections,
             counts["evicted"],
@@ -158,6 +170,8 @@ class _Ledger:
             limits.header_timeout_s,
             counts["head_too_large"],
             limits.max_header_bytes,
+            counts["body_too_slow"],
+            _MIN_BODY_RATE,
         )
         for kind in counts:
             counts[kind] = 0
@@ -208,6 +222,7 @@ class _Guard:
     loop: asyncio.AbstractEventLoop
     cycle: Any
     app: Any
+    flow: Any
 
     _limits: ConnectionLimits
     _book: _Ledger
@@ -215,6 +230,8 @@ class _Guard:
     _timer: asyncio.TimerHandle | None
     _counted: bool
     _refusing: bool
+    _body_start: float
+    _body_bytes: int
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -225,6 +242,8 @@ class _Guard:
         self._timer = None
         self._counted = True
         self._refusing = False
+        self._body_start = 0.0
+        self._body_bytes = 0
         book.open += 1
         if book.open > limits.max_connections:
             if book.waiting:
@@ -254,9 +273,11 @@ class _Guard:
         before = self.cycle
         super().data_received(data)  # type: ignore[misc]
         if not waiting:
+            self._body_bytes += len(data)
             return
         if self.cycle is not before:
             self._head_done()
+            self._await_body()
         elif self._head_bytes > self._limits.max_header_bytes and not self.transport.is_closing():
             self.transport.write(_TOO_LARGE_ANSWER)
             self._shed("head_too_large")
@@ -267,6 +288,7 @@ class _Guard:
         if self.cycle is before and not self.transport.is_closing():
             # Idle keep-alive: uvicorn's keep-alive timer runs until the next request's first
             # byte arms the head deadline (data_received).
+            self._head_done()
             self._book.waiting[self] = None
             self._head_bytes = 0
 
@@ -283,6 +305,30 @@ class _Guard:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _await_body(self) -> None:
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            return
+        self._body_start = self.loop.time()
+        self._body_bytes = 0
+        self._timer = self.loop.call_later(self._limits.header_timeout_s, self._body_check)
+
+    def _body_check(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # The app is not reading: the client cannot send, and is not slow.
+            self._await_body()
+            return
+        elapsed = self.loop.time() - self._body_start
+        allowed = self._limits.header_timeout_s + self._body_bytes / _MIN_BODY_RATE
+        if elapsed > allowed:
+            self._shed("body_too_slow")
+            return
+        self._timer = self.loop.call_later(allowed - elapsed + 0.01, self._body_check)
 
     def _head_late(self) -> None:
         self._timer = None
