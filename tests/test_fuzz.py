@@ -46,6 +46,7 @@ trusted_proxies = ["127.0.0.1"]
 
 [limits.caller]
 rates = "40/minute"
+algorithm = "first_hit_window"
 
 [limits.auth]
 rates = "5/minute"
@@ -331,6 +332,16 @@ def test_the_gateway_answers_anything_without_a_5xx(
     # Its own endpoints answer undecided by design: health, metrics, reports.
     own = path.startswith(("/healthz", "/metrics", "/_ratekeeper/report"))
     check(answer, request, decided_paths=not own)
+
+
+def test_limits_still_hold_after_the_fuzz(gateway: Process) -> None:
+    # Whatever the fuzz sent, a fresh caller gets its 40 a minute, not one more.
+    request = build("GET", "/api/v1/items/7", [("X-API-Key", b"after-the-fuzz")], b"", b"x")
+    statuses = []
+    for _ in range(45):
+        answer = raw_exchange(gateway.url, request)
+        statuses.append(int(answer.split(b" ", 2)[1]))
+    assert statuses == [200] * 40 + [429] * 5
 
 
 @pytest.fixture(scope="module", params=["asgi", "wsgi"])
