@@ -6,6 +6,7 @@ driven headless by playwright: its numbers are /metrics', the key driven to 90% 
 from __future__ import annotations
 
 import io
+import json
 import re
 import tempfile
 import threading
@@ -236,6 +237,18 @@ def test_the_snapshot_needs_the_token_and_the_page_stays_on_the_listener(
         assert http.get(admin + "/live/app.py").status_code == 404
         licence = http.get(admin + "/live/uPlot.LICENSE")
         assert "MIT" in licence.text
+        # Other web sites cannot drive the operator's browser against the listener.
+        evil = {**AUTH, "Origin": "http://evil.example"}
+        block = {"kind": "address", "value": "192.0.2.1"}
+        assert http.post(admin + "/admin/blocks", json=block, headers=evil).status_code == 403
+        cross = {**AUTH, "Sec-Fetch-Site": "same-site"}
+        assert http.get(admin + "/admin/live", headers=cross).status_code == 403
+        assert http.get(admin + "/live/app.js", headers=cross).status_code == 403
+        own = {**AUTH, "Origin": admin, "Sec-Fetch-Site": "same-origin"}
+        assert http.get(admin + "/admin/live", headers=own).status_code == 200
+        link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+        assert http.get(admin + "/", headers=link).status_code == 200
+        assert http.get(admin + "/admin/blocks", headers=AUTH).json()["blocks"] == []
         # The traffic listener does not serve the page: its paths are the API's there.
         assert http.get(gateway.url + "/admin/live", headers=AUTH).status_code != 200
 
@@ -294,7 +307,18 @@ def test_lockouts_in_force_are_listed_until_lifted(tmp_path: Path) -> None:
             assert [e["key"] for e in live["lockouts"]] == [f"k:{key_digest('k1')}"]
             assert live["lockouts"][0]["reset_at"] > time.time() + 3000
             assert "lockout/lock" not in live["near"]
-            lifted = http.post(admin + "/admin/lockouts/lift", json={"hash": key_digest("k1")})
+            # No token on this loopback listener: a rebound host name or another site's
+            # simple request (no preflight) is refused.
+            lift = {"hash": key_digest("k1")}
+            rebound = {"Host": "rebound.example:80"}
+            assert http.get(admin + "/admin/live", headers=rebound).status_code == 403
+            assert http.get(admin + "/", headers=rebound).status_code == 403
+            forged = {"Origin": "http://127.0.0.1:1", "Content-Type": "text/plain"}
+            path = admin + "/admin/lockouts/lift"
+            sent = http.post(path, content=json.dumps(lift), headers=forged)
+            assert sent.status_code == 403 and "other web sites" in sent.json()["message"]
+            assert http.get(admin + "/admin/live").json()["lockouts"] != []
+            lifted = http.post(admin + "/admin/lockouts/lift", json=lift)
             assert lifted.status_code == 200
             assert http.get(admin + "/admin/live").json()["lockouts"] == []
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from ratekeeper.gateway.admin.api import AdminAPI
 from ratekeeper.gateway.admin.operator import Operator
+from ratekeeper.gateway.admin.origin import SameOrigin
 from ratekeeper.gateway.admin.page import live_page
 from ratekeeper.gateway.app import ENVIRONMENT_VARIABLE, Gateway, ServeSettings
 from ratekeeper.gateway.app import app_from_environment as gateway_from_environment
@@ -136,7 +137,11 @@ class OperatedGateway:
             policy=self.policy_state,
             reload=self.reload,
         )
-        self._admin = AdminAPI(self.operator, token=token) if operator.admin else None
+        self._admin = (
+            SameOrigin(AdminAPI(self.operator, token=token), check_host=token is None)
+            if operator.admin
+            else None
+        )
         self._page = (
             live_page(self.operator, gateway, enforcer, store_url=settings.store, token=token)
             if operator.admin

@@ -5,7 +5,9 @@ polls, see :mod:`ratekeeper.gateway.admin.live`).
 The page and its files are the package's own and hold no data, so they are served without the
 token; the snapshot asks for the same ``Authorization: Bearer`` token as the admin API. Every
 answer forbids framing and any request leaving the admin listener (``Content-Security-Policy``),
-so the page's buttons cannot be clicked from another site and nothing is fetched from a CDN.
+so the page's buttons cannot be clicked from another site and nothing is fetched from a CDN;
+requests from other sites (and, without a token, rebound host names) are refused
+(:mod:`ratekeeper.gateway.admin.origin`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import parse_qs
 
 from ratekeeper.gateway.admin.live import LiveSnapshot, LockoutSightings, scraper
 from ratekeeper.gateway.admin.operator import Operator
+from ratekeeper.gateway.admin.origin import refusal
 from ratekeeper.http.asgi import ASGIApp, Receive, Scope, Send
 from ratekeeper.http.engine import Enforcer
 
@@ -58,7 +61,10 @@ class LivePage:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if scope["method"] not in ("GET", "HEAD"):
+        reason = refusal(scope, check_host=self._token is None, navigation=path != LIVE_PATH)
+        if reason is not None:
+            await _send(send, 403, _json("forbidden", reason), b"application/json")
+        elif scope["method"] not in ("GET", "HEAD"):
             await _send(send, 405, _json("method_not_allowed", "expected GET"), b"application/json")
         elif path == LIVE_PATH:
             status, data = await self._snapshot(scope)
