@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from ratekeeper import Limit, LimitSet, ManualClock, MemoryStore
-from ratekeeper.errors import StoreError
+from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.http.asgi import RateLimitMiddleware
+from ratekeeper.http.compiled import compile_rule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.headers import PartitionKeys
 from ratekeeper.http.identity import RequestView, client_ip
@@ -97,9 +98,14 @@ def test_aisoule_body_and_gcra_retry_after() -> None:
 
 
 def test_cost_above_the_limit_is_refused_without_retry_after() -> None:
+    # A policy file with such a rule is refused when loaded; a rule built in code is answered.
     text = AISOULE + "[[rules]]\nroutes = ['/big']\ncost = 5\n"
-    enforcer = Enforcer(loads_policy(text), clock=ManualClock())
-    answer = enforcer.admit(view({"authorization": "Bearer sk"}, "/big")).answer
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.cost: expected a cost up to 2"):
+        loads_policy(text)
+    policy = loads_policy(AISOULE)
+    enforcer = Enforcer(policy, clock=ManualClock())
+    big = compile_rule(policy, "big", [], cost=5, cache_ttl_s=0.0, shadow_rule=False)
+    answer = enforcer.admit(view({"authorization": "Bearer sk"}, "/big"), big).answer
     assert answer is not None
     assert answer.status == 429
     assert not any(name == "Retry-After" for name, _ in answer.headers)
