@@ -294,7 +294,8 @@ def _add_time_and_connection_arguments(parser: argparse.ArgumentParser) -> None:
         default=ConnectionLimits().header_timeout_s,
         metavar="SECONDS",
         help="how long a client may take to send a request's head before its connection is "
-        "closed (default: %(default)s)",
+        "closed; a request body then gets as long before it must average 500 bytes/s "
+        "(default: %(default)s)",
     )
 
 
