@@ -120,7 +120,7 @@ class PolicyReloader:
         if before != headers:
             # The servers pass only the headers the policy reads, chosen when they start.
             raise PolicyError(
-                f"{self.path}: identity: the request headers it reads changed "
+                f"{self.path}: the request headers the policy reads changed "
                 f"({sorted(before or ())} -> {sorted(headers or ())}); restart to apply"
             )
 
