@@ -188,7 +188,9 @@ def test_idle_connections_beyond_the_file_limit_leave_other_clients_served(
     ) as gateway:
         # Raising the test's own soft limit is needed for 1,100 sockets on small defaults.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < 1300 <= hard:
+        if hard < 1300:
+            pytest.skip(f"1,100 client sockets need a file limit above 1,300 (hard limit {hard})")
+        if soft < 1300:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         idle = [connect(gateway.url) for _ in range(1100)]
         try:
@@ -469,6 +471,7 @@ FORGED = {
 def test_a_forged_address_per_request_buys_no_fresh_budget(musicbrainz: Front, how: str) -> None:
     forge = FORGED[how]
     address = f"127.0.1.{sorted(FORGED).index(how) + 1}"
+    started = time.monotonic()
     with client(address) as http:
         codes = [
             http.get(
@@ -477,10 +480,11 @@ def test_a_forged_address_per_request_buys_no_fresh_budget(musicbrainz: Front, h
             ).status_code
             for i in range(30)
         ]
-    # 2 per 2-second window per address and User-Agent: a burst that straddles windows may get
-    # a few more, never 30.
-    assert codes.count(200) <= 6, codes
-    assert codes.count(503) >= 24, codes
+    # 2 per 2-second window per address and User-Agent, for each window the burst touched:
+    # never one per forged address.
+    windows = int((time.monotonic() - started) // 2) + 2
+    assert codes.count(200) <= 2 * windows < 30, codes
+    assert set(codes) <= {200, 503}, codes
 
 
 LOGIN = {"email": "demo@beatpass.example", "password": "wrong"}
@@ -814,6 +818,9 @@ def test_a_store_that_stays_down_is_unhealthy_and_fail_open_ends(
         ]
         assert http.get(gw.url + "/healthz").status_code == 200
         redis.kill()
+        # The spent key's refusal is known in memory for up to 1 s (the over-limit cache),
+        # without asking the store; after that the store is asked, and found down.
+        time.sleep(1.1)
         # Failing open: the spent key is let through, and the gateway says it is not healthy.
         assert http.get(gw.url + "/ok", headers=key).status_code == 200
         health = http.get(gw.url + "/healthz")
