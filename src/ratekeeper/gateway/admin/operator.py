@@ -67,6 +67,7 @@ class Operator:
         self.clock = clock
         self._policy = policy
         self._reload = reload
+        self._published: tuple[str, float] = ("", 0.0)
 
     # -- policy ------------------------------------------------------------------------------
 
@@ -304,16 +305,22 @@ class Operator:
 
     # -- near limits -------------------------------------------------------------------------
 
-    def publish_sample(self) -> None:
-        """Publish this worker's near-limit sample for the others (every second or so)."""
-        body = json.dumps(self.sample.snapshot(self.clock()))
+    def publish_sample(self, *, force: bool = False) -> None:
+        """Publish this worker's near-limit sample for the others (every second or so); an
+        unchanged one only as often as its expiry needs, so an idle worker writes little."""
+        now = self.clock()
+        body = json.dumps(self.sample.snapshot(now))
+        last_body, last_at = self._published
+        if not force and body == last_body and now < last_at + SAMPLE_TTL_S / 2:
+            return
         self.registry.driver.publish(self.worker, body, SAMPLE_TTL_S)
+        self._published = (body, now)
 
     def near_limits(self, top: int) -> dict[str, Any]:
         """The ``top`` callers nearest each limit, over every worker sharing the store."""
         if isinstance(top, bool) or not 1 <= top <= self.sample.size:
             raise RegistryError(f"top: expected 1 to {self.sample.size}, got {top!r}")
-        self.publish_sample()
+        self.publish_sample(force=True)
         samples = [json.loads(body) for body in self.registry.driver.samples()]
         merged = merge_samples(samples, self.clock(), top)
         for entries in merged.values():
