@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -60,28 +59,30 @@ def _start(
         text=True,
         env=env,
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
+    process = Process("", proc)
+    # One reader from the start: a select() after a buffered readline() can miss lines that
+    # already sit in the buffer (the start-up line printed right after another one).
+    threading.Thread(target=_drain, args=(process,), daemon=True).start()
     deadline = time.monotonic() + timeout_s
-    url = None
-    while url is None:
+    seen = 0
+    while not process.url:
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"{args} did not start: {''.join(lines)}")
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if not ready:
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            proc.wait(5)
-            raise RuntimeError(f"{args} exited {proc.returncode}: {''.join(lines)}")
-        lines.append(line)
-        match = _LISTENING.search(line)
-        if match:
-            url = match[1]
-    process = Process(url, proc, lines)
-    threading.Thread(target=_drain, args=(process,), daemon=True).start()
-    _wait_ready(url, deadline)
+            raise RuntimeError(f"{args} did not start: {process.output()}")
+        lines = process.lines[seen:]
+        seen += len(lines)
+        for line in lines:
+            match = _LISTENING.search(line)
+            if match:
+                process.url = match[1]
+                break
+        else:
+            if proc.poll() is not None and seen == len(process.lines):
+                time.sleep(0.1)
+                if seen == len(process.lines):
+                    raise RuntimeError(f"{args} exited {proc.returncode}: {process.output()}")
+            time.sleep(0.02)
+    _wait_ready(process.url, deadline)
     return process
 
 
