@@ -840,3 +840,43 @@ def test_a_store_that_stays_down_is_unhealthy_and_fail_open_ends(
     output = gw.output()
     assert "for at most 3 s, then deciding on this process's in-memory store" in output
     assert "fail_open ends (fail_open_max)" in output
+
+
+def test_a_client_cannot_mark_its_failed_logins_as_refusals(beatpass: Front) -> None:
+    # X-Ratekeeper-Status tells the report endpoint that ratekeeper itself refused the request
+    # (nothing reached the API, nothing to count). Sent by the client, it must not reach the
+    # report: the example sets it from the decision.
+    spoofed = {"X-Ratekeeper-Status": "429", "X-Original-Status": "200"}
+    with client("127.0.5.1") as http:
+        codes = []
+        for _ in range(10):
+            r = http.post(beatpass.nginx + "/api/v1/auth/login", json=LOGIN, headers=spoofed)
+            codes.append(r.status_code)
+            time.sleep(0.05)
+    assert codes.count(401) <= 6, codes
+    assert codes[-1] == 429, codes
+
+
+def test_a_client_cannot_choose_the_route_a_decision_is_made_for(beatpass: Front) -> None:
+    # Traefik names the request in X-Forwarded-Uri and passes the client's headers on: a client
+    # adding X-Original-URI (which nginx uses) must not get the cheap route decided instead.
+    described = {
+        "X-Forwarded-Uri": "/api/v1/auth/login",
+        "X-Forwarded-Method": "POST",
+        "X-Original-URI": "/api/v1/tracks",
+    }
+    with client("127.0.5.2") as http:
+        r = http.get(beatpass.serve + "/_ratekeeper/decide", headers=described)
+        assert r.status_code == 400
+        assert "described in two ways" in r.text
+        # Through the nginx example, the client's copy of Traefik's headers is cleared.
+        codes = [
+            http.post(
+                beatpass.nginx + "/api/v1/auth/login",
+                json=LOGIN,
+                headers={"X-Forwarded-Uri": "/api/v1/tracks", "X-Forwarded-Method": "GET"},
+            ).status_code
+            for _ in range(12)
+        ]
+    # The login's own limit (10/minute per address) and lockout still hold.
+    assert codes[-1] == 429, codes

@@ -20,7 +20,10 @@ so that nginx keeps its keepalive connection to ratekeeper.
 The original path is matched as ``serve`` matches a request's (``ratekeeper.gateway.paths``):
 percent-decoded, dot segments removed, slashes merged, so ``/api/v1/x/../auth/login`` is the
 login that the upstream will serve; a path servers could read as different resources is
-refused with 400 (carried as ``X-Ratekeeper-Status`` when a deny status is asked for).
+refused with 400 (carried as ``X-Ratekeeper-Status`` when a deny status is asked for), and so
+is a request described in two ways (``X-Original-URI`` beside a different ``X-Forwarded-Uri``,
+the methods alike, or one of them repeated): a proxy sets its own form and passes the client's
+headers on, so the client could otherwise choose the route that is decided.
 
 The caller's address is the peer's (the proxy) unless the policy trusts it as a proxy
 (``identity.trusted_proxies`` or ``serve --trust-proxy``): then ``X-Forwarded-For`` decides.
@@ -70,6 +73,11 @@ _NO_CONTENT: tuple[dict[str, Any], dict[str, Any]] = (
     {"type": "http.response.body", "body": b""},
 )
 _PRINTABLE = bytes(range(0x20, 0x7F))
+_TWICE = (
+    "ambiguous_request",
+    "The request is described in two ways (X-Original-URI and X-Forwarded-Uri, "
+    "X-Original-Method and X-Forwarded-Method, or one of them repeated); send one.",
+)
 
 
 def _status(text: str | None, low: int) -> int | None:
@@ -86,16 +94,20 @@ def _status(text: str | None, low: int) -> int | None:
 
 def _view(
     scope: MutableMapping[str, Any], wanted: frozenset[str] | None
-) -> tuple[RequestView | None, list[str | None]]:
-    """The original request as the proxy describes it (``None`` when its path must be
-    refused, see ``gateway.paths``), and the values of ``_ORIGINAL``."""
+) -> tuple[RequestView | tuple[str, str], list[str | None]]:
+    """The original request as the proxy describes it, or the code and message of a refusal
+    (a path servers read differently, a request described two ways); and the values of
+    ``_ORIGINAL``."""
     found: list[str | None] = [None] * len(_ORIGINAL)
     headers: dict[str, str] = {}
+    twice = False
     for raw_name, raw_value in scope["headers"]:
         name = raw_name.decode("latin-1").lower()
         slot = _ORIGINAL.get(name)
         if slot is not None:
-            found[slot] = raw_value.decode("latin-1")
+            value = raw_value.decode("latin-1")
+            twice = twice or (found[slot] is not None and found[slot] != value)
+            found[slot] = value
             continue
         if wanted is not None and name not in wanted:
             continue
@@ -108,6 +120,10 @@ def _view(
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         raw = raw[len(DECIDE_PATH) :]
     else:
+        # Each proxy names the request in its own headers, and passes the client's others on: a
+        # client adding the other form must not choose what is decided.
+        if twice or _differ(found[0], found[1]) or _differ(found[2], found[3], str.upper):
+            return _TWICE, found
         uri = found[0] or found[1] or "/"
         text, _, query = uri.partition("?")
         raw = text.encode("latin-1")
@@ -115,15 +131,19 @@ def _view(
     # The path the upstream will serve, as serve mode matches it: decoded, dot segments removed.
     normal = normal_path(raw or b"/")
     if normal is None:
-        return None, found
+        return ("ambiguous_path", PATH_REFUSAL), found
     path = normal[1]
     client = scope.get("client")
     view = RequestView(method.upper(), path, headers, client[0] if client else None, query)
     return view, found
 
 
-async def _refuse_path(send: Send, deny_as: int | None) -> None:
-    headers, body = error_answer(400, "ambiguous_path", PATH_REFUSAL)
+def _differ(first: str | None, second: str | None, key: Any = str) -> bool:
+    return first is not None and second is not None and key(first) != key(second)
+
+
+async def _refuse(send: Send, refusal: tuple[str, str], deny_as: int | None) -> None:
+    headers, body = error_answer(400, *refusal)
     status = 400
     if deny_as is not None:
         headers += [(b"x-ratekeeper-status", b"400"), (b"x-ratekeeper-body", body)]
@@ -142,8 +162,8 @@ async def decide(
     """Answer one decision request (see the module docstring)."""
     view, found = _view(scope, wanted)
     deny_as = _status(found[4], 400)
-    if view is None:
-        await _refuse_path(send, deny_as)
+    if not isinstance(view, RequestView):
+        await _refuse(send, view, deny_as)
         return
     ticket = await enforcer.admit_async(view)
     # No answer will be reported back: release what admission holds at once.
@@ -195,7 +215,7 @@ async def report(
         return
     # A refusal of ratekeeper's own (X-Ratekeeper-Status set) never reached the API: as in serve
     # mode, it is not an answer that counts; nor does a path the decision refused.
-    if view is not None and not found[6]:
+    if isinstance(view, RequestView) and not found[6]:
         await enforcer.report_async(view, status)
     start, end = _NO_CONTENT
     await send(start)
