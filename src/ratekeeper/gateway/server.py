@@ -96,6 +96,9 @@ def describe_policy(policy: Policy) -> str:
         extras.append(f"usage at {policy.usage_path}")
     if policy.keys.declared:
         extras.append(f"{len(policy.keys.known)} known keys, unknown keys: {policy.keys.unknown}")
+    elif policy.identity.source != "ip":
+        # Said at start so that a budget per made-up key is never a silent default.
+        extras.append("no [keys]: every API key gets its own budget (unknown = own)")
     if policy.user_agent_required:
         extras.append("User-Agent required")
     return "; ".join([*parts, *extras])
