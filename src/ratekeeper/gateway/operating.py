@@ -160,6 +160,9 @@ class OperatedGateway:
     # -- requests ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._traffic(scope, self._stopping_on_shutdown(receive), send)
+            return
         if scope["type"] != "http" or self._admin is None:
             await self._traffic(scope, receive, send)
             return
@@ -179,6 +182,17 @@ class OperatedGateway:
             await self._limited(scope, receive, send)
         else:
             await self._traffic(scope, receive, send)
+
+    def _stopping_on_shutdown(self, receive: Receive) -> Receive:
+        # The registry holds a connection of its own to the store's file: it must be closed with
+        # the store when uvicorn shuts down (atexit does not run when a worker ends by SIGTERM).
+        async def wrapped() -> Any:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                self.stop()
+            return message
+
+        return wrapped
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -230,7 +244,9 @@ class OperatedGateway:
         self._ticker.start()
 
     def stop(self) -> None:
-        """Stop the background threads and flush the refusal counts."""
+        """Stop the background threads and flush the refusal counts (once; later calls return)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(5)
