@@ -880,3 +880,29 @@ def test_a_client_cannot_choose_the_route_a_decision_is_made_for(beatpass: Front
         ]
     # The login's own limit (10/minute per address) and lockout still hold.
     assert codes[-1] == 429, codes
+
+
+def test_a_path_that_is_not_a_path_is_refused_not_proxied(gateway: Process) -> None:
+    # Appended to the upstream's address, a target like "*" (or "@host/x", which a lenient
+    # parser lets through) would make an invalid or another host's URL.
+    with connect(gateway.url) as sock:
+        sock.sendall(b"GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"ambiguous_path" in answer
+
+
+def test_the_absolute_form_is_decided_as_its_path(beatpass: Front) -> None:
+    described = {
+        "X-Original-URI": "http://api.example/api/v1/auth/login",
+        "X-Original-Method": "POST",
+    }
+    with client("127.0.5.3") as http:
+        codes = [
+            http.get(beatpass.serve + "/_ratekeeper/decide", headers=described).status_code
+            for _ in range(12)
+        ]
+    # The login's 10 a minute per address, not the write rule's 30.
+    assert codes == [200] * 10 + [429] * 2, codes

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from ratekeeper.gateway.paths import PATH_REFUSAL, normal_path
 from ratekeeper.gateway.proxy import error_answer
@@ -125,6 +126,10 @@ def _view(
         if twice or _differ(found[0], found[1]) or _differ(found[2], found[3], str.upper):
             return _TWICE, found
         uri = found[0] or found[1] or "/"
+        if uri[:8].lower().startswith(("http://", "https://")):
+            # The absolute form a client may send (and nginx's $request_uri keeps): its path.
+            parts = urlsplit(uri)
+            uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         text, _, query = uri.partition("?")
         raw = text.encode("latin-1")
         method = found[2] or found[3] or method

@@ -13,8 +13,10 @@ encoded slash (``%2f``) is kept as sent: a server that decodes it reads the path
 matched, and one that does not reads a single segment, another resource. Paths that servers
 would read as different resources are refused (400) rather than guessed at: an encoded slash
 that would make a dot segment or an empty one once decoded (``x%2f..%2fauth``), an encoded
-backslash or a raw one (a separator on Windows servers), an encoded NUL, and double-encoded
-dots, slashes and backslashes (``%252e``: a second decoding makes them dots and separators).
+backslash or a raw one (a separator on Windows servers), an encoded NUL, double-encoded
+dots, slashes and backslashes (``%252e``: a second decoding makes them dots and separators),
+and a path that does not start with ``/`` (``*``, or what a lenient parser lets through, which
+appended to the upstream's address could name another host).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ PATH_REFUSAL = (
 _AMBIGUOUS = re.compile(r"%(?:5c|00|25(?:2e|2f|5c))|\\", re.IGNORECASE)
 _ENCODED_DOT = re.compile(r"%2e", re.IGNORECASE)
 _SLASHES = re.compile(r"//+")
+# What a path in its one spelling never holds: only paths with one of these need a look.
+_UNUSUAL = (b"%", b"/.", b"//", b"\\")
 
 
 def normal_path(raw: bytes) -> tuple[bytes, str] | None:
@@ -43,7 +47,7 @@ def normal_path(raw: bytes) -> tuple[bytes, str] | None:
     path to match routes on; ``None`` when servers could read it as different resources (see
     the module docstring)."""
     text = raw.decode("latin-1")
-    if _AMBIGUOUS.search(text):
+    if not text.startswith("/") or _AMBIGUOUS.search(text):
         return None
     forward = _resolved(_ENCODED_DOT.sub(".", text) if "%" in text else text)
     matched = unquote(forward) if "%" in forward else forward
@@ -55,7 +59,7 @@ def normal_path(raw: bytes) -> tuple[bytes, str] | None:
 def _resolved(path: str) -> str:
     if "//" in path:
         path = _SLASHES.sub("/", path)
-    if "/." not in path or not path.startswith("/"):
+    if "/." not in path:
         return path
     out: list[str] = []
     parts = path.split("/")[1:]
@@ -80,7 +84,7 @@ def normal_scope(scope: MutableMapping[str, Any]) -> MutableMapping[str, Any] | 
     """``scope`` with its path in its one spelling (a copy when that changes it); ``None`` when
     the path must be refused."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-    if b"%" not in raw and b"/." not in raw and b"//" not in raw and b"\\" not in raw:
+    if raw[:1] == b"/" and not any(part in raw for part in _UNUSUAL):
         return scope
     normal = normal_path(raw)
     if normal is None:

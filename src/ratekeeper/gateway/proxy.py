@@ -142,6 +142,9 @@ class UpstreamProxy:
             assert session is not None
         headers, body_size, chunked = _forward_headers(scope)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if raw_path[:1] != b"/":
+            # Appended to the upstream's address, "@host/x" would name another host.
+            raw_path = b"/" + raw_path
         query: bytes = scope.get("query_string", b"")
         target = self._base + raw_path.decode("latin-1")
         if query:
