@@ -151,6 +151,9 @@ _ENDPOINTS = [
     "/api/v1/auth/login",
     "/api/v1/items/7",
     "/api/usage",
+    # Request targets that are not origin-form paths.
+    "*",
+    "http://fuzz.example/api/v1/auth/login",
 ]
 
 names = st.sampled_from(_NAMES) | st.text(_TOKEN, min_size=1, max_size=20)
