@@ -54,7 +54,8 @@ limits = ["once"]
 
 class RawUpstream:
     """A raw-socket upstream: ``/status/NNN`` answers status NNN as is (600 included),
-    ``/sleep`` waits 30 s before answering, anything else is 200 with the request head."""
+    ``/control`` a header holding a control character, ``/sleep`` waits 30 s before answering,
+    anything else is 200 with the request head."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -87,6 +88,9 @@ class RawUpstream:
             if path.startswith("/status/"):
                 status = path.rsplit("/", 1)[1].encode()
                 conn.sendall(b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 2\r\n\r\nhi")
+                return
+            if path.startswith("/control"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Odd: a\x01b\r\nContent-Length: 2\r\n\r\nhi")
                 return
             if path.startswith("/sleep"):
                 time.sleep(30)
@@ -366,6 +370,13 @@ def test_an_upstream_status_outside_http_is_a_502(gateway: Process, status: str)
         assert r.status_code == 502
         assert r.json()["error"]["code"] == "bad_upstream_answer"
         assert http.get(gateway.url + "/ok").status_code == 200
+
+
+def test_an_upstream_header_with_control_characters_is_a_502(gateway: Process) -> None:
+    with client() as http:
+        r = http.get(gateway.url + "/control")
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "bad_upstream_answer"
 
 
 def test_requests_cut_by_the_graceful_timeout_get_a_clean_503(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -62,6 +63,9 @@ _REQUEST_DROP = _HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-proto", b"x-for
 # Not relayed back: the server in front writes its own Date.
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date"}
 _LOG_EVERY_S = 10.0
+# What an answer's header may not hold (RFC 9110 5.1 and 5.5; uvicorn refuses to write them).
+_BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def error_answer(status: int, code: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -213,6 +217,17 @@ class UpstreamProxy:
         if named:
             drop = drop | named
         out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in drop]
+        if any(_BAD_NAME.search(k) or _BAD_VALUE.search(v) for k, v in out):
+            # aiohttp lets control characters through that the server in front cannot write.
+            response.close()
+            await self._fail(
+                send,
+                502,
+                "bad_upstream_answer",
+                "The upstream API gave an invalid answer.",
+                ValueError("a header with control characters"),
+            )
+            return
         length = response.content_length
         if scope["method"] == "HEAD" or (length is not None and length <= SMALL_BODY):
             # One read and one write for the common small answer.
