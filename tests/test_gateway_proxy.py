@@ -321,7 +321,10 @@ def test_metrics_of_several_workers_add_up(
             metrics = httpx.get(process.url + "/metrics").text
             totals = requests_total(metrics)
             assert totals == {"allowed": 5.0, "rejected": sent - 5.0}
-            assert f"ratekeeper_store_seconds_count {sent:.1f}" in metrics
+            # The store is asked for every admission and each worker's first refusals; the
+            # rest are refused by the over-limit cache, without a store call.
+            calls = float(metrics.split("ratekeeper_store_seconds_count ")[1].split()[0])
+            assert 5 < calls <= sent
             assert "ratekeeper_store_errors_total 0.0" in metrics
             assert "ratekeeper_fallback_active 0.0" in metrics
     assert "Traceback" not in process.output()

@@ -6,6 +6,7 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 
 import http_sfv
 import httpx
@@ -480,13 +481,17 @@ scope = "global"
         ]
 
 
-def test_metrics_endpoint_reports_requests_and_store_latency(kind: str) -> None:
-    with serve(kind, MUSIQUE.replace("100/minute", "1/minute")) as srv, srv.client() as client:
-        client.get("/a", headers={"X-API-Key": "k"})
-        client.get("/a", headers={"X-API-Key": "k"})
+def test_metrics_endpoint_reports_requests_and_store_latency(kind: str, tmp_path: Path) -> None:
+    # A store outside the process: the memory store's calls are not timed.
+    store = f"sqlite:///{tmp_path / 'metrics.db'}"
+    policy = MUSIQUE.replace("100/minute", "1/minute")
+    with serve(kind, policy, store=store) as srv, srv.client() as client:
+        for _ in range(3):
+            client.get("/a", headers={"X-API-Key": "k"})
         text = client.get("/metrics").text
         assert 'ratekeeper_requests_total{outcome="allowed",rule="default",zone="api"} 1.0' in text
-        assert 'ratekeeper_requests_total{outcome="rejected",rule="default",zone="api"} 1.0' in text
+        assert 'ratekeeper_requests_total{outcome="rejected",rule="default",zone="api"} 2.0' in text
+        # The second refusal came from the over-limit cache, without a store call.
         assert "ratekeeper_store_seconds_count 2.0" in text
         assert "ratekeeper_fallback_active 0.0" in text
 

@@ -104,6 +104,10 @@ class RateLimitMiddleware:
                     message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
+        if not ticket.held and ticket.lock_key is None:
+            # Nothing to release or count afterwards (most requests): no completion step.
+            await self._inner(scope, receive, send_with_headers if extra else send)
+            return
         try:
             await self._inner(scope, receive, send_with_headers)
         finally:

@@ -17,16 +17,35 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+# The wanted header names as bytes, per set of names (a policy has one): ASGI servers send
+# names lowercased, so most are told apart without decoding them.
+_WANTED_BYTES: dict[frozenset[str], frozenset[bytes]] = {}
+
+
 def view_from_scope(scope: Scope, wanted: frozenset[str] | None) -> RequestView:
     """The request view of an HTTP scope; only ``wanted`` headers (all when ``None``)."""
     headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        if wanted is not None and name not in wanted:
-            continue
-        value = raw_value.decode("latin-1")
-        previous = headers.get(name)
-        headers[name] = value if previous is None else f"{previous}, {value}"
+    if wanted is None:
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            previous = headers.get(name)
+            headers[name] = value if previous is None else f"{previous}, {value}"
+    elif wanted:
+        names = _WANTED_BYTES.get(wanted)
+        if names is None:
+            names = _WANTED_BYTES[wanted] = frozenset(n.encode("latin-1") for n in wanted)
+        for raw_name, raw_value in scope["headers"]:
+            lowered = raw_name
+            if lowered not in names:
+                # A server that keeps the client's spelling: compare it lowercased.
+                lowered = raw_name.lower()
+                if lowered not in names:
+                    continue
+            name = lowered.decode("latin-1")
+            value = raw_value.decode("latin-1")
+            previous = headers.get(name)
+            headers[name] = value if previous is None else f"{previous}, {value}"
     client = scope.get("client")
     query = scope.get("query_string", b"")
     return RequestView(

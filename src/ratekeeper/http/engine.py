@@ -14,6 +14,9 @@ decision endpoint.
 The store is wrapped in a :class:`~ratekeeper.stores.fallback.FallbackStore`, which applies the
 policy's ``on_store_error`` while the store is down, logs one line per outage and per recovery,
 and probes for the store's return; the decide stage only has to tell degraded decisions apart.
+Under it, an :class:`~ratekeeper.stores.over_limit.OverLimitCache` keeps the store's refusals:
+the decide stage answers a key known to be over its limit from it without a store call (exact;
+a reset elsewhere is seen within ``over_limit_cache_s``, see that module).
 A store that decides on the event loop (:func:`~ratekeeper.stores.base.decides_on_loop`) is
 driven synchronously from the async entry points too, with no coroutine per operation.
 """
@@ -51,6 +54,8 @@ from ratekeeper.policy import load_policy
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store, decides_on_loop
 from ratekeeper.stores.fallback import FallbackStore
+from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.over_limit import OverLimitCache
 from ratekeeper.stores.url import mask_url, store_from_url
 
 __all__ = ["Answer", "Enforcer", "Ticket"]
@@ -66,7 +71,9 @@ class Enforcer:
 
     ``policy`` may be a path, a :class:`Policy` or a compiled :class:`CompiledPolicy`. ``store`` (an
     instance or URL) overrides the policy's ``store``; ``fallback`` is the
-    :class:`FallbackStore` that decisions go through (``.degraded``, ``.outages``).
+    :class:`FallbackStore` that decisions go through (``.degraded``, ``.outages``), over
+    ``over_limit``, the :class:`OverLimitCache` of refusals (entries live ``over_limit_cache_s``
+    at most: the longest a reset made by another process can go unseen here).
     """
 
     store: Store | AsyncStore
@@ -77,6 +84,7 @@ class Enforcer:
         *,
         store: Store | AsyncStore | str | None = None,
         clock: Clock = system_clock,
+        over_limit_cache_s: float = 1.0,
     ) -> None:
         if isinstance(policy, str | Path):
             policy = load_policy(policy)
@@ -99,14 +107,18 @@ class Enforcer:
         else:
             self.store = store
         self.clock = clock
+        self.over_limit = OverLimitCache(self.store, max_age_s=over_limit_cache_s, recalls=False)
         self.fallback = FallbackStore(
-            self.store, spec.on_store_error, fail_open_max_s=spec.fail_open_max_s
+            self.over_limit, spec.on_store_error, fail_open_max_s=spec.fail_open_max_s
         )
         self._on_loop = decides_on_loop(self.fallback)
+        # The memory store cannot be down, and its calls take microseconds: its decisions skip
+        # the fallback wrapper and are not timed (ratekeeper_store_seconds times real stores).
+        self._run = self._run_memory if type(self.store) is MemoryStore else self._run_sync
         self.metrics = Metrics(spec.metrics)
         self.metrics.watch_store(self.fallback)
         self.gauge = InFlightGauge()
-        self.kit = Kit(plan, self.metrics, Answers(plan), self.gauge)
+        self.kit = self._kit(plan)
         self.header_names = plan.identifier.header_names
         # Every stage keeps its place by name, even one with nothing to do under this policy
         # (None), so that others can be added next to it.
@@ -168,12 +180,23 @@ class Enforcer:
         admission finish under the policy they started with."""
         if isinstance(policy, Policy):
             policy = compile_policy(policy, clock=self.clock)
-        kit = Kit(policy, self.metrics, Answers(policy), self.gauge)
+        kit = self._kit(policy)
         stages = [(name, self._factories[name](kit)) for name, _ in self.stages]
         self.plan, self.kit = policy, kit
         self.header_names = policy.identifier.header_names
         self.stages = stages
         self._stages = tuple(s for _, s in stages if s is not None)
+
+    def _kit(self, plan: CompiledPolicy) -> Kit:
+        return Kit(
+            plan,
+            self.metrics,
+            Answers(plan),
+            self.gauge,
+            self.over_limit,
+            self.fallback,
+            self.clock,
+        )
 
     def in_flight(self, name: str) -> int:
         """Requests currently inside the app under the in-flight limit ``name``."""
@@ -217,6 +240,10 @@ class Enforcer:
 
     # -- drivers ---------------------------------------------------------------------------
 
+    def _run_memory(self, op: Op) -> Decision:
+        items, cost, peek = op
+        return self.over_limit.decide(items, cost, self.clock(), peek=peek)
+
     def _run_sync(self, op: Op) -> Decision:
         items, cost, peek = op
         started = time.perf_counter()
@@ -233,12 +260,12 @@ class Enforcer:
 
     def admit(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
         """Run admission synchronously (WSGI); ``rule`` replaces route matching."""
-        return drive(self._admit(view, rule), self._run_sync)
+        return drive(self._admit(view, rule), self._run)
 
     async def admit_async(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
         """Run admission on the event loop (ASGI); ``rule`` replaces route matching."""
         if self._on_loop:
-            return drive(self._admit(view, rule), self._run_sync)
+            return drive(self._admit(view, rule), self._run)
         return await drive_async(self._admit(view, rule), self._run_async)
 
     def complete(self, ticket: Ticket, status: int) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import GeneratorType
 from typing import TYPE_CHECKING, TypeAlias
 
+from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError
 from ratekeeper.http.compiled import CompiledPolicy, CompiledRule, Pairs
@@ -32,6 +33,8 @@ from ratekeeper.http.metrics import Metrics
 if TYPE_CHECKING:
     from ratekeeper.http.stages.answer import Answers
     from ratekeeper.http.stages.in_flight import InFlightGauge
+    from ratekeeper.stores.fallback import FallbackStore
+    from ratekeeper.stores.over_limit import OverLimitCache
 
 __all__ = [
     "PASS",
@@ -132,12 +135,20 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class Kit:
-    """What stage factories build from: the compiled plan and the enforcer's shared pieces."""
+    """What stage factories build from: the compiled plan and the enforcer's shared pieces.
+
+    ``over_limit`` holds the refusals the store made lately (a key over its limit is refused
+    from it without a store call, while ``fallback`` reports the store healthy); ``clock`` is
+    the enforcer's.
+    """
 
     plan: CompiledPolicy
     metrics: Metrics
     answers: Answers
     gauge: InFlightGauge
+    over_limit: OverLimitCache | None = None
+    fallback: FallbackStore | None = None
+    clock: Clock = system_clock
 
 
 def admission(

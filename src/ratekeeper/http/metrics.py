@@ -54,10 +54,11 @@ class Metrics:
         if not self.enabled:
             return
         key = (rule, zone, outcome)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._requests.labels(rule, zone, outcome)
-        child.inc()
+        inc = self._children.get(key)
+        if inc is None:
+            # The child's bound inc, looked up once per label set.
+            inc = self._children[key] = self._requests.labels(rule, zone, outcome).inc
+        inc()
 
     def store_latency(self, seconds: float) -> None:
         """Record one store call's duration."""

@@ -93,6 +93,17 @@ class RateLimitWSGIMiddleware:
             return send_answer(ticket.answer, start_response)
         environ[TICKET] = ticket
         extra = ticket.headers
+        if not ticket.held and ticket.lock_key is None:
+            # Nothing to release or count afterwards (most requests): no completion step.
+            if not extra:
+                return self._inner(environ, start_response)
+
+            def add_headers(
+                status: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Any:
+                return start_response(status, [*headers, *extra], exc_info)
+
+            return self._inner(environ, add_headers)
         state = [500]
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

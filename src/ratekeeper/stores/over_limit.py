@@ -53,7 +53,7 @@ _SLIDING_SLACK = 1e-6
 class _Entry:
     """One refused item: refused for a cost of ``cost`` or more until ``until``."""
 
-    __slots__ = ("cost", "items", "memo", "refused_at", "results", "retry_at", "until")
+    __slots__ = ("binding", "cost", "items", "memo", "refused_at", "results", "retry_at", "until")
 
     def __init__(
         self,
@@ -72,6 +72,8 @@ class _Entry:
         self.results = results
         # What a caller derived from this refusal (a rendered answer), kept for its next hit.
         self.memo: object = None
+        # The binding limit as the store reported it, ranked once.
+        self.binding: LimitState | None = None
 
 
 class RecalledRefusal(Decision):
@@ -110,7 +112,15 @@ class RecalledRefusal(Decision):
                 for e in entries
                 if e.items[0][0].name == state.limit_set and e.items[0][1] == state.key
             )
-        return state._replace(retry_after_s=max(wait - (self.now - entry.refused_at), 1e-6))
+        wait -= self.now - entry.refused_at
+        return LimitState(
+            state.limit,
+            state.limit_set,
+            state.key,
+            state.remaining,
+            state.reset_at,
+            wait if wait > 1e-6 else 1e-6,
+        )
 
     @property
     def states(self) -> tuple[LimitState, ...]:
@@ -125,7 +135,15 @@ class RecalledRefusal(Decision):
         """The limit that refused (see :class:`Decision`), its wait counted down to now."""
         binding = self._binding
         if binding is None:
-            binding = self._binding = self._shift(super().binding)
+            entries = self.entries
+            if len(entries) == 1:
+                # Ranked once per entry, not once per request answered from it.
+                base = entries[0].binding
+                if base is None:
+                    base = entries[0].binding = super().binding
+            else:
+                base = super().binding
+            binding = self._binding = self._shift(base)
         return binding
 
 
@@ -153,10 +171,21 @@ def _remembered(
 
 class OverLimitCache:
     """Wraps ``store``; answers refusals of keys known to be over their limits from memory (see
-    the module docstring): for at most ``max_age_s`` each, ``max_entries`` at most."""
+    the module docstring): for at most ``max_age_s`` each, ``max_entries`` at most.
+
+    With ``recalls=False`` :meth:`decide` always asks the store and only remembers its
+    refusals, for a caller that calls :meth:`recall` itself when it chooses (the enforcer does,
+    while its :class:`~ratekeeper.stores.fallback.FallbackStore` is healthy: a probe of a store
+    that is down must reach it).
+    """
 
     def __init__(
-        self, store: Store | AsyncStore, *, max_age_s: float = 1.0, max_entries: int = 10_000
+        self,
+        store: Store | AsyncStore,
+        *,
+        max_age_s: float = 1.0,
+        max_entries: int = 10_000,
+        recalls: bool = True,
     ) -> None:
         if not isinstance(max_age_s, int | float) or not 0 < max_age_s < math.inf:
             raise LimitConfigError(
@@ -167,19 +196,21 @@ class OverLimitCache:
         self.store = store
         self.max_age_s = float(max_age_s)
         self.max_entries = max_entries
+        self.recalls = recalls
         self.decides_on_loop = decides_on_loop(store)
         self._sync: Store | None = store if isinstance(store, Store) else None
         self._async: AsyncStore | None = store if isinstance(store, AsyncStore) else None
         # spec_id -> key -> entry: a lookup hashes two strings whose hashes are cached.
         self._tables: dict[str, dict[str, _Entry]] = {}
-        self._size = 0
+        # How many refusals are kept (0: recall has nothing to look up).
+        self.size = 0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<OverLimitCache refusals={self._size} over {self.store!r}>"
+        return f"<OverLimitCache refusals={self.size} over {self.store!r}>"
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def recall(self, items: Items, cost: int, now: float) -> RecalledRefusal | None:
         """The refusal of ``items`` for ``cost`` at ``now`` if one of them is known to be over
@@ -225,9 +256,9 @@ class OverLimitCache:
                 if table is None:
                     table = self._tables[spec_id] = {}
                 if table.pop(key, None) is None:
-                    if self._size >= self.max_entries:
+                    if self.size >= self.max_entries:
                         self._make_room(table)
-                    self._size += 1
+                    self.size += 1
                 table[key] = entry
 
     def forget(self, items: Items) -> None:
@@ -239,20 +270,20 @@ class OverLimitCache:
                 prefix = limit_set.id + ":"
                 for spec_id, table in self._tables.items():
                     if spec_id.startswith(prefix) and table.pop(key, None) is not None:
-                        self._size -= 1
+                        self.size -= 1
 
     def _make_room(self, table: dict[str, _Entry]) -> None:
         victim = table if table else max(self._tables.values(), key=len)
         # A slice at once: dropping one key per insert would rescan the dict's freed slots.
         for key in list(itertools.islice(victim, max(1, self.max_entries // 100))):
             del victim[key]
-            self._size -= 1
+            self.size -= 1
 
     # -- the store faces -------------------------------------------------------------------
 
     def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
         """A cached refusal, or the store's decision (its refusals remembered)."""
-        if not peek:
+        if self.recalls and not peek:
             recalled = self.recall(items, cost, now)
             if recalled is not None:
                 return recalled
@@ -268,7 +299,7 @@ class OverLimitCache:
         self, items: Items, cost: int, now: float, *, peek: bool = False
     ) -> Decision:
         """The asyncio twin of :meth:`decide`."""
-        if not peek:
+        if self.recalls and not peek:
             recalled = self.recall(items, cost, now)
             if recalled is not None:
                 return recalled
@@ -313,4 +344,4 @@ class OverLimitCache:
     def _clear(self) -> None:
         with self._lock:
             self._tables.clear()
-            self._size = 0
+            self.size = 0

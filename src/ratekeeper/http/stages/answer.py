@@ -12,6 +12,7 @@ from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.flow import Answer, Context, Kit, Stage, Ticket
 from ratekeeper.http.headers import PartitionKeys, rate_headers, retry_after_s
 from ratekeeper.http.usage import usage_document
+from ratekeeper.stores.over_limit import RecalledRefusal
 
 __all__ = ["Answers", "usage"]
 
@@ -50,10 +51,27 @@ class Answers:
         )
 
     def rejected(self, decision: Decision) -> Ticket:
-        """The refusal of a rejected decision: its limit's status, headers and body."""
+        """The refusal of a rejected decision: its limit's status, headers and body.
+
+        A refusal the over-limit cache recalls is rendered once per whole second of its wait
+        and answered again as is (the same limit, remaining and reset; the IETF fields, which
+        count each limit's reset down, are rendered every time).
+        """
+        if type(decision) is not RecalledRefusal or self._ietf or len(decision.entries) != 1:
+            return self._rejected(decision, retry_after_s(decision))
+        entry = decision.entries[0]
+        wait = retry_after_s(decision)
+        memo = entry.memo
+        if type(memo) is tuple and memo[0] is self and memo[1] == wait:
+            ticket: Ticket = memo[2]
+            return ticket
+        ticket = self._rejected(decision, wait)
+        entry.memo = (self, wait, ticket)
+        return ticket
+
+    def _rejected(self, decision: Decision, wait: int | None) -> Ticket:
         zone = decision.binding.limit_set
         status = self._status_of.get(zone, 429)
-        wait = retry_after_s(decision)
         headers = self.headers(decision)
         if wait is not None:
             headers.append(("Retry-After", str(wait)))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 
 from ratekeeper.decision import Decision
-from ratekeeper.http.flow import Context, Kit, Stage, StageFlow, charge
+from ratekeeper.http.compiled import CompiledRule, Pairs
+from ratekeeper.http.flow import Context, Kit, Stage, StageFlow, Ticket, charge
 from ratekeeper.http.headers import retry_after_headers, retry_after_s
 from ratekeeper.stores.fail_mode import FailMode
 from ratekeeper.stores.fallback import DegradedDecision
@@ -63,18 +64,33 @@ def shadow(kit: Kit) -> Stage | None:
 
 
 def decide(kit: Kit) -> Stage:
-    """Charge the enforced limits: admit with rate-limit headers, or refuse."""
+    """Charge the enforced limits: admit with rate-limit headers, or refuse. A key the
+    over-limit cache knows to be over its limit is refused without asking the store (while the
+    store is healthy: when it is down, its fail mode decides as for any other request)."""
     metrics, answers = kit.metrics, kit.answers
+    over_limit, fallback, clock = kit.over_limit, kit.fallback, kit.clock
 
-    def stage(ctx: Context) -> StageFlow | None:
-        return flow(ctx) if ctx.enforced else None
-
-    def flow(ctx: Context) -> StageFlow:
-        keys = ctx.identified.keys
-        rule = ctx.matched
+    def stage(ctx: Context) -> Ticket | StageFlow | None:
+        enforced = ctx.enforced
+        if not enforced:
+            return None
+        # The properties only to raise their error when a stage list lacks route or identify.
+        keys = (ctx.caller or ctx.identified).keys
+        rule = ctx.rule or ctx.matched
+        items = tuple([(ls, keys[s]) for ls, s in enforced])
         cost = ctx.cost or rule.cost
-        decision = yield charge(tuple([(ls, keys[s]) for ls, s in ctx.enforced]), cost)
-        if not counted(decision):
+        if over_limit is not None and over_limit.size and not (fallback and fallback.degraded):
+            known = over_limit.recall(items, cost, clock())
+            if known is not None:
+                ctx.decision = known
+                ticket = answers.rejected(known)
+                metrics.count(rule.name, ticket.reason, "rejected")
+                return ticket
+        return flow(ctx, rule, items, cost)
+
+    def flow(ctx: Context, rule: CompiledRule, items: Pairs, cost: int) -> StageFlow:
+        decision = yield (items, cost, False)
+        if type(decision) is not Decision and not counted(decision):
             if not decision.allowed:
                 metrics.count(rule.name, "", "store_unavailable")
                 return answers.error(
@@ -89,8 +105,9 @@ def decide(kit: Kit) -> Stage:
         # read it; the usage stage never sees it, since a rejection ends admission.
         ctx.decision = decision
         if not decision.allowed:
-            metrics.count(rule.name, decision.binding.limit_set, "rejected")
-            return answers.rejected(decision)
+            ticket = answers.rejected(decision)
+            metrics.count(rule.name, ticket.reason, "rejected")
+            return ticket
         ctx.ticket.headers += answers.headers(decision, rule.headers_limit)
         metrics.count(rule.name, decision.binding.limit_set, "allowed")
         return None
