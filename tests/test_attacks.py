@@ -917,3 +917,29 @@ def test_the_absolute_form_is_decided_as_its_path(beatpass: Front) -> None:
         ]
     # The login's 10 a minute per address, not the write rule's 30.
     assert codes == [200] * 10 + [429] * 2, codes
+
+
+def test_a_store_that_answers_every_decision_with_an_error_is_refused_at_start(
+    tmp_path: Path, upstream: RawUpstream
+) -> None:
+    from redis_servers import redis_server  # noqa: PLC0415 (only these tests need Redis)
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    # A Redis that answers, but refuses to run scripts (an ACL here; a script failing on a
+    # policy's numbers would look the same): every decision would fail for ever.
+    acl = ("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-@scripting")
+    with redis_server(tmp_path / "redis", *acl) as redis:
+        done = subprocess.run(
+            _serve_args(policy, redis.url, upstream),
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    # The Redis store checks itself when opened (it loads its script); the start check would
+    # catch a script that fails on the policy's numbers.
+    assert f"Redis store at {redis.url}" in done.stderr, done.stderr
+    assert "NOPERM" in done.stderr

@@ -5,7 +5,8 @@ every decision, which on_store_error would treat as a short outage for ever. So 
 the file gets SQLite's own consistency check (``PRAGMA quick_check``, read-only), and every limit
 of the policy is decided once without charging (a peek on a key no caller has), which also
 catches numbers a store cannot work with. A store that fails either is refused with a message
-naming it; the file is left as it is, for the operator to restore or move away.
+naming it; the file is left as it is, for the operator to restore or move away. (A Redis store
+checks itself when opened: it must answer, and load its script.)
 """
 
 from __future__ import annotations
