@@ -35,6 +35,8 @@ class _Budget:
     remaining: int
     reset_at: float | None
     name: str
+    # The request whose answer reported it (0: none, a refill the client assumed).
+    seq: int = 0
 
 
 # What the first requests to a host may take to arrive (a connection to set up, TLS).
@@ -342,7 +344,7 @@ class HostState:
             for pacer in self.pacers:
                 if binding.limit in (None, pacer.amount):
                     pacer.observe(binding, now)
-            return self._learn(binding, now, failed)
+            return self._learn(binding, now, failed, seq)
 
     def _probed(self, failed: bool, now: float) -> None:
         """The answer to the first send of a window refilled before its written reset."""
@@ -370,7 +372,7 @@ class HostState:
         self.pacers = (pacer,)
         self._learned = True
 
-    def _learn(self, binding: Quota, now: float, failed: bool) -> Quota | None:
+    def _learn(self, binding: Quota, now: float, failed: bool, seq: int) -> Quota | None:
         reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
         if binding.limit is not None:
             self.window_limit = binding.limit
@@ -381,14 +383,17 @@ class HostState:
             return None
         before = self.budget
         if before is not None and before.reset_at is not None and now < before.reset_at:
-            if reset_at is not None and reset_at <= before.reset_at - _SAME_WINDOW_S:
+            # An earlier reset from a request sent after the report's is no late answer: a
+            # moving window's reset comes closer once nothing is left (a unit back soon).
+            earlier = reset_at is not None and reset_at <= before.reset_at - _SAME_WINDOW_S
+            if earlier and seq < before.seq:
                 return None  # a late answer from an earlier window
             same = reset_at is None or reset_at < before.reset_at + _SAME_WINDOW_S
             if same and binding.remaining >= before.remaining:
                 return None  # counted before the report already held
         else:
             same = False
-        self.budget = _Budget(binding.remaining, reset_at, binding.name)
+        self.budget = _Budget(binding.remaining, reset_at, binding.name, seq)
         self._rounded = binding.reset_rounding_s > 0
         if failed and binding.remaining <= 0 and reset_at is not None:
             self.blocked_until = max(self.blocked_until, reset_at)

@@ -1,0 +1,59 @@
+"""Black-box conformance with the seed pages: ``ratekeeper serve --preset X`` (or the preset with
+its windows shortened) as a real subprocess, driven by real clients, each test a defect found
+that way and fixed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway_servers import Process, serve
+from ratekeeper.client import RateLimitTransport
+from ratekeeper.policy import preset_path
+
+
+class _Counting(httpx.HTTPTransport):
+    """The wire under the client: every status the server really answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+
+@pytest.fixture(scope="module")
+def aisoule_short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    root = tmp_path_factory.mktemp("conformance-aisoule")
+    # AISoule's rolling window (sliding_window), 120/minute shortened to 10 per 4 s.
+    text = preset_path("aisoule").read_text()
+    original = 'rates = "120/minute"'
+    assert original in text
+    (root / "aisoule.toml").write_text(text.replace(original, 'rates = "10/4s"'))
+    with serve("--config", str(root / "aisoule.toml"), "--store", "memory://", cwd=root) as p:
+        yield p
+
+
+def test_learned_client_respects_a_rolling_windows_spent_budget(
+    aisoule_short: Process, tmp_path: Path
+) -> None:
+    # A moving window's X-RateLimit-Reset comes closer once nothing is left (when one unit is
+    # back, not when the window is empty). The client took that earlier reset for a late answer
+    # from an earlier window, kept believing one request was left, and earned a 429 for about
+    # every two requests admitted once the first window was spent.
+    wire = _Counting()
+    with httpx.Client(
+        transport=RateLimitTransport(wire),
+        headers={"Authorization": "Bearer rolling-learner"},
+        timeout=30,
+    ) as client:
+        for n in range(24):
+            assert client.get(f"{aisoule_short.url}/v1/status?n={n}").status_code == 200
+    # The one refusal learning allows: the refill right at a whole-second reset.
+    assert wire.statuses.count(429) <= 1, wire.statuses
