@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from ratekeeper.decision import Decision
+from ratekeeper.errors import StoreError
 from ratekeeper.gateway.admin.operator import Operator
 from ratekeeper.http.asgi import ASGIApp, Scope
 from ratekeeper.http.asgi_scope import Message
@@ -249,13 +250,23 @@ class LiveSnapshot:
         self.latency = LatencyWindow()
 
     async def snapshot(self, top: int = 10) -> dict[str, Any]:
-        """The whole picture, as JSON-ready data."""
+        """The whole picture, as JSON-ready data. While the store is down, what it holds
+        (callers near their limits, lockouts) is left out and ``unavailable`` says why."""
         text = await self._scrape()
-        near = await asyncio.to_thread(self.operator.near_limits, top)
+        unavailable: list[str] = []
+        try:
+            near = await asyncio.to_thread(self.operator.near_limits, top)
+        except StoreError as exc:
+            near = {"workers": None, "limits": {}}
+            unavailable.append(f"callers near their limits: {exc}")
         now = self.clock()
         figures = read_metrics(text) if text is not None else None
         limits = near["limits"]
-        lockouts = await self._in_force(limits.pop(LOCKOUT_GROUP, []), now)
+        try:
+            lockouts = await self._in_force(limits.pop(LOCKOUT_GROUP, []), now)
+        except StoreError as exc:
+            lockouts = []
+            unavailable.append(f"lockouts: {exc}")
         return {
             "at": round(now, 3),
             "workers": near["workers"],
@@ -266,6 +277,7 @@ class LiveSnapshot:
             "near": limits,
             "lockouts": lockouts,
             "blocks": self.operator.blocks()["blocks"],
+            "unavailable": unavailable,
         }
 
     async def _in_force(self, seen: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:

@@ -156,9 +156,12 @@ def render(picture: Picture, source: str) -> RenderableType:
     if snapshot is None:
         return Text(f"ratekeeper top: waiting for {source}…")
     clock = time.strftime("%H:%M:%S", time.localtime(snapshot["at"]))
-    head = Text(f"ratekeeper top · {source} · {snapshot['workers']} workers · {clock}", "bold")
+    workers = snapshot["workers"] if snapshot["workers"] is not None else "?"
+    head = Text(f"ratekeeper top · {source} · {workers} workers · {clock}", "bold")
+    missing = Text("".join(f"unavailable: {m}\n" for m in snapshot.get("unavailable", [])), "red")
     return Group(
         head,
+        missing,
         _requests(picture, snapshot),
         _near(snapshot),
         _held(snapshot),

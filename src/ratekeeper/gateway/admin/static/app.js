@@ -389,7 +389,11 @@
     state.last = snapshot;
     record(snapshot);
     $("#status").className = "";
-    $("#status").textContent = snapshot.workers + " worker" + (snapshot.workers === 1 ? "" : "s") +
+    const missing = snapshot.unavailable || [];
+    $("#unavailable").hidden = missing.length === 0;
+    $("#unavailable").textContent = missing.length ? "Unavailable while the store is down: " + missing.join("; ") : "";
+    const workers = snapshot.workers ?? "?";
+    $("#status").textContent = workers + " worker" + (workers === 1 ? "" : "s") +
       " · " + (snapshot.store.healthy ? "store healthy" : "STORE DOWN") + " · " + clock(snapshot.at);
     drawChart();
     showZones(snapshot);
