@@ -156,12 +156,13 @@ def render(picture: Picture, source: str) -> RenderableType:
     if snapshot is None:
         return Text(f"ratekeeper top: waiting for {source}…")
     clock = time.strftime("%H:%M:%S", time.localtime(snapshot["at"]))
-    workers = snapshot["workers"] if snapshot["workers"] is not None else "?"
-    head = Text(f"ratekeeper top · {source} · {workers} workers · {clock}", "bold")
-    missing = Text("".join(f"unavailable: {m}\n" for m in snapshot.get("unavailable", [])), "red")
+    workers = snapshot["workers"]
+    shown = "? workers" if workers is None else f"{workers} worker{'' if workers == 1 else 's'}"
+    head = Text(f"ratekeeper top · {source} · {shown} · {clock}", "bold")
+    for missing in snapshot.get("unavailable", []):
+        head.append(f"\nunavailable: {missing}", "red")
     return Group(
         head,
-        missing,
         _requests(picture, snapshot),
         _near(snapshot),
         _held(snapshot),
