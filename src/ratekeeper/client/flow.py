@@ -216,6 +216,7 @@ class ClientFlow(Generic[Req, Resp]):
         clock: Clock,
         random_fn: Callable[[], float],
         on_low_remaining: LowRemainingCallback | None,
+        shared_store: bool = False,
     ) -> None:
         self.wire = wire
         self.retry = retry if retry is not None else RetryPolicy()
@@ -223,6 +224,7 @@ class ClientFlow(Generic[Req, Resp]):
             hosts=dict(hosts or {}),
             default=default if default is not None else HostPolicy(),
             backoff_base_s=self.retry.backoff_base_s,
+            shared_store=shared_store,
         )
         self.clock = clock
         self.random = random_fn

@@ -58,9 +58,14 @@ class HostState:
     less the requests in flight, which never exceeds what the server has left.
     """
 
-    def __init__(self, plan: HostPlan, *, backoff_base_s: float = 1.0) -> None:
+    def __init__(
+        self, plan: HostPlan, *, backoff_base_s: float = 1.0, shared: bool = False
+    ) -> None:
         policy = plan.policy
         self.plan = plan
+        # Budgets in a store other processes charge too: what a peek saw left in a window
+        # may be theirs by the time a request goes.
+        self.shared = shared
         self._lock = threading.Lock()
         known = plan.known
         self.adaptive = Adaptive(
@@ -103,6 +108,7 @@ class HostState:
         # when its answer came (the server's window began before that), the true period once
         # a probe confirmed it, and whether a probe was refused.
         self._window_seq = 0
+        self._window_sent = 0.0
         self._window_start: float | None = None
         self.period_s: float | None = None
         self._probe_at: float | None = None
@@ -194,8 +200,11 @@ class HostState:
             return reset_at
         period = self.period_s
         if period is None:
-            # Late by up to a second: rounded up, or "1 +" a precise reset.
-            period = math.floor(reset_at - start - (0.0 if self._rounded else 0.5))
+            # Late by up to a second: rounded up, or "1 +" a precise reset. Guessed from the
+            # first send (an answer slow to come back must not shorten the guess), probed
+            # from the first answer (the server's window began before it).
+            late = 0.0 if self._rounded else 0.5
+            period = math.floor(reset_at - self._window_sent - late)
             self._guessed_period = period
             if period < 1:
                 return reset_at
@@ -237,7 +246,8 @@ class HostState:
         to (decided ``margin_s`` ahead, it may belong to a window that has not begun).
 
         It may go at once when the current window has room for every request charged early
-        to the next one: wherever the server counts it, it stays within the limit.
+        to the next one: wherever the server counts it, it stays within the limit. With a
+        shared store that room may be another process's by then: it waits for the boundary.
         """
         shift = self.shift_s
         at = decision.now
@@ -255,7 +265,12 @@ class HostState:
                 continue
             early = seen.limit.amount - seen.remaining
             known = self._room.get(limit)
-            if known is None or abs(known[0] - start) > _SAME_END_S or early > known[1]:
+            if (
+                self.shared
+                or known is None
+                or abs(known[0] - start) > _SAME_END_S
+                or early > known[1]
+            ):
                 wait = max(wait, start - now)
         return wait
 
@@ -271,6 +286,7 @@ class HostState:
                     pacer.record(now)
             if not self._window_seq:
                 self._window_seq = self.sent
+                self._window_sent = now
             if self._probe_sent < 0:
                 self._probe_sent = self.sent
             return self.sent
@@ -432,6 +448,7 @@ class Pacer:
     hosts: Mapping[str, HostPolicy] = field(default_factory=dict)
     default: HostPolicy = field(default_factory=HostPolicy)
     backoff_base_s: float = 1.0
+    shared_store: bool = False
     _prefixes: list[tuple[str, HostPolicy]] = field(init=False)
     _states: dict[str, HostState] = field(init=False)
     _by_host: dict[tuple[str, int | None], HostState] = field(init=False)
@@ -478,7 +495,9 @@ class Pacer:
                 state = self._states.get(name)
                 if state is None:
                     plan = HostPlan.build(name, policy)
-                    state = self._states[name] = HostState(plan, backoff_base_s=self.backoff_base_s)
+                    state = self._states[name] = HostState(
+                        plan, backoff_base_s=self.backoff_base_s, shared=self.shared_store
+                    )
         return state
 
     def states(self) -> dict[str, HostState]:

@@ -168,6 +168,7 @@ class _Transport(Generic[L, Req, Resp]):
             clock=clock,
             random_fn=random_fn,
             on_low_remaining=on_low_remaining,
+            shared_store=store is not None,
         )
         self._store = _store(store)
         self._limiters: dict[str, L] = {}
