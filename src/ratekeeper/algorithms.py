@@ -82,27 +82,35 @@ _ALIASES = {a.value: a for a in Algorithm} | {
 
 def fixed_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
     """Fixed window aligned to the clock: windows ``[k*P, (k+1)*P)``."""
-    start = now - now % limit.period_s
-    if state is None or state[0] < start:
-        return _charge_window(state, start, 0, now, limit, cost)
-    start = state[0]
-    return _charge_window(state, start, state[1], now if now > start else start, limit, cost)
+    # One function per kind, the window charged inline: this runs once per limit per decision.
+    period = limit.period_s
+    start = now - now % period
+    count: float = 0
+    if state is not None and state[0] >= start:
+        start = state[0]
+        count = state[1]
+        if now < start:
+            now = start
+    amount = limit.amount
+    end = start + period
+    if count + cost <= amount:
+        count += cost
+        return (True, (start, count), amount - count, end, 0.0)
+    return (False, state, amount - count, end, end - now if cost <= amount else _INF)
 
 
 def first_hit_window(state: State | None, now: float, limit: Limit, cost: int) -> Step:
     """Fixed window that starts at the key's first request and lasts ``P``."""
-    if state is None or now >= state[0] + limit.period_s:
-        return _charge_window(state, now, 0, now, limit, cost)
-    start = state[0]
-    return _charge_window(state, start, state[1], now if now > start else start, limit, cost)
-
-
-def _charge_window(
-    state: State | None, start: float, count: float, now: float, limit: Limit, cost: int
-) -> Step:
-    """Charge ``cost`` to the window opened at ``start`` that holds ``count`` (both fixed kinds)."""
+    period = limit.period_s
+    start = now
+    count: float = 0
+    if state is not None and now < state[0] + period:
+        start = state[0]
+        count = state[1]
+        if now < start:
+            now = start
     amount = limit.amount
-    end = start + limit.period_s
+    end = start + period
     if count + cost <= amount:
         count += cost
         return (True, (start, count), amount - count, end, 0.0)

@@ -13,7 +13,7 @@ from ratekeeper.algorithms import State, Step
 from ratekeeper.decision import Decision
 from ratekeeper.limit import LimitSet
 
-__all__ = ["EntryState", "decide", "decide_entry"]
+__all__ = ["EntryState", "decide", "decide_entry", "refusal"]
 
 # The states of one limit set's limits for one key, in the set's order.
 EntryState: TypeAlias = tuple[State | None, ...]
@@ -24,17 +24,7 @@ def decide_entry(
 ) -> tuple[list[Step], EntryState | None]:
     """Step every limit of one set on its stored ``entry``; the new entry is ``None`` if any
     limit rejected."""
-    if entry is None:
-        results = [step(None, now, limit, cost) for step, limit in limit_set.steps]
-    else:
-        results = [
-            step(state, now, limit, cost)
-            for (step, limit), state in zip(limit_set.steps, entry, strict=True)
-        ]
-    for result in results:
-        if not result[0]:
-            return results, None
-    return results, tuple([result[1] for result in results])
+    return limit_set.decide_entry(entry, now, cost)
 
 
 def decide(
@@ -50,18 +40,24 @@ def decide(
     With ``cost=0`` it reports the current state without charging (a peek).
     """
     if len(items) == 1:
-        results, new_entry = decide_entry(items[0][0], entries[0], now, cost)
+        results, new_entry = items[0][0].decide_entry(entries[0], now, cost)
         if new_entry is not None:
             return [new_entry], Decision(True, 0.0, now, items, results)
     else:
         results = []
         new_entries: list[EntryState] = []
         for (limit_set, _), entry in zip(items, entries, strict=True):
-            item_results, new_entry = decide_entry(limit_set, entry, now, cost)
+            item_results, new_entry = limit_set.decide_entry(entry, now, cost)
             results += item_results
             if new_entry is not None:
                 new_entries.append(new_entry)
         if len(new_entries) == len(items):
             return new_entries, Decision(True, 0.0, now, items, results)
+    return None, refusal(items, results, now)
+
+
+def refusal(items: Sequence[tuple[LimitSet, str]], results: list[Step], now: float) -> Decision:
+    """The refusal of ``items`` whose limits stepped to ``results``: it waits for the longest
+    of the rejecting limits."""
     retry = max([step[4] for step in results if not step[0]])
-    return None, Decision(False, retry, now, items, results)
+    return Decision(False, retry, now, items, results)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
-from ratekeeper.algorithms import STEPS, Algorithm, StepFn
+from ratekeeper.algorithms import STEPS, Algorithm, State, Step, StepFn
 from ratekeeper.errors import LimitConfigError
 from ratekeeper.rates import Rate, parse_rate, parse_rates
 
 __all__ = ["Limit", "LimitSet"]
+
+# (stored states of one set's limits, or None when fresh; now; cost) -> (each limit's step, the
+# states to store, or None when a limit rejected): see ratekeeper.core.decide_entry.
+EntryDecider: TypeAlias = Callable[
+    [tuple[State | None, ...] | None, float, int],
+    tuple[list[Step], tuple[State | None, ...] | None],
+]
 
 _PERIOD_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
 
@@ -110,6 +118,7 @@ class LimitSet:
     spec_id: str = field(init=False, repr=False, compare=False)
     ttl_s: float = field(init=False, repr=False, compare=False)
     steps: tuple[tuple[StepFn, Limit], ...] = field(init=False, repr=False, compare=False)
+    decide_entry: EntryDecider = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -151,6 +160,62 @@ class LimitSet:
         object.__setattr__(self, "spec_id", f"{name}:{digest}:{numbers.hexdigest()}")
         object.__setattr__(self, "ttl_s", max(lim.ttl_s for lim in items))
         object.__setattr__(self, "steps", tuple((lim.step, lim) for lim in items))
+        object.__setattr__(self, "decide_entry", _entry_decider(self.steps))
 
     def __len__(self) -> int:
         return len(self.limits)
+
+    def __reduce__(self) -> tuple[type[LimitSet], tuple[str, tuple[Limit, ...]]]:
+        # Rebuilt from its name and limits: the derived fields hold a closure.
+        return (LimitSet, (self.name, self.limits))
+
+
+def _entry_decider(steps: tuple[tuple[StepFn, Limit], ...]) -> EntryDecider:
+    """The decision of one set's limits on a stored entry, unrolled for sets of one to three
+    limits (most sets): it runs once per decision, where a loop costs as much as a step."""
+    if len(steps) == 1:
+        ((step0, limit0),) = steps
+
+        def one(
+            entry: tuple[State | None, ...] | None, now: float, cost: int
+        ) -> tuple[list[Step], tuple[State | None, ...] | None]:
+            a = step0(None if entry is None else entry[0], now, limit0, cost)
+            return [a], ((a[1],) if a[0] else None)
+
+        return one
+    if len(steps) == 3:
+        (step0, limit0), (step1, limit1), (step2, limit2) = steps
+
+        def three(
+            entry: tuple[State | None, ...] | None, now: float, cost: int
+        ) -> tuple[list[Step], tuple[State | None, ...] | None]:
+            if entry is None:
+                a = step0(None, now, limit0, cost)
+                b = step1(None, now, limit1, cost)
+                c = step2(None, now, limit2, cost)
+            else:
+                a = step0(entry[0], now, limit0, cost)
+                b = step1(entry[1], now, limit1, cost)
+                c = step2(entry[2], now, limit2, cost)
+            if a[0] and b[0] and c[0]:
+                return [a, b, c], (a[1], b[1], c[1])
+            return [a, b, c], None
+
+        return three
+
+    def any_size(
+        entry: tuple[State | None, ...] | None, now: float, cost: int
+    ) -> tuple[list[Step], tuple[State | None, ...] | None]:
+        if entry is None:
+            results = [step(None, now, limit, cost) for step, limit in steps]
+        else:
+            results = [
+                step(state, now, limit, cost)
+                for (step, limit), state in zip(steps, entry, strict=True)
+            ]
+        for result in results:
+            if not result[0]:
+                return results, None
+        return results, tuple([result[1] for result in results])
+
+    return any_size

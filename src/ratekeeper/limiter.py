@@ -54,7 +54,7 @@ def _behind_cache(store: Any, over_limit_cache_s: float) -> Any:
 class Limiter:
     """Synchronous limiter over a :class:`~ratekeeper.stores.base.Store` (memory by default)."""
 
-    __slots__ = ("_decider", "clock", "store")
+    __slots__ = ("_cache", "_decider", "clock", "store")
 
     def __init__(
         self,
@@ -68,6 +68,7 @@ class Limiter:
         self.store: Store = MemoryStore() if resolved is None else resolved
         self.clock = clock
         self._decider: Store = _behind_cache(self.store, over_limit_cache_s)
+        self._cache = self._decider if isinstance(self._decider, OverLimitCache) else None
 
     def __repr__(self) -> str:
         return f"<Limiter store={self.store!r}>"
@@ -77,7 +78,19 @@ class Limiter:
         items = ((limits, key),)
         if cost != 1 or type(key) is not str or type(limits) is not LimitSet:
             _check(items, cost)
-        return self._decider.decide(items, cost, self.clock())
+        now = self.clock()
+        cache = self._cache
+        if cache is None:
+            return self.store.decide(items, cost, now)
+        # The cache's decide, unrolled: this is the hot call of the library.
+        if cache.size:
+            known = cache.recall(items, cost, now)
+            if known is not None:
+                return known
+        decision = self.store.decide(items, cost, now)
+        if not decision.allowed:
+            cache.remember(items, cost, now, decision)
+        return decision
 
     def hit_many(self, items: Sequence[tuple[LimitSet, str]], cost: int = 1) -> Decision:
         """Charge several ``(limit_set, key)`` items at once: all of them, or none."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from ratekeeper.core import EntryState, decide
+from ratekeeper.core import EntryState, decide, refusal
 from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError, StoreURLError
 from ratekeeper.limit import LimitSet
@@ -105,16 +105,19 @@ class MemoryStore:
                 self._sweep(now)
             tables = self._tables
             if len(items) == 1:
+                # One item (most decisions): the set's own decider, without core.decide's lists.
                 limit_set, key = items[0]
                 table = tables.get(limit_set.id)
                 value = None if table is None else table.entries.get(key)
-                new_states, decision = decide(items, [value], now, cost)
-                if new_states is not None and not peek:
+                results, new_entry = limit_set.decide_entry(value, now, cost)
+                if new_entry is None:
+                    return refusal(items, results, now)
+                if not peek:
                     if table is None or value is None:
-                        self._insert(limit_set, key, new_states[0], now)
+                        self._insert(limit_set, key, new_entry, now)
                     else:
-                        table.entries[key] = new_states[0]
-                return decision
+                        table.entries[key] = new_entry
+                return Decision(True, 0.0, now, items, results)
             states: list[EntryState | None] = []
             for limit_set, key in items:
                 table = tables.get(limit_set.id)

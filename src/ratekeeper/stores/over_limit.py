@@ -283,7 +283,7 @@ class OverLimitCache:
 
     def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
         """A cached refusal, or the store's decision (its refusals remembered)."""
-        if self.recalls and not peek:
+        if self.size and self.recalls and not peek:
             recalled = self.recall(items, cost, now)
             if recalled is not None:
                 return recalled
@@ -299,7 +299,7 @@ class OverLimitCache:
         self, items: Items, cost: int, now: float, *, peek: bool = False
     ) -> Decision:
         """The asyncio twin of :meth:`decide`."""
-        if self.recalls and not peek:
+        if self.size and self.recalls and not peek:
             recalled = self.recall(items, cost, now)
             if recalled is not None:
                 return recalled
