@@ -10,12 +10,19 @@ every Python one runs on uvicorn with uvloop + httptools when installed, as ``se
 - ratekeeper serve, rejected path: every request refused (429 with headers and JSON body).
 - bare uvicorn app answering a constant: the floor for any Python answer on this machine.
 - ratekeeper's decision endpoint asked directly (refusing, as nginx asks it).
+- ``ratekeeper serve --workers 2`` refusing, beside the one worker above: on the same shared
+  store (SQLite by default), how the refusal path scales across the two cores.
 - nginx limit_req (rejecting), nginx + ratekeeper's decision endpoint (rejecting), and both
   allowing and forwarding to the upstream, with nginx as the proxy (``examples/nginx``).
 
-    .venv/bin/python bench/gateway.py              # about 90 s
-    .venv/bin/python bench/gateway.py --quick      # about 25 s: 1 s per row
+Each target of issue 17 is a ratio of two rows of the same run, printed below the table with its
+floor: the decision endpoint refusing / the constant 429 app (>= 0.6), nginx + the decision
+endpoint allowing / nginx proxying alone (>= 0.5), two workers / one on the refusal path (>= 1.7).
+
+    .venv/bin/python bench/gateway.py              # about 2 minutes
+    .venv/bin/python bench/gateway.py --quick      # about 30 s: 1 s per row
     .venv/bin/python bench/gateway.py --no-nginx   # without the nginx rows
+    .venv/bin/python bench/gateway.py --store memory://   # serve's store (one worker rows)
 
 Needs wrk (Debian: ``apt-get install wrk``) and, for the nginx rows, Debian's nginx.
 """
@@ -222,11 +229,11 @@ def role(name: str, cwd: Path, *extra: str) -> Any:
     return process([PYTHON, __file__, "--role", name, str(port), *extra], port, name, cwd)
 
 
-def ratekeeper(cwd: Path, upstream: str, workers: int = 1) -> Any:
+def ratekeeper(cwd: Path, upstream: str, workers: int = 1, store: str = "") -> Any:
     port = free_port()
     args = [PYTHON, "-m", "ratekeeper.cli", "serve", "--config", str(cwd / "policy.toml")]
     args += ["--upstream", upstream, "--port", str(port), "--trust-proxy", "127.0.0.1"]
-    args += ["--store", f"sqlite:///{cwd / 'bench.db'}", "--workers", str(workers)]
+    args += ["--store", store or f"sqlite:///{cwd / 'bench.db'}", "--workers", str(workers)]
     return process(args, port, "ratekeeper serve", cwd)
 
 
@@ -295,6 +302,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per row (default 5)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument(
+        "--store", default="", help="serve's store for the one-worker rows (default: SQLite)"
+    )
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
@@ -318,7 +328,11 @@ def main() -> int:
         cwd = Path(tmp)
         (cwd / "policy.toml").write_text(POLICY)
         upstream = stack.enter_context(role("upstream", cwd))
-        gateway = stack.enter_context(ratekeeper(cwd, upstream))
+        gateway = stack.enter_context(ratekeeper(cwd, upstream, store=args.store))
+        two_workers = stack.enter_context(ratekeeper(cwd, upstream, workers=2))
+        one_worker = (
+            stack.enter_context(ratekeeper(cwd, upstream, workers=1)) if args.store else gateway
+        )
         naive_httpx = stack.enter_context(role("naive-httpx", cwd, upstream))
         naive_aiohttp = stack.enter_context(role("naive-aiohttp", cwd, upstream))
         constant = stack.enter_context(role("constant", cwd))
@@ -331,16 +345,30 @@ def main() -> int:
         rejected = measure(
             "reject", "ratekeeper serve, rejected (429 + headers + body)", gateway + "/reject"
         )
-        measure(
+        endpoint = measure(
             "reject",
             "ratekeeper decision endpoint alone, rejected (as nginx asks)",
             gateway + "/_ratekeeper/decide",
             ("X-Original-URI: /reject", "X-Original-Method: GET", "X-Ratekeeper-Deny-Status: 403"),
         )
+        one = rejected
+        if one_worker is not gateway:
+            one = measure(
+                "workers", "ratekeeper serve, 1 worker, SQLite, rejected", one_worker + "/reject"
+            )
+        two = measure(
+            "workers", "ratekeeper serve --workers 2, SQLite, rejected", two_workers + "/reject"
+        )
         ratios = [
             ("ratekeeper proxy / naive httpx proxy", proxied / naive, "target >= 4x"),
             ("ratekeeper proxy / upstream direct", proxied / direct, ""),
             ("ratekeeper rejected / bare constant app", rejected / bare, "target >= 0.5"),
+            (
+                "decision endpoint rejected / bare constant 429 app",
+                endpoint / bare,
+                "target >= 0.6",
+            ),
+            ("serve --workers 2 / 1 worker, rejected (shared SQLite)", two / one, "target >= 1.7"),
         ]
         if use_nginx:
             with_decide, with_limit_req = stack.enter_context(nginx(cwd, gateway, upstream))
@@ -352,7 +380,7 @@ def main() -> int:
             allowed = measure("nginx", "nginx + ratekeeper decide -> upstream", with_decide + "/t")
             ratios += [
                 ("nginx+decide rejected / nginx limit_req", decided / limit_req, ""),
-                ("nginx+decide allowed / nginx alone", allowed / plain, ""),
+                ("nginx+decide allowed / nginx alone", allowed / plain, "target >= 0.5"),
             ]
     print("\n| row | req/s |\n|---|---:|")
     for _, label, rate in rows:

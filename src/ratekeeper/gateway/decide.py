@@ -53,6 +53,7 @@ from ratekeeper.gateway.paths import PATH_REFUSAL, normal_path
 from ratekeeper.gateway.proxy import error_answer
 from ratekeeper.http.asgi import Send
 from ratekeeper.http.engine import Enforcer
+from ratekeeper.http.flow import Answer
 from ratekeeper.http.identity import RequestView
 
 __all__ = ["DECIDE_PATH", "REPORT_PATH", "decide", "report"]
@@ -69,6 +70,12 @@ _ORIGINAL = {
     "x-original-status": 5,
     "x-ratekeeper-status": 6,
 }
+_ORIGINAL_BYTES = {name.encode(): slot for name, slot in _ORIGINAL.items()}
+_WANTED_BYTES: dict[frozenset[str], frozenset[bytes]] = {}
+# Refusals answered again as they were (the over-limit cache's): id -> (answer, deny status,
+# status, headers, body), the answer kept alive so that its id is not reused meanwhile.
+_SENT: dict[int, tuple[Answer, int | None, int, list[tuple[bytes, bytes]], bytes]] = {}
+_SENT_MAX = 512
 _NO_CONTENT: tuple[dict[str, Any], dict[str, Any]] = (
     {"type": "http.response.start", "status": 204, "headers": []},
     {"type": "http.response.body", "body": b""},
@@ -79,6 +86,15 @@ _TWICE = (
     "The request is described in two ways (X-Original-URI and X-Forwarded-Uri, "
     "X-Original-Method and X-Forwarded-Method, or one of them repeated); send one.",
 )
+
+
+def _wanted_bytes(wanted: frozenset[str] | None) -> frozenset[bytes] | None:
+    if wanted is None:
+        return None
+    names = _WANTED_BYTES.get(wanted)
+    if names is None:
+        names = _WANTED_BYTES[wanted] = frozenset(n.encode("latin-1") for n in wanted)
+    return names
 
 
 def _status(text: str | None, low: int) -> int | None:
@@ -102,16 +118,20 @@ def _view(
     found: list[str | None] = [None] * len(_ORIGINAL)
     headers: dict[str, str] = {}
     twice = False
+    names = _wanted_bytes(wanted)
     for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        slot = _ORIGINAL.get(name)
+        # Names compared as bytes, lowercased (ASGI servers send them so): only the headers
+        # kept are decoded.
+        lowered = raw_name.lower()
+        slot = _ORIGINAL_BYTES.get(lowered)
         if slot is not None:
             value = raw_value.decode("latin-1")
             twice = twice or (found[slot] is not None and found[slot] != value)
             found[slot] = value
             continue
-        if wanted is not None and name not in wanted:
+        if names is not None and lowered not in names:
             continue
+        name = lowered.decode("latin-1")
         value = raw_value.decode("latin-1")
         previous = headers.get(name)
         headers[name] = value if previous is None else f"{previous}, {value}"
@@ -171,8 +191,9 @@ async def decide(
         await _refuse(send, view, deny_as)
         return
     ticket = await enforcer.admit_async(view)
-    # No answer will be reported back: release what admission holds at once.
-    await enforcer.complete_async(ticket, 200)
+    if ticket.held or ticket.lock_key is not None:
+        # No answer will be reported back: release what admission holds at once.
+        await enforcer.complete_async(ticket, 200)
     answer = ticket.answer
     if answer is None or answer.status < 300:
         headers = ticket.headers if answer is None else answer.headers
@@ -184,6 +205,12 @@ async def decide(
         out.append((b"content-length", b"0"))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": b""})
+        return
+    sent = _SENT.get(id(answer))
+    if sent is not None and sent[0] is answer and sent[1] == deny_as:
+        _, _, status, out, body = sent
+        await send({"type": "http.response.start", "status": status, "headers": list(out)})
+        await send({"type": "http.response.body", "body": body})
         return
     status = answer.status
     out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
@@ -198,7 +225,10 @@ async def decide(
         # keepalive connection unless the body is empty: the refusal travels in the header.
         body = b""
     out.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": out})
+    if len(_SENT) >= _SENT_MAX:
+        _SENT.clear()
+    _SENT[id(answer)] = (answer, deny_as, status, out, body)
+    await send({"type": "http.response.start", "status": status, "headers": list(out)})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -57,9 +57,23 @@ def view_from_scope(scope: Scope, wanted: frozenset[str] | None) -> RequestView:
     )
 
 
+# Answers sent again as they were (the over-limit cache's refusals): id -> (answer, headers),
+# the answer kept alive so that its id is not reused meanwhile.
+_ENCODED: dict[int, tuple[Answer, list[tuple[bytes, bytes]]]] = {}
+_ENCODED_MAX = 512
+
+
 async def send_answer(send: Send, answer: Answer) -> None:
     """Send one of ratekeeper's own answers (its length added here, once)."""
-    headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
-    headers.append((b"content-length", str(len(answer.body)).encode()))
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    found = _ENCODED.get(id(answer))
+    if found is not None and found[0] is answer:
+        headers = found[1]
+    else:
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        _ENCODED[id(answer)] = (answer, headers)
+    # A copy: a middleware outside may add to the list it is given.
+    await send({"type": "http.response.start", "status": answer.status, "headers": list(headers)})
     await send({"type": "http.response.body", "body": answer.body})
