@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway_servers import Process, serve
-from ratekeeper.client import RateLimitTransport
+from ratekeeper.client import HostPolicy, RateLimitTransport
 from ratekeeper.policy import preset_path
 
 
@@ -57,3 +57,28 @@ def test_learned_client_respects_a_rolling_windows_spent_budget(
             assert client.get(f"{aisoule_short.url}/v1/status?n={n}").status_code == 200
     # The one refusal learning allows: the refill right at a whole-second reset.
     assert wire.statuses.count(429) <= 1, wire.statuses
+
+
+@pytest.fixture(scope="module")
+def aisoule(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    root = tmp_path_factory.mktemp("conformance-aisoule-preset")
+    with serve("--preset", "aisoule", "--store", "memory://", cwd=root) as process:
+        yield process
+
+
+def test_told_client_refused_once_by_a_burst_is_not_refused_again(aisoule: Process) -> None:
+    # Messaging is 300/minute with a 5/second burst (GCRA). Another process spends one unit of
+    # the key first, so the client's first burst earns one 429. Its retry was never charged
+    # ("paid" by the refused attempt), though by then the refused attempt's charge had lapsed
+    # (the bucket full again): every later burst sent one request more than the server allows,
+    # a 429 per burst for ever.
+    headers = {"Authorization": "Bearer burst-sharer"}
+    message = {"to": "+15550100", "text": "hello"}
+    assert httpx.post(f"{aisoule.url}/v1/messages", json=message, headers=headers).is_success
+    wire = _Counting()
+    transport = RateLimitTransport(wire, default=HostPolicy.from_policy("aisoule"))
+    with httpx.Client(transport=transport, headers=headers, timeout=30) as client:
+        for _ in range(30):
+            assert client.post(f"{aisoule.url}/v1/messages", json=message).status_code == 202
+    # The one the other process caused, and one for a loaded machine's latency.
+    assert wire.statuses.count(429) <= 2, wire.statuses

@@ -10,6 +10,7 @@ headers and body), so httpx's transports and a requests adapter run the same flo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
@@ -248,12 +249,19 @@ class ClientFlow(Generic[Req, Resp]):
         retries = 0
         waited = 0.0
         # A refused attempt or one that never reached the server was charged already: its
-        # retry is not charged again.
-        paid = False
+        # retry is not charged again while that charge holds, i.e. until the soonest of its
+        # windows ends (a GCRA's bucket is full again); after that, the retry is charged.
+        paid_until = -math.inf
+        charged_until = -math.inf
         stale_retried = False
         while True:
             yield ops.enter
-            waited = yield from self._pace(state, ops, None if paid else charge, url, waited)
+            paid = self.clock() < paid_until
+            waited, lapses = yield from self._pace(
+                state, ops, None if paid else charge, url, waited
+            )
+            if not paid:
+                charged_until = lapses
             sent_at = self.clock()
             seq = state.on_send(sent_at)
             outcome = yield send
@@ -265,7 +273,8 @@ class ClientFlow(Generic[Req, Resp]):
                 # arrived. Once, on a fresh connection (the pool dropped the dead one).
                 log.info("%s %s: %r, retrying once", method, _loggable(url), outcome.error)
                 state.refund(sent_at)
-                stale_retried = paid = True
+                stale_retried = True
+                paid_until = charged_until
                 continue
             response: Resp = outcome
             hints, status = yield from self._answer(state, ops, seq, sent_at, response)
@@ -277,7 +286,7 @@ class ClientFlow(Generic[Req, Resp]):
             if status == 429 or hints.sharp_wait_s is not None:
                 # Refused, not failed: the server did not count it.
                 state.refund(sent_at)
-                paid = True
+                paid_until = charged_until
             yield Close(response)
             if verdict.wait_s > 0:
                 yield Sleep(verdict.wait_s)
@@ -386,8 +395,9 @@ class ClientFlow(Generic[Req, Resp]):
         charge: Charge | None,
         url: httpx.URL,
         waited: float,
-    ) -> Generator[Op, Any, float]:
-        """Wait (holding the host's queue) until this request may go; returns total waited."""
+    ) -> Generator[Op, Any, tuple[float, float]]:
+        """Wait (holding the host's queue) until this request may go; returns total waited and
+        when the soonest window ``charge`` was charged to ends (``-inf``: nothing charged)."""
         plan = state.plan
         while True:
             if not state.can_start():
@@ -401,11 +411,12 @@ class ClientFlow(Generic[Req, Resp]):
                     state.record_room(charge, (yield peek), now)
                 decision: Decision = yield hit
                 if decision.allowed:
+                    ends = min(s.reset_at for s in decision.states) - decision.now
                     wait = state.early_wait_s(charge, decision, now) if charge.aligned else 0.0
                     if wait > 0:
                         yield Sleep(wait)
                         waited += wait
-                    return waited
+                    return waited, now + ends
                 if not decision.satisfiable:
                     raise ClientConfigError(
                         f"{_loggable(url)}: one request can never pass the policy for "
@@ -413,7 +424,7 @@ class ClientFlow(Generic[Req, Resp]):
                     )
                 wait = decision.retry_after_s
             if wait <= 0:
-                return waited
+                return waited, -math.inf
             check_wait(
                 wait, waited, self.retry, url=_loggable(url), now=now, why=f"pacing {plan.name}"
             )
