@@ -4,6 +4,9 @@ that way and fixed."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +85,25 @@ def test_told_client_refused_once_by_a_burst_is_not_refused_again(aisoule: Proce
             assert client.post(f"{aisoule.url}/v1/messages", json=message).status_code == 202
     # The one the other process caused, and one for a loaded machine's latency.
     assert wire.statuses.count(429) <= 2, wire.statuses
+
+
+@pytest.mark.parametrize("address", ["nonsense", ":9090", "0.0.0.0:99999"])
+def test_malformed_admin_address_is_named_as_such(address: str, tmp_path: Path) -> None:
+    # Without a token, a malformed --admin was refused as "reachable from other machines:
+    # set RATEKEEPER_ADMIN_TOKEN", sending the operator after a token instead of a typo.
+    env = {k: v for k, v in os.environ.items() if k != "RATEKEEPER_ADMIN_TOKEN"}
+    serve_args = ["serve", "--preset", "musique", "--port", "0", "--admin", address]
+    result = subprocess.run(
+        [sys.executable, "-m", "ratekeeper.cli", *serve_args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert f"--admin: expected HOST:PORT (e.g. 127.0.0.1:9090) or unix:PATH, got {address!r}" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr and "TOKEN" not in result.stderr

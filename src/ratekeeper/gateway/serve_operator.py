@@ -112,6 +112,16 @@ def with_environment(
     return [*argv, *extra]
 
 
+def _host_port(spec: str) -> tuple[str, str]:
+    host, _, port_text = spec.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise GatewayConfigError(
+            f"--admin: expected HOST:PORT (e.g. 127.0.0.1:9090) or unix:PATH, got {spec!r}"
+        )
+    return host, port_text
+
+
 def _bind_admin(spec: str) -> tuple[socket.socket, tuple[str, int | None]]:
     if spec.startswith("unix:"):
         path = Path(spec[len("unix:") :])
@@ -127,12 +137,7 @@ def _bind_admin(spec: str) -> tuple[socket.socket, tuple[str, int | None]]:
         sock.listen(128)
         sock.set_inheritable(True)
         return sock, (str(path), None)
-    host, _, port_text = spec.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise GatewayConfigError(
-            f"--admin: expected HOST:PORT (e.g. 127.0.0.1:9090) or unix:PATH, got {spec!r}"
-        )
+    host, port_text = _host_port(spec)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -158,6 +163,8 @@ class OperatorRun:
         token = os.environ.get(TOKEN_VARIABLE, "")
         admin_server = None
         if args.admin:
+            if not args.admin.startswith("unix:"):
+                _host_port(args.admin)  # a malformed address is named as such, first
             if admin_token_needed(args.admin) and not token:
                 raise GatewayConfigError(
                     f"--admin {args.admin} is reachable from other machines: set "
