@@ -47,6 +47,7 @@ from ratekeeper.stores.base import AsyncStore, Store
 from ratekeeper.stores.fail_mode import FailMode
 from ratekeeper.stores.fallback import DegradedDecision, FallbackStore
 from ratekeeper.stores.memory import MemoryStore
+from ratekeeper.stores.over_limit import OverLimitCache, RecalledRefusal
 from ratekeeper.stores.sqlite import SQLiteStore
 from ratekeeper.stores.url import store_from_url
 
@@ -146,6 +147,7 @@ __all__ = [
     "Limiter",
     "ManualClock",
     "MemoryStore",
+    "OverLimitCache",
     "Policy",
     "PolicyBuilder",
     "PolicyError",
@@ -159,6 +161,7 @@ __all__ = [
     "RateLimited",
     "RateSyntaxError",
     "RatekeeperError",
+    "RecalledRefusal",
     "RedisStore",
     "RedisStoreError",
     "RequestView",
