@@ -457,12 +457,23 @@ def verdicts(rows: list[Row]) -> list[str]:
             f"target >= {factor:.0f}x faster than {peer}: {base_name} is {hot:.1f}x (hot), "
             f"{rr:.1f}x (round-robin) faster -> {mark(min(hot, rr) >= factor)}"
         )
+    limits_fail_fast = found.get("limits fixed, test x3 + hit x3")
+    over_peer = (
+        f" (limits' fail-fast refusal: {limits_fail_fast.over.p50_us:.2f} us)"
+        if limits_fail_fast is not None
+        else ""
+    )
+    lines.append(
+        f"issue 17: target <= 1 us to refuse a key over its limit: ratekeeper fixed_window p50 "
+        f"{rk.over.p50_us:.2f} us{over_peer} -> {mark(rk.over.p50_us <= 1.0)}"
+    )
     for row in rows:
         if row.contender.baseline and row.bytes_per_key is not None:
             per_limit = row.bytes_per_key / LIMIT_COUNT
             lines.append(
-                f"target <= 150 B per key per limit: {row.contender.name} {per_limit:.0f} B"
-                f" -> {mark(per_limit <= 150)}"
+                f"target <= 150 B per key per limit (issue 17: <= 250 B per key): "
+                f"{row.contender.name} {per_limit:.0f} B, {row.bytes_per_key:.0f} B per key"
+                f" -> {mark(per_limit <= 150)}, {mark(row.bytes_per_key <= 250)}"
             )
     return lines
 
