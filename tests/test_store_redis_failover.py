@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from ratekeeper import LimitSet
-from ratekeeper.stores.fallback import DegradedDecision
+from ratekeeper import Enforcer, LimitSet, preset_path
+from ratekeeper.stores.fallback import DegradedDecision, FallbackStore
+from ratekeeper.stores.fallback_shards import ShardFallbackStore, guard
 from ratekeeper.stores.redis import RedisStore, RedisStoreError
-from ratekeeper.stores.redis.fail_modes import ShardFallbackStore
 from redis_servers import RedisServer, failover_load, redis_cluster
 
 BUCKETS_PER_S = 20  # failover_load counts events per 50 ms
@@ -150,7 +150,9 @@ def test_fail_modes_apply_to_the_failed_masters_keys_only(cluster: list[RedisSer
     victim = _slots(master)
     replica = _replica(cluster, master)
     url = "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in cluster[3:]) + "?timeout=0.5"
-    store = ShardFallbackStore(RedisStore(url, prefix="fm"), "fail_closed", probe_interval_s=0.2)
+    # What the enforcer builds for a cluster: one fallback per set of masters.
+    store = guard(RedisStore(url, prefix="fm"), "fail_closed", probe_interval_s=0.2)
+    assert isinstance(store, ShardFallbackStore)
     limits = LimitSet("w", "1000/second")
     keys = [f"user{i}" for i in range(40)]
     on_victim = {
@@ -188,6 +190,21 @@ def test_fail_modes_apply_to_the_failed_masters_keys_only(cluster: list[RedisSer
     print(f"\nfail_closed per shard: promoted -> last degraded answer {last - promoted:+.2f} s")
     assert last - promoted < 1.5
     assert [s for s in seen if s[1] and not s[2] and s[0] > last]
+
+
+def test_the_enforcer_applies_fail_modes_per_master_on_a_cluster_only(
+    cluster: list[RedisServer],
+) -> None:
+    alive = [s for s in cluster if s.process is not None]
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in alive) + "?timeout=0.5"
+    on_cluster = Enforcer(preset_path("musique"), store=url)
+    on_one_server = Enforcer(preset_path("musique"), store=f"redis://127.0.0.1:{alive[0].port}/0")
+    try:
+        assert isinstance(on_cluster.fallback, ShardFallbackStore)
+        assert type(on_one_server.fallback) is FallbackStore
+    finally:
+        on_cluster.fallback.close()
+        on_one_server.fallback.close()
 
 
 def test_with_full_coverage_a_dead_master_stops_every_key_and_the_error_says_so(

@@ -69,8 +69,8 @@ if TYPE_CHECKING:
     from ratekeeper.http.fastapi import RateLimit
     from ratekeeper.http.identity import RequestView
     from ratekeeper.http.wsgi import RateLimitWSGIMiddleware
+    from ratekeeper.stores.fallback_shards import ShardFallbackStore
     from ratekeeper.stores.redis import RedisStore
-    from ratekeeper.stores.redis.fail_modes import ShardFallbackStore
 
 # Imported on first use: name -> (module, the extra that installs its dependencies, if any).
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -90,7 +90,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "RequestView": ("ratekeeper.http.identity", None),
     "RetryPolicy": ("ratekeeper.client", "client"),
     "ServeSettings": ("ratekeeper.gateway.app", "http"),
-    "ShardFallbackStore": ("ratekeeper.stores.redis.fail_modes", "redis"),
+    "ShardFallbackStore": ("ratekeeper.stores.fallback_shards", None),
     "build_gateway": ("ratekeeper.gateway.app", "http"),
     "compile_policy": ("ratekeeper.http.compiled", None),
     "read_hints": ("ratekeeper.client", "client"),

@@ -37,7 +37,7 @@ from ratekeeper.http.metrics import metrics_asgi_app
 from ratekeeper.policy import load_policy, preset_path
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
-from ratekeeper.stores.fallback import FallbackStore
+from ratekeeper.stores.fallback_shards import Guard
 from ratekeeper.stores.sqlite import SQLiteStore
 from ratekeeper.stores.url import mask_url, store_from_url
 
@@ -217,7 +217,7 @@ class Gateway:
                 return
 
 
-def _store_down(fallback: FallbackStore) -> tuple[dict[str, Any], dict[str, Any]]:
+def _store_down(fallback: Guard) -> tuple[dict[str, Any], dict[str, Any]]:
     """/healthz while the store is down: 503, so that a load balancer or an orchestrator sees
     a gateway that is not enforcing its policy as it should."""
     body = json.dumps(

@@ -26,7 +26,7 @@ import prometheus_client
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.core import CounterMetricFamily
 
-from ratekeeper.stores.fallback import FallbackStore
+from ratekeeper.stores.fallback_shards import Guard
 
 __all__ = ["MULTIPROCESS_VARIABLE", "StoreHealthExport", "merged_metrics_app", "multiprocess_dir"]
 
@@ -46,7 +46,7 @@ def multiprocess_dir() -> str | None:
 class StoreHealthExport:
     """Copies one worker's store health into the shared files (see the module docstring)."""
 
-    def __init__(self, store: FallbackStore) -> None:
+    def __init__(self, store: Guard) -> None:
         self.store = store
         self._errors = prometheus_client.Gauge(
             "ratekeeper_store_errors",

@@ -14,6 +14,8 @@ decision endpoint.
 The store is wrapped in a :class:`~ratekeeper.stores.fallback.FallbackStore`, which applies the
 policy's ``on_store_error`` while the store is down, logs one line per outage and per recovery,
 and probes for the store's return; the decide stage only has to tell degraded decisions apart.
+On a sharded store (Redis Cluster) it is one per shard
+(:func:`~ratekeeper.stores.fallback_shards.guard`), so a failed master degrades its keys only.
 Under it, an :class:`~ratekeeper.stores.over_limit.OverLimitCache` keeps the store's refusals:
 the decide stage answers a key known to be over its limit from it without a store call (exact;
 a reset elsewhere is seen within ``over_limit_cache_s``, see that module).
@@ -53,7 +55,7 @@ from ratekeeper.http.stages.lockout import count_failure, lockout_key
 from ratekeeper.policy import load_policy
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store, decides_on_loop
-from ratekeeper.stores.fallback import FallbackStore
+from ratekeeper.stores.fallback_shards import guard
 from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.over_limit import OverLimitCache
 from ratekeeper.stores.url import mask_url, store_from_url
@@ -71,7 +73,8 @@ class Enforcer:
 
     ``policy`` may be a path, a :class:`Policy` or a compiled :class:`CompiledPolicy`. ``store`` (an
     instance or URL) overrides the policy's ``store``; ``fallback`` is the
-    :class:`FallbackStore` that decisions go through (``.degraded``, ``.outages``), over
+    fail-mode wrapper decisions go through (``.degraded``, ``.outages``; per shard on a
+    cluster), over
     ``over_limit``, the :class:`OverLimitCache` of refusals (entries live ``over_limit_cache_s``
     at most: the longest a reset made by another process can go unseen here).
     """
@@ -108,8 +111,11 @@ class Enforcer:
             self.store = store
         self.clock = clock
         self.over_limit = OverLimitCache(self.store, max_age_s=over_limit_cache_s, recalls=False)
-        self.fallback = FallbackStore(
-            self.over_limit, spec.on_store_error, fail_open_max_s=spec.fail_open_max_s
+        self.fallback = guard(
+            self.store,
+            spec.on_store_error,
+            store=self.over_limit,
+            fail_open_max_s=spec.fail_open_max_s,
         )
         self._on_loop = decides_on_loop(self.fallback)
         # The memory store cannot be down, and its calls take microseconds: its decisions skip

@@ -33,7 +33,7 @@ from ratekeeper.http.metrics import Metrics
 if TYPE_CHECKING:
     from ratekeeper.http.stages.answer import Answers
     from ratekeeper.http.stages.in_flight import InFlightGauge
-    from ratekeeper.stores.fallback import FallbackStore
+    from ratekeeper.stores.fallback_shards import Guard
     from ratekeeper.stores.over_limit import OverLimitCache
 
 __all__ = [
@@ -147,7 +147,7 @@ class Kit:
     answers: Answers
     gauge: InFlightGauge
     over_limit: OverLimitCache | None = None
-    fallback: FallbackStore | None = None
+    fallback: Guard | None = None
     clock: Clock = system_clock
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ratekeeper.stores.fallback import FallbackStore
+from ratekeeper.stores.fallback_shards import Guard
 
 __all__ = ["Metrics", "metrics_asgi_app", "metrics_wsgi_app"]
 
@@ -65,7 +65,7 @@ class Metrics:
         if self.enabled:
             self._store_seconds.observe(seconds)
 
-    def watch_store(self, store: FallbackStore) -> None:
+    def watch_store(self, store: Guard) -> None:
         """Export the store's failures, outages and health, read when scraped."""
         if self.registry is not None:
             self.registry.register(_StoreCollector(store))
@@ -87,7 +87,7 @@ class Metrics:
 class _StoreCollector:
     """Reads a FallbackStore's counters at scrape time: nothing to do per request."""
 
-    def __init__(self, store: FallbackStore) -> None:
+    def __init__(self, store: Guard) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Any]:

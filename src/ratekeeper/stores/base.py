@@ -4,6 +4,9 @@ How asyncio code drives a store is the store's to say, with one optional attribu
 ``decides_on_loop``: true when its synchronous face is quick enough to run on the event loop
 (a hop to a worker thread would cost more than the decision). :func:`decides_on_loop` reads it;
 a store without the attribute decides on the loop exactly when it has no async face.
+
+A store whose keys live on parts that fail apart (Redis Cluster's masters) says so with
+:class:`Sharded`, so that a fail mode applies to a failed part's keys only.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Protocol, runtime_checkable
 from ratekeeper.decision import Decision
 from ratekeeper.limit import LimitSet
 
-__all__ = ["AsyncStore", "Items", "Store", "decides_on_loop"]
+__all__ = ["AsyncStore", "Items", "Sharded", "Store", "decides_on_loop"]
 
 Items = Sequence[tuple[LimitSet, str]]
 
@@ -67,3 +70,17 @@ def decides_on_loop(store: Store | AsyncStore) -> bool:
     if declared is not None:
         return bool(declared)
     return not isinstance(store, AsyncStore)
+
+
+@runtime_checkable
+class Sharded(Protocol):
+    """A store whose keys live on parts that can fail one at a time (Redis Cluster's masters)."""
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this instance has more than one part (a cluster, not one server)."""
+        ...
+
+    def shard_of(self, items: Items) -> str:
+        """The part (or parts) these items live on now, named so equal names mean one part."""
+        ...

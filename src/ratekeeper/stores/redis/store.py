@@ -87,6 +87,11 @@ class RedisStore:
         salted = ", salted keys" if self._codec.salted else ""
         return f"<RedisStore {self.url} {kind} prefix={self.prefix!r}{salted}>"
 
+    @property
+    def sharded(self) -> bool:
+        """Whether this store talks to a cluster (its masters fail one at a time)."""
+        return self.cluster
+
     def shard_of(self, items: Items) -> str:
         """The masters that serve these items now (``host:port``, ``+``-joined): a decision
         fails when one of them does, and only decisions on a failed master do."""
