@@ -83,3 +83,36 @@ def test_a_policy_built_in_code_is_still_a_value() -> None:
     one = PolicyBuilder().limit("api", "1/s").apply("api").build()
     assert replace(one, store="memory://") == one
     assert "api" in repr(PolicyBuilder().limit("api", "1/s"))
+
+
+def test_the_seed_options_are_a_files_options() -> None:
+    built = (
+        PolicyBuilder(user_agent_contact=["email", "url"], headers_limit="global")
+        .limit("global", "800/2s", scope="global")
+        .limit("batch", "100/minute")
+        .apply("global")
+        .rule("/batch", limits=["batch"], headers_limit="batch", cost_header="X-Items", max_cost=50)
+        .build()
+    )
+    from_file = loads_policy(
+        """
+user_agent_contact = ["email", "url"]
+headers_limit = "global"
+apply = ["global"]
+[limits.global]
+rates = "800/2s"
+scope = "global"
+[limits.batch]
+rates = "100/minute"
+[[rules]]
+routes = ["/batch"]
+limits = ["batch"]
+headers_limit = "batch"
+cost_header = "X-Items"
+max_cost = 50
+""",
+        "<PolicyBuilder>",
+    )
+    assert built == from_file
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.max_cost"):
+        PolicyBuilder().limit("a", "100/minute").rule("/b", limits=["a"], max_cost=5).build()

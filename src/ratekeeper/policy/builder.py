@@ -75,6 +75,8 @@ class PolicyBuilder:
         shadow: bool = False,
         usage_path: str = "",
         user_agent_required: bool = False,
+        user_agent_contact: Sequence[Literal["email", "url"]] = (),
+        headers_limit: str = "",
         exempt_ips: Sequence[str] = (),
         metrics: bool = True,
         source: str = "<PolicyBuilder>",
@@ -98,6 +100,10 @@ class PolicyBuilder:
             self._data["body_template"] = body_template
         if usage_path:
             self._data["usage_path"] = usage_path
+        if user_agent_contact:
+            self._data["user_agent_contact"] = list(user_agent_contact)
+        if headers_limit:
+            self._data["headers_limit"] = headers_limit
 
     def __repr__(self) -> str:
         limits = ", ".join(self._data["limits"])
@@ -178,8 +184,13 @@ class PolicyBuilder:
         name: str = "",
         shadow: bool = False,
         cache_ttl: Duration = 0,
+        headers_limit: str = "",
+        cost_header: str = "",
+        cost_query: str = "",
+        max_cost: int = 0,
     ) -> PolicyBuilder:
-        """Routes charged ``limits`` besides ``apply`` (``[[rules]]``); the first match wins."""
+        """Routes charged ``limits`` besides ``apply`` (``[[rules]]``); the first match wins.
+        ``cost_header``/``cost_query`` (with ``max_cost``) take the cost from the request."""
         table: dict[str, Any] = {
             "routes": list(routes),
             "limits": list(limits),
@@ -191,6 +202,13 @@ class PolicyBuilder:
             table["methods"] = list(methods)
         if name:
             table["name"] = name
+        optional = {
+            "headers_limit": headers_limit,
+            "cost_header": cost_header,
+            "cost_query": cost_query,
+            "max_cost": max_cost,
+        }
+        table.update({key: value for key, value in optional.items() if value})
         self._data["rules"].append(table)
         return self
 
