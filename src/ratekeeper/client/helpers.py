@@ -204,11 +204,9 @@ async def paginate(
     query: dict[str, str] | None = dict(params or {})
     while query is not None:
         response = await client.get(url, params=query)
-        response.raise_for_status()
-        page = response.json()
-        for item in _items(page, items_key):
+        items, query = _turn_page(response, query, items_key, cursor_key, cursor_param)
+        for item in items:
             yield item
-        query = _next_query(page, query, cursor_key, cursor_param)
 
 
 def paginate_sync(
@@ -224,10 +222,21 @@ def paginate_sync(
     query: dict[str, str] | None = dict(params or {})
     while query is not None:
         response = client.get(url, params=query)
-        response.raise_for_status()
-        page = response.json()
-        yield from _items(page, items_key)
-        query = _next_query(page, query, cursor_key, cursor_param)
+        items, query = _turn_page(response, query, items_key, cursor_key, cursor_param)
+        yield from items
+
+
+def _turn_page(
+    response: httpx.Response,
+    query: dict[str, str],
+    items_key: str,
+    cursor_key: str,
+    cursor_param: str,
+) -> tuple[Iterable[Any], dict[str, str] | None]:
+    """One page's items and the query of the next page (``None`` after the last one)."""
+    response.raise_for_status()
+    page = response.json()
+    return _items(page, items_key), _next_query(page, query, cursor_key, cursor_param)
 
 
 def _items(page: Any, items_key: str) -> Iterable[Any]:
