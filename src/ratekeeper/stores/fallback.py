@@ -180,11 +180,8 @@ class FallbackStore:
         if route != _SKIP:
             try:
                 decision = sync.decide(items, cost, now, peek=peek)
-            except Exception as exc:
-                self._failed(exc, route)
-            except BaseException:
-                self._abandon(route)
-                raise
+            except BaseException as exc:
+                self._settle(exc, route)
             else:
                 self._succeeded(route)
                 return decision
@@ -202,11 +199,8 @@ class FallbackStore:
         if route != _SKIP:
             try:
                 decision = await primary.decide_async(items, cost, now, peek=peek)
-            except Exception as exc:
-                self._failed(exc, route)
-            except BaseException:
-                self._abandon(route)
-                raise
+            except BaseException as exc:
+                self._settle(exc, route)
             else:
                 self._succeeded(route)
                 return decision
@@ -222,11 +216,8 @@ class FallbackStore:
         if route != _SKIP:
             try:
                 sync.reset(items)
-            except Exception as exc:
-                self._failed(exc, route)
-            except BaseException:
-                self._abandon(route)
-                raise
+            except BaseException as exc:
+                self._settle(exc, route)
             else:
                 self._succeeded(route)
         self.local.reset(items)
@@ -241,11 +232,8 @@ class FallbackStore:
         if route != _SKIP:
             try:
                 await primary.reset_async(items)
-            except Exception as exc:
-                self._failed(exc, route)
-            except BaseException:
-                self._abandon(route)
-                raise
+            except BaseException as exc:
+                self._settle(exc, route)
             else:
                 self._succeeded(route)
         await self.local.reset_async(items)
@@ -357,10 +345,16 @@ class FallbackStore:
             unenforced,
         )
 
-    def _abandon(self, route: int) -> None:
+    def _settle(self, exc: BaseException, route: int) -> None:
+        """After the primary raised: an ``Exception`` counts as the store being down and is
+        swallowed; a ``BaseException`` (cancellation) frees the probe it may hold and goes on."""
+        if isinstance(exc, Exception):
+            self._failed(exc, route)
+            return
         if route == _PROBE:
             with self._lock:
                 self._probing = False
+        raise exc
 
     def _report_outage(self) -> None:
         with self._lock:
