@@ -205,6 +205,15 @@ class _Transport(Generic[L, Req, Resp]):
             self._limiters[state.plan.name] = limiter
         return limiter
 
+    def _charge(self, op: Hit) -> Any:
+        """The limiter's call charging ``op``: its decision, or (async) an awaitable of it."""
+        charge = op.charge
+        items = charge.items
+        limiter = self._limiter(op.state)
+        if len(items) == 1:
+            return limiter.hit(items[0][0], items[0][1], charge.cost)
+        return limiter.hit_many(items, charge.cost)
+
 
 class SyncDriver(_Transport[Limiter, Req, Resp]):
     """Carries the flow out with ``time.sleep`` and thread locks; a subclass says how to send,
@@ -288,11 +297,7 @@ class SyncDriver(_Transport[Limiter, Req, Resp]):
             with slot:
                 slot.notify_all()
         elif isinstance(op, Hit):
-            charge = op.charge
-            items = charge.items
-            if len(items) == 1:
-                return self._limiter(op.state).hit(items[0][0], items[0][1], charge.cost)
-            return self._limiter(op.state).hit_many(items, charge.cost)
+            return self._charge(op)
         elif isinstance(op, Peek):
             return self._unshifted.peek_many(op.charge.items)
         elif isinstance(op, Sleep):
@@ -443,11 +448,7 @@ class AsyncRateLimitTransport(
             async with slot:
                 slot.notify_all()
         elif isinstance(op, Hit):
-            charge = op.charge
-            items = charge.items
-            if len(items) == 1:
-                return await self._limiter(op.state).hit(items[0][0], items[0][1], charge.cost)
-            return await self._limiter(op.state).hit_many(items, charge.cost)
+            return await self._charge(op)
         elif isinstance(op, Peek):
             return await self._unshifted.peek_many(op.charge.items)
         elif isinstance(op, Sleep):
