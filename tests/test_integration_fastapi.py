@@ -305,3 +305,33 @@ def test_a_routers_key_function_counts_per_its_own_key() -> None:
         a = [client.get("/v2/tenanted", headers={"X-Tenant": "a"}).status_code for _ in range(3)]
         assert a == [200, 200, 429]
         assert client.get("/v2/tenanted", headers={"X-Tenant": "b"}).status_code == 200
+
+
+def test_decorator_path_key_gets_the_routed_request_and_stacked_limits_decide_once() -> None:
+    app = fastapi.FastAPI()
+    RateKeeper(app, loads_policy(POLICY), clock=ManualClock(1_699_999_980.0))
+
+    @app.get("/users/{user}")
+    @limit("2/minute", key=lambda request: request.path_params["user"])
+    def user(user: str, request: fastapi.Request) -> dict[str, str]:
+        return {"user": user, "path": request.url.path}
+
+    @app.get("/stacked")
+    @limit("3/minute")
+    @limit("media")
+    async def stacked(request: fastapi.Request) -> dict[str, str]:
+        return {"path": request.url.path}
+
+    with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, headers=KEY) as client:
+        assert client.get("/users/a").json() == {"user": "a", "path": "/users/a"}
+        assert [client.get("/users/a").status_code for _ in range(2)] == [200, 429]
+        assert client.get("/users/b").status_code == 200
+        first = client.get("/stacked")
+        assert first.json() == {"path": "/stacked"}
+        # One decision: media (5/minute) and 3/minute charged once each, one set of headers.
+        assert first.headers.get_list("X-RateLimit-Limit") == ["3"]
+        assert first.headers["X-RateLimit-Remaining"] == "2"
+        assert [client.get("/stacked").status_code for _ in range(3)] == [200, 200, 429]
+        document = client.get("/openapi.json").json()
+    assert "429" in document["paths"]["/users/{user}"]["get"]["responses"]
+    assert "_ratekeeper_request" not in str(document)

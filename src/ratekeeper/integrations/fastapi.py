@@ -33,7 +33,8 @@ from typing import Any, TypeVar
 
 from fastapi.params import Depends
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection, Request
 from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
 
@@ -53,6 +54,7 @@ from ratekeeper.http.cache_asgi import ResponseCacheMiddleware
 from ratekeeper.http.compiled import CompiledPolicy, CompiledRule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.fastapi import ADMISSION, Admission, RateLimit, RateLimited, install
+from ratekeeper.http.identity import RequestView
 from ratekeeper.http.route_limits import CostFunction, KeyFunction, together
 from ratekeeper.http.workers import warn_if_split
 from ratekeeper.limit import LimitSet
@@ -63,7 +65,9 @@ from ratekeeper.stores.fail_mode import FailMode
 __all__ = ["RateKeeper", "RateKeeperMiddleware", "RateLimited", "RouteLimit", "exempt", "limit"]
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
-_PARAMETER = "_ratekeeper_limit"
+_PARAMETER = "_ratekeeper_request"
+_LIMITS = "__ratekeeper_limits__"
+_CONNECTION = (HTTPConnection, "HTTPConnection")
 _MEMO_MAX = 8192
 
 
@@ -93,31 +97,47 @@ class RouteLimit(Depends):
         return check.rate_limit
 
     def __call__(self, endpoint: Endpoint) -> Endpoint:
-        """Give ``endpoint`` this limit as a dependency, named after the endpoint."""
+        """Give ``endpoint`` this limit, named after the endpoint. No dependency is added (FastAPI
+        solves one at a cost per request): the middleware finds the limit on the endpoint and
+        decides before routing, and the wrapper decides only where it did not (a key or cost
+        function, which gets the routed request, or a route the middleware cannot see)."""
         owner = f"{endpoint.__module__}.{endpoint.__qualname__}"
-        bound = RouteLimit(self.rate_limit.named(owner))
+        bound = self.rate_limit.named(owner)
         signature = inspect.signature(endpoint)
         params = list(signature.parameters.values())
-        extra = inspect.Parameter(_PARAMETER, inspect.Parameter.KEYWORD_ONLY, default=bound)
-        at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
-        params.insert(at, extra)
-        wrapper: Any
-        if inspect.iscoroutinefunction(endpoint):
+        # FastAPI passes the request to a parameter typed HTTPConnection, a slot of its own that
+        # an endpoint's ``request: Request`` does not take (a stacked limit's is shared).
+        name = next((p.name for p in params if p.annotation in _CONNECTION), None)
+        ours = name is None
+        if name is None:
+            name = _PARAMETER
+            extra = inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, annotation=HTTPConnection
+            )
+            at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+            params.insert(at, extra)
+        run = endpoint if inspect.iscoroutinefunction(endpoint) else _in_threadpool(endpoint)
 
-            @functools.wraps(endpoint)
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                kwargs.pop(_PARAMETER, None)
-                return await endpoint(*args, **kwargs)
+        @functools.wraps(endpoint)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = kwargs.pop(name) if ours else kwargs[name]
+            admission: Admission | None = request.scope.get(ADMISSION)
+            if admission is None or not admission.by_route:
+                await bound.check(request)
+            return await run(*args, **kwargs)
 
-        else:
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        setattr(wrapper, _LIMITS, (bound, *getattr(endpoint, _LIMITS, ())))
+        return wrapper  # type: ignore[return-value]
 
-            @functools.wraps(endpoint)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                kwargs.pop(_PARAMETER, None)
-                return endpoint(*args, **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=params)
-        return wrapper  # type: ignore[no-any-return]
+def _in_threadpool(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """``endpoint`` (a plain function) run as FastAPI runs one: in the thread pool."""
+
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return await run_in_threadpool(endpoint, *args, **kwargs)
+
+    return run
 
 
 def limit(
@@ -153,6 +173,7 @@ def _rate_limits(endpoint: Any) -> tuple[RateLimit, ...]:
     while pending:
         dependant = pending.pop()
         call = dependant.call
+        found.extend(getattr(call, _LIMITS, ()))
         if isinstance(call, _Check):
             found.append(call.rate_limit)
         elif isinstance(call, RateLimit):
@@ -187,6 +208,19 @@ _IETF_HEADERS = {
 }
 
 
+class _Route:
+    """The ratekeeper limits of the route a method and path go to, whether the middleware
+    ``decides`` for them before routing, and their one ``rule`` under ``plan``."""
+
+    __slots__ = ("decides", "limits", "plan", "rule")
+
+    def __init__(self, limits: tuple[RateLimit, ...], decides: bool) -> None:
+        self.limits = limits
+        self.decides = decides
+        self.plan: CompiledPolicy | None = None
+        self.rule: CompiledRule | None = None
+
+
 class RateKeeper:
     """Enforces ``policy`` on ``app`` (FastAPI or Starlette) and answers its route limits.
 
@@ -212,7 +246,7 @@ class RateKeeper:
             LimitSet("websocket-messages", websocket_messages) if websocket_messages else None
         )
         # (method, path) -> its route's ratekeeper dependencies; routes are fixed once it serves.
-        self._limited: dict[tuple[str, str], tuple[RateLimit, ...]] = {}
+        self._limited: dict[tuple[str, str], _Route] = {}
         app.state.ratekeeper = self
         install(app)
         app.add_middleware(RateKeeperMiddleware, keeper=self)
@@ -224,20 +258,54 @@ class RateKeeper:
         return f"<RateKeeper {self.enforcer!r}>"
 
     def route_limits(self, scope: Scope) -> tuple[RateLimit, ...]:
-        """The ratekeeper dependencies of the route ``scope`` goes to (which decide for it)."""
+        """The ratekeeper limits of the route ``scope`` goes to (which decide for it)."""
+        return self.route(scope).limits
+
+    def route(self, scope: Scope) -> _Route:
+        """What the middleware knows of the route ``scope`` goes to (memoised per method and
+        path: routes are fixed once the app serves)."""
         method, path = scope["method"], scope["path"]
         found = self._limited.get((method, path))
         if found is None:
-            found = ()
+            limits: tuple[RateLimit, ...] = ()
             router = getattr(scope.get("app"), "router", None)
             for endpoint in _endpoints(getattr(router, "routes", ())):
                 if endpoint.path_regex.match(path) and method in (endpoint.methods or ()):
-                    found = _rate_limits(endpoint)
+                    limits = _rate_limits(endpoint)
                     break
             if len(self._limited) >= _MEMO_MAX:
                 self._limited.clear()
-            self._limited[(method, path)] = found
+            found = self._limited[(method, path)] = _Route(limits, self._decides(limits))
         return found
+
+    def _decides(self, limits: tuple[RateLimit, ...]) -> bool:
+        # Before routing the middleware knows neither the route's path (a dependency's budget is
+        # named after it) nor what the routed request holds (a key or cost function's input).
+        return all(
+            limit.owner is not None
+            and limit.spec.key is None
+            and not callable(limit.spec.cost)
+            and limit.enforcer in (None, self.enforcer)
+            for limit in limits
+        )
+
+    def rule_of(self, route: _Route, method: str, path: str) -> CompiledRule | None:
+        """The one rule of ``route``'s limits and the policy's (``None``: the policy's alone),
+        made once per plan."""
+        plan = self.enforcer.plan
+        if route.plan is not plan:
+            route.rule = (
+                together(
+                    [
+                        limit.guard(self.enforcer, limit.owner or path).rule(method, path)
+                        for limit in route.limits
+                    ]
+                )
+                if route.limits
+                else None
+            )
+            route.plan = plan
+        return route.rule
 
     def _document(self, app: Any) -> None:
         original = app.openapi
@@ -315,16 +383,24 @@ class RateKeeperMiddleware:
         if kind != "http" or scope["path"] in self.keeper.exempt_paths:
             await self.app(scope, receive, send)
             return
-        enforcer = self.keeper.enforcer
-        admission = scope[ADMISSION] = Admission(enforcer)
-        admission.route_limits = self.keeper.route_limits(scope)
-        if not admission.route_limits:
+        keeper = self.keeper
+        enforcer = keeper.enforcer
+        route = keeper.route(scope)
+        admission = scope[ADMISSION] = Admission(enforcer, route_limits=route.limits)
+        if route.decides:
             view = view_from_scope(scope, enforcer.header_names)
-            ticket = await enforcer.admit_async(replace(view, request=Request(scope)))
+            rule = keeper.rule_of(route, view.method, view.path)
+            ticket = await enforcer.admit_async(
+                RequestView(
+                    view.method, view.path, view.headers, view.peer, view.query, Request(scope)
+                ),
+                rule,
+            )
             if ticket.answer is not None:
                 await send_answer(send, ticket.answer)
                 return
             admission.ticket = scope[TICKET] = ticket
+            admission.by_route = rule is not None
         status = 500
 
         async def send_with_headers(message: Message) -> None:
