@@ -20,7 +20,7 @@ from ratekeeper.errors import RatekeeperError
 from ratekeeper.gateway.admin.operator import Operator
 from ratekeeper.http.asgi import Receive, Scope, Send
 
-__all__ = ["MAX_BODY_BYTES", "AdminAPI", "admin_token_needed"]
+__all__ = ["MAX_BODY_BYTES", "AdminAPI", "admin_token_needed", "bearer_authorised"]
 
 MAX_BODY_BYTES = 65_536
 
@@ -37,6 +37,18 @@ def admin_token_needed(address: str) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:
         return True
+
+
+def bearer_authorised(scope: Scope, token: bytes | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (compared in constant
+    time); always true when ``token`` is ``None``. The admin API and the live page share it."""
+    if token is None:
+        return True
+    given = b""
+    for name, value in scope["headers"]:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            given = value[7:].strip()
+    return hmac.compare_digest(given, token)
 
 
 Result = tuple[int, dict[str, Any]]
@@ -80,7 +92,7 @@ class AdminAPI:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope: Scope, receive: Receive) -> Result:
-        if not self._authorised(scope):
+        if not bearer_authorised(scope, self._token):
             return _error(401, "unauthorized", "a valid admin token is required (Bearer)")
         request = await _read(scope, receive)
         if not isinstance(request, _Request):
@@ -89,15 +101,6 @@ class AdminAPI:
             return await self._route(request)
         except RatekeeperError as exc:
             return _error(400, "invalid", str(exc))
-
-    def _authorised(self, scope: Scope) -> bool:
-        if self._token is None:
-            return True
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-        return hmac.compare_digest(given, self._token)
 
     async def _route(self, request: _Request) -> Result:
         op = self.operator

@@ -12,12 +12,12 @@ requests from other sites (and, without a token, rebound host names) are refused
 
 from __future__ import annotations
 
-import hmac
 import json
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
+from ratekeeper.gateway.admin.api import bearer_authorised
 from ratekeeper.gateway.admin.live import LiveSnapshot, LockoutSightings, scraper
 from ratekeeper.gateway.admin.operator import Operator
 from ratekeeper.gateway.admin.origin import refusal
@@ -74,7 +74,7 @@ class LivePage:
             await _send(send, 200, self._file(name), content_type)
 
     async def _snapshot(self, scope: Scope) -> tuple[int, dict[str, Any]]:
-        if not self._authorised(scope):
+        if not bearer_authorised(scope, self._token):
             return 401, {"error": "unauthorized", "message": "a valid admin token is required"}
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         top = query.get("top", ["10"])[-1]
@@ -83,15 +83,6 @@ class LivePage:
             message = f"top: expected a whole number from 1 to {size}, got {top[:20]!r}"
             return 400, {"error": "bad_request", "message": message}
         return 200, await self.live.snapshot(int(top))
-
-    def _authorised(self, scope: Scope) -> bool:
-        if self._token is None:
-            return True
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-        return hmac.compare_digest(given, self._token)
 
     def _file(self, name: str) -> bytes:
         data = self._files.get(name)
