@@ -36,6 +36,23 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def listener_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options naming the admin listener and its token (``ratekeeper admin`` and
+    ``ratekeeper top`` take the same)."""
+    parser.add_argument("--url", default=os.environ.get("RATEKEEPER_ADMIN_URL", DEFAULT_ADMIN_URL))
+    parser.add_argument("--unix", metavar="PATH", help="the admin listener's unix socket")
+    parser.add_argument("--token", default=os.environ.get("RATEKEEPER_ADMIN_TOKEN", ""))
+
+
+def listener_client(args: argparse.Namespace, timeout: float) -> tuple[httpx.Client, str]:
+    """A client of the admin listener the options name (sending the token, if any), and the
+    base URL of its requests."""
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    transport = httpx.HTTPTransport(uds=args.unix) if args.unix else None
+    base = "http://admin" if args.unix else args.url.rstrip("/")
+    return httpx.Client(transport=transport, timeout=timeout, headers=headers), base
+
+
 def _key_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("key", nargs="?", help="the API key ('-': read it from standard input)")
@@ -47,9 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="ratekeeper admin",
         description="Operate a running ratekeeper serve through its admin listener (--admin).",
     )
-    parser.add_argument("--url", default=os.environ.get("RATEKEEPER_ADMIN_URL", DEFAULT_ADMIN_URL))
-    parser.add_argument("--unix", metavar="PATH", help="the admin listener's unix socket")
-    parser.add_argument("--token", default=os.environ.get("RATEKEEPER_ADMIN_TOKEN", ""))
+    listener_arguments(parser)
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -160,12 +175,10 @@ def admin_main(argv: Sequence[str] | None = None) -> int:
         print(_digest(args, args.key))
         return 0
     method, path, body, query = _request(args)
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    transport = httpx.HTTPTransport(uds=args.unix) if args.unix else None
-    base = "http://admin" if args.unix else args.url.rstrip("/")
+    client, base = listener_client(args, args.timeout)
     try:
-        with httpx.Client(transport=transport, timeout=args.timeout) as client:
-            response = client.request(method, base + path, json=body, params=query, headers=headers)
+        with client:
+            response = client.request(method, base + path, json=body, params=query)
     except httpx.HTTPError as exc:
         where = args.unix or args.url
         print(f"ratekeeper admin: cannot reach {where}: {exc}", file=sys.stderr)

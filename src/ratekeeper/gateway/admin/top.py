@@ -10,7 +10,6 @@ whole gateway's; rates are the difference between two snapshots.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ratekeeper.gateway.admin.cli import DEFAULT_ADMIN_URL
+from ratekeeper.gateway.admin.cli import listener_arguments, listener_client
 
 __all__ = ["Picture", "render", "top_main"]
 
@@ -175,9 +174,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="ratekeeper top",
         description="Watch a running ratekeeper serve through its admin listener (--admin).",
     )
-    parser.add_argument("--url", default=os.environ.get("RATEKEEPER_ADMIN_URL", DEFAULT_ADMIN_URL))
-    parser.add_argument("--unix", metavar="PATH", help="the admin listener's unix socket")
-    parser.add_argument("--token", default=os.environ.get("RATEKEEPER_ADMIN_TOKEN", ""))
+    listener_arguments(parser)
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--top", type=int, default=5, help="callers shown per limit (1-32)")
     parser.add_argument(
@@ -192,15 +189,13 @@ def top_main(argv: Sequence[str] | None = None, console: Console | None = None) 
     if not 1 <= args.top <= 32 or args.interval <= 0:
         print("ratekeeper top: --top takes 1 to 32, --interval a positive number of seconds")
         return 2
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    transport = httpx.HTTPTransport(uds=args.unix) if args.unix else None
-    base = "http://admin" if args.unix else args.url.rstrip("/")
+    client, base = listener_client(args, 5.0)
     source = args.unix or base
     picture = Picture()
     console = console or Console()
     seen = 0
     with (
-        httpx.Client(transport=transport, timeout=5.0, headers=headers) as client,
+        client,
         Live(render(picture, source), console=console, auto_refresh=False) as live,
     ):
         try:
