@@ -1,4 +1,4 @@
-"""The ``ratekeeper`` command: ``ratekeeper serve ...`` and ``ratekeeper fetch ...`` (see
+"""The ``ratekeeper`` command: ``ratekeeper serve|fetch|admin|top ...`` (see
 ``ratekeeper COMMAND --help``).
 
 Subcommands import their modules only when run, so ``ratekeeper --help`` works without the
@@ -7,8 +7,9 @@ optional extras installed.
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ratekeeper._version import __version__
 
@@ -28,6 +29,14 @@ commands:
 'ratekeeper COMMAND --help' describes a command's options.
 """
 
+# Each command's module, its entry point and the extra its imports need.
+_COMMANDS = {
+    "serve": ("ratekeeper.gateway.server", "serve_main", "http"),
+    "admin": ("ratekeeper.gateway.admin.cli", "admin_main", "client"),
+    "top": ("ratekeeper.gateway.admin.top", "top_main", "client"),
+    "fetch": ("ratekeeper.client.fetch", "fetch_main", "client"),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
@@ -39,52 +48,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ratekeeper {__version__}")
         return 0
     command, rest = args[0], args[1:]
-    if command == "serve":
-        try:
-            from ratekeeper.gateway.server import serve_main  # noqa: PLC0415 (extras)
-        except ImportError as exc:
-            print(
-                f"ratekeeper serve needs the http extra ({exc.name} is missing): "
-                "pip install 'ratekeeper[http]'",
-                file=sys.stderr,
-            )
-            return 2
-        return serve_main(rest)
-    if command == "admin":
-        try:
-            from ratekeeper.gateway.admin.cli import admin_main  # noqa: PLC0415 (extras)
-        except ImportError as exc:
-            print(
-                f"ratekeeper admin needs the client extra ({exc.name} is missing): "
-                "pip install 'ratekeeper[client]'",
-                file=sys.stderr,
-            )
-            return 2
-        return admin_main(rest)
-    if command == "top":
-        try:
-            from ratekeeper.gateway.admin.top import top_main  # noqa: PLC0415 (extras)
-        except ImportError as exc:
-            print(
-                f"ratekeeper top needs the client extra ({exc.name} is missing): "
-                "pip install 'ratekeeper[client]'",
-                file=sys.stderr,
-            )
-            return 2
-        return top_main(rest)
-    if command == "fetch":
-        try:
-            from ratekeeper.client.fetch import fetch_main  # noqa: PLC0415 (extras)
-        except ImportError as exc:
-            print(
-                f"ratekeeper fetch needs the client extra ({exc.name} is missing): "
-                "pip install 'ratekeeper[client]'",
-                file=sys.stderr,
-            )
-            return 2
-        return fetch_main(rest)
-    print(f"ratekeeper: unknown command {command!r}\n\n{_USAGE}", end="", file=sys.stderr)
-    return 2
+    if command not in _COMMANDS:
+        print(f"ratekeeper: unknown command {command!r}\n\n{_USAGE}", end="", file=sys.stderr)
+        return 2
+    module, function, extra = _COMMANDS[command]
+    try:
+        run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    except ImportError as exc:
+        print(
+            f"ratekeeper {command} needs the {extra} extra ({exc.name} is missing): "
+            f"pip install 'ratekeeper[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+    return run(rest)
 
 
 if __name__ == "__main__":
