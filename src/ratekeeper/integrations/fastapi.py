@@ -386,21 +386,22 @@ class RateKeeperMiddleware:
         keeper = self.keeper
         enforcer = keeper.enforcer
         route = keeper.route(scope)
-        admission = scope[ADMISSION] = Admission(enforcer, route_limits=route.limits)
         if route.decides:
             view = view_from_scope(scope, enforcer.header_names)
             rule = keeper.rule_of(route, view.method, view.path)
+            request = Request(scope)
             ticket = await enforcer.admit_async(
-                RequestView(
-                    view.method, view.path, view.headers, view.peer, view.query, Request(scope)
-                ),
+                RequestView(view.method, view.path, view.headers, view.peer, view.query, request),
                 rule,
             )
             if ticket.answer is not None:
                 await send_answer(send, ticket.answer)
                 return
-            admission.ticket = scope[TICKET] = ticket
-            admission.by_route = rule is not None
+            scope[TICKET] = ticket
+            admission = Admission(enforcer, ticket, route.limits, rule is not None)
+        else:
+            admission = Admission(enforcer, None, route.limits)
+        scope[ADMISSION] = admission
         status = 500
 
         async def send_with_headers(message: Message) -> None:
@@ -412,7 +413,7 @@ class RateKeeperMiddleware:
                 if headers is None and ticket is not None:
                     headers = ticket.headers
                 if headers:
-                    extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+                    extra = [(_encoded(n), v.encode("latin-1")) for n, v in headers]
                     message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
@@ -444,6 +445,19 @@ class RateKeeperMiddleware:
             await self.app(scope, receive, send)
         finally:
             await enforcer.complete_async(ticket, 101)
+
+
+_NAMES: dict[str, bytes] = {}
+
+
+def _encoded(name: str) -> bytes:
+    """A header name as bytes; a policy sends few names, so each is encoded once."""
+    found = _NAMES.get(name)
+    if found is None:
+        found = name.encode("latin-1")
+        if len(_NAMES) < _MEMO_MAX:
+            _NAMES[name] = found
+    return found
 
 
 def _metered(receive: Receive, send: Send, messages: LimitSet, clock: Clock) -> Receive:
