@@ -193,6 +193,19 @@ class UpstreamProxy:
         finally:
             response.release()
 
+    async def _invalid_answer(
+        self, response: aiohttp.ClientResponse, send: Send, what: str
+    ) -> None:
+        """Drop an upstream answer the server in front could not write, and answer 502."""
+        response.close()
+        await self._fail(
+            send,
+            502,
+            "bad_upstream_answer",
+            "The upstream API gave an invalid answer.",
+            ValueError(what),
+        )
+
     async def _relay(
         self,
         scope: Scope,
@@ -203,14 +216,7 @@ class UpstreamProxy:
         if not 200 <= response.status <= 599:
             # aiohttp reads any three digits; uvicorn can only write 100-599, and an informational
             # or switching answer has no place as the final one of a proxied request.
-            response.close()
-            await self._fail(
-                send,
-                502,
-                "bad_upstream_answer",
-                "The upstream API gave an invalid answer.",
-                ValueError(f"status {response.status}"),
-            )
+            await self._invalid_answer(response, send, f"status {response.status}")
             return
         drop = _RESPONSE_DROP
         named = _connection_tokens(response.raw_headers)
@@ -219,14 +225,7 @@ class UpstreamProxy:
         out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in drop]
         if any(_BAD_NAME.search(k) or _BAD_VALUE.search(v) for k, v in out):
             # aiohttp lets control characters through that the server in front cannot write.
-            response.close()
-            await self._fail(
-                send,
-                502,
-                "bad_upstream_answer",
-                "The upstream API gave an invalid answer.",
-                ValueError("a header with control characters"),
-            )
+            await self._invalid_answer(response, send, "a header with control characters")
             return
         length = response.content_length
         if scope["method"] == "HEAD" or (length is not None and length <= SMALL_BODY):
