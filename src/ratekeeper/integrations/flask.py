@@ -25,14 +25,15 @@ view; key and cost functions get Flask's ``request``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Request, Response, current_app, request
 
 from ratekeeper.errors import PolicyError
+from ratekeeper.http.compiled import CompiledRule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.flow import Ticket
+from ratekeeper.http.identity import RequestView
 from ratekeeper.http.route_limits import (
     CostFunction,
     KeyFunction,
@@ -49,6 +50,8 @@ __all__ = ["RateKeeper"]
 
 Target = TypeVar("Target", bound=Callable[..., Any] | Blueprint)
 _ATTRIBUTE = "_ratekeeper_limits"
+_TICKET = "ratekeeper.ticket"
+_MEMO_MAX = 8192
 
 
 def _policy_of(value: object) -> Policy:
@@ -71,6 +74,8 @@ class _AppState:
         self.enforcer = enforcer
         self.enabled = enabled
         self.guards: dict[str, tuple[RouteGuard, ...]] = {}
+        # (endpoint, method, path) -> (the plan, its one rule for them; None: the policy's alone)
+        self.rules: dict[tuple[str, str, str], tuple[object, CompiledRule | None]] = {}
 
 
 class RateKeeper:
@@ -91,12 +96,12 @@ class RateKeeper:
             raise PolicyError("app.config['RATEKEEPER_POLICY']: expected a policy (missing)")
         policy = _policy_of(config["RATEKEEPER_POLICY"])
         enforcer = Enforcer(policy, store=config.get("RATEKEEPER_STORE"))
-        app.extensions["ratekeeper"] = _AppState(
-            enforcer, bool(config.get("RATEKEEPER_ENABLED", True))
-        )
-        app.before_request(self._before)
-        app.after_request(self._after)
-        app.teardown_request(self._teardown)
+        state = _AppState(enforcer, bool(config.get("RATEKEEPER_ENABLED", True)))
+        app.extensions["ratekeeper"] = state
+        # Bound to this app's state: no lookup of the current app on each request.
+        app.before_request(lambda: self._before(app, state))
+        app.after_request(lambda response: self._after(state, response))
+        app.teardown_request(lambda exc: self._teardown(state))
         warn_if_split(enforcer.store, f"Flask app {app.name!r}")
 
     def enforcer(self, app: Flask | None = None) -> Enforcer:
@@ -133,18 +138,18 @@ class RateKeeper:
             raise PolicyError("RateKeeper: call init_app(app) before the first request")
         return state  # type: ignore[no-any-return]
 
-    def _guards(self, state: _AppState, endpoint: str | None) -> tuple[RouteGuard, ...]:
+    def _guards(
+        self, app: Flask, state: _AppState, endpoint: str, blueprints: list[str]
+    ) -> tuple[RouteGuard, ...]:
         """The view's limits and each of its blueprints', a budget (and key) of their own."""
-        if endpoint is None:
-            return ()
         guards = state.guards.get(endpoint)
         if guards is not None:
             return guards
-        view = current_app.view_functions.get(endpoint)
+        view = app.view_functions.get(endpoint)
         declared = [
             (endpoint, getattr(view, _ATTRIBUTE, None)),
             (endpoint, getattr(getattr(view, "view_class", None), _ATTRIBUTE, None)),
-            *((f"{endpoint}@{name}", self._blueprints.get(name)) for name in request.blueprints),
+            *((f"{endpoint}@{name}", self._blueprints.get(name)) for name in blueprints),
         ]
         owners: dict[str, RouteLimits] = {}
         for owner, spec in declared:
@@ -156,31 +161,52 @@ class RateKeeper:
         state.guards[endpoint] = guards
         return guards
 
-    def _before(self) -> Response | None:
-        state = self._state(current_app)
+    def _rule(
+        self, app: Flask, state: _AppState, req: Request, view: RequestView
+    ) -> CompiledRule | None:
+        """The one rule of the view's limits and the policy's, made once per plan and path."""
+        endpoint = req.endpoint
+        if endpoint is None:
+            return None
+        plan = state.enforcer.plan
+        probe = (endpoint, view.method, view.path)
+        found = state.rules.get(probe)
+        if found is not None and found[0] is plan:
+            return found[1]
+        guards = self._guards(app, state, endpoint, req.blueprints)
+        rule = together([g.rule(view.method, view.path) for g in guards]) if guards else None
+        if len(state.rules) >= _MEMO_MAX:
+            state.rules.clear()
+        state.rules[probe] = (plan, rule)
+        return rule
+
+    def _before(self, app: Flask, state: _AppState) -> Response | None:
         if not state.enabled:
             return None
         enforcer = state.enforcer
-        view = view_from_environ(request.environ, enforcer.header_names)
-        guards = self._guards(state, request.endpoint)
-        rule = together([g.rule(view.method, view.path) for g in guards]) if guards else None
-        ticket = enforcer.admit(replace(view, request=request), rule)
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        view = view_from_environ(req.environ, enforcer.header_names)
+        rule = self._rule(app, state, req, view)
+        ticket = enforcer.admit(
+            RequestView(view.method, view.path, view.headers, view.peer, view.query, req), rule
+        )
         answer = ticket.answer
         if answer is not None:
             return Response(answer.body, answer.status, headers=answer.headers)
-        g._ratekeeper_ticket = ticket
+        req.environ[_TICKET] = ticket
         return None
 
-    def _after(self, response: Response) -> Response:
-        ticket: Ticket | None = g.pop("_ratekeeper_ticket", None)
+    def _after(self, state: _AppState, response: Response) -> Response:
+        ticket: Ticket | None = request.environ.pop(_TICKET, None)
         if ticket is not None:
+            headers = response.headers
             for name, value in ticket.headers:
-                response.headers[name] = value
-            self._state(current_app).enforcer.complete(ticket, response.status_code)
+                headers[name] = value
+            state.enforcer.complete(ticket, response.status_code)
         return response
 
-    def _teardown(self, exc: BaseException | None) -> None:
+    def _teardown(self, state: _AppState) -> None:
         # A view that raised never reached after_request: its answer is a 500.
-        ticket: Ticket | None = g.pop("_ratekeeper_ticket", None)
+        ticket: Ticket | None = request.environ.pop(_TICKET, None)
         if ticket is not None:
-            self._state(current_app).enforcer.complete(ticket, 500)
+            state.enforcer.complete(ticket, 500)
