@@ -17,7 +17,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -114,13 +114,10 @@ class _Meter:
         return len(self.done) / max(min(span_s, now - self.done[0]), 1.0)
 
 
-async def _run(args: argparse.Namespace, urls: list[str], err: Console, out: TextIO) -> int:
-    meter = _Meter()
-
-    async def sleep(seconds: float) -> None:
-        meter.waited_s += seconds
-        await asyncio.sleep(seconds)
-
+def _transport(
+    args: argparse.Namespace, sleep: Callable[[float], Awaitable[None]]
+) -> AsyncRateLimitTransport:
+    """The transport pacing every URL: by ``--policy`` (a file or preset) or by ``--rate``."""
     # Running low is what a fetch paced to the limits does: quiet unless asked.
     options = {
         "min_interval_s": args.min_interval,
@@ -133,17 +130,17 @@ async def _run(args: argparse.Namespace, urls: list[str], err: Console, out: Tex
         if args.policy
         else HostPolicy(limits=args.rate, algorithm=args.algorithm, tier=args.tier, **options)
     )
-    transport = AsyncRateLimitTransport(
+    return AsyncRateLimitTransport(
         default=policy,
         retry=RetryPolicy(max_retries=args.retries, max_wait_s=args.max_wait),
         store=args.store,
         sleep=sleep,
     )
-    out_dir = Path(args.output_dir) if args.output_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    progress = Progress(
+
+
+def _progress(args: argparse.Namespace, err: Console) -> Progress:
+    """The bar on standard error: done of all, the recent rate and the time spent waiting."""
+    return Progress(
         TextColumn("[bold]fetch"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -153,6 +150,21 @@ async def _run(args: argparse.Namespace, urls: list[str], err: Console, out: Tex
         console=err,
         disable=args.no_progress,
     )
+
+
+async def _run(args: argparse.Namespace, urls: list[str], err: Console, out: TextIO) -> int:
+    meter = _Meter()
+
+    async def sleep(seconds: float) -> None:
+        meter.waited_s += seconds
+        await asyncio.sleep(seconds)
+
+    transport = _transport(args, sleep)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    progress = _progress(args, err)
     async with httpx.AsyncClient(
         transport=transport, headers=_headers(args.header), timeout=args.timeout
     ) as client:
