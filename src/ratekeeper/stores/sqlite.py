@@ -512,13 +512,16 @@ class SQLiteStore:
         if version is not None:
             self._version = version
         if self._version is not None:
-            cache = self._rows
-            if len(cache) >= _ROWS_CACHED:
-                cache.clear()
-            kept = new_entries if charged and new_entries is not None else entries
-            for i, entry in enumerate(kept):
-                cache[params[2 * i], params[2 * i + 1]] = entry
+            self._remember(params, new_entries if charged and new_entries is not None else entries)
         return decision
+
+    def _remember(self, params: list[str | bytes], entries: Sequence[EntryState | None]) -> None:
+        """File the rows a transaction read or wrote in the row cache (emptied when full)."""
+        cache = self._rows
+        if len(cache) >= _ROWS_CACHED:
+            cache.clear()
+        for i, entry in enumerate(entries):
+            cache[params[2 * i], params[2 * i + 1]] = entry
 
     def _decode(self, blob: bytes, limit_set: LimitSet) -> EntryState:
         try:
