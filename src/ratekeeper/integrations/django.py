@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -38,8 +37,10 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
 from ratekeeper.errors import PolicyError
+from ratekeeper.http.compiled import CompiledRule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.flow import Answer, Ticket
+from ratekeeper.http.identity import RequestView
 from ratekeeper.http.route_limits import (
     CostFunction,
     KeyFunction,
@@ -56,6 +57,7 @@ __all__ = ["RateKeeperMiddleware", "admit", "enforcer", "exempt", "limit", "resp
 View = TypeVar("View", bound=Callable[..., Any])
 _ATTRIBUTE = "_ratekeeper_limits"
 _DECIDED = "_ratekeeper_decided"
+_MEMO_MAX = 8192
 DEFERRED = "_ratekeeper_deferred"
 """Set on a request whose decision a later component makes (the DRF throttle)."""
 TICKET = "_ratekeeper_ticket"
@@ -136,7 +138,11 @@ def admit(request: HttpRequest, guard: RouteGuard | None, framework_request: Any
     current = enforcer()
     view = view_from_environ(request.META, current.header_names)
     rule = None if guard is None else guard.rule(view.method, view.path)
-    return current.admit(replace(view, request=framework_request or request), rule)
+    return current.admit(_with_request(view, framework_request or request), rule)
+
+
+def _with_request(view: RequestView, request: Any) -> RequestView:
+    return RequestView(view.method, view.path, view.headers, view.peer, view.query, request)
 
 
 def respond(answer: Answer) -> HttpResponse:
@@ -147,10 +153,12 @@ def respond(answer: Answer) -> HttpResponse:
     return response
 
 
-def _finish(ticket: Ticket, response: HttpResponse) -> HttpResponse:
+def _finish(
+    ticket: Ticket, response: HttpResponse, current: Enforcer | None = None
+) -> HttpResponse:
     for name, value in ticket.headers:
         response[name] = value
-    enforcer().complete(ticket, response.status_code)
+    (current or enforcer()).complete(ticket, response.status_code)
     return response
 
 
@@ -167,21 +175,59 @@ def _deferred(view: Any) -> bool:
     return any(getattr(throttle, "ratekeeper_decides", False) for throttle in throttles)
 
 
+class _ViewLimits:
+    """A decorated view's limits (``spec_of()``: read on its first request), their guard under
+    the current enforcer and their one rule per plan, method and path, so a request resolves
+    nothing again."""
+
+    __slots__ = ("enforcer", "guard", "owner", "rules", "spec_of")
+
+    def __init__(self, owner: str, spec_of: Callable[[], RouteLimits | None]) -> None:
+        self.owner = owner
+        self.spec_of = spec_of
+        self.enforcer: Enforcer | None = None
+        self.guard: RouteGuard | None = None
+        self.rules: dict[tuple[str, str], tuple[object, CompiledRule | None]] = {}
+
+    def rule(self, current: Enforcer, method: str, path: str) -> CompiledRule | None:
+        """The view's limits and the policy's for ``method path``, as one rule."""
+        if self.enforcer is not current:
+            self.guard = _guard(self.owner, self.spec_of())
+            self.rules = {}
+            self.enforcer = current
+        if self.guard is None:
+            return None
+        plan = current.plan
+        found = self.rules.get((method, path))
+        if found is not None and found[0] is plan:
+            return found[1]
+        rule = self.guard.rule(method, path)
+        if len(self.rules) >= _MEMO_MAX:
+            self.rules.clear()
+        self.rules[(method, path)] = (plan, rule)
+        return rule
+
+
 def _guarded(
-    request: HttpRequest, owner: str, spec: RouteLimits | None, call: Callable[[], Any]
+    request: HttpRequest, limits: _ViewLimits, call: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
-    if getattr(request, _DECIDED, False) or not _enabled():
-        return call()
+    current: Enforcer | None = _state.get("enforcer")
+    if current is None:
+        current = enforcer()
+    if getattr(request, _DECIDED, False) or not _state["enabled"]:
+        return call(request, *args, **kwargs)
     setattr(request, _DECIDED, True)
-    ticket = admit(request, _guard(owner, spec))
+    view = view_from_environ(request.META, current.header_names)
+    rule = limits.rule(current, view.method, view.path)
+    ticket = current.admit(_with_request(view, request), rule)
     if ticket.answer is not None:
         return respond(ticket.answer)
     try:
-        response = call()
+        response = call(request, *args, **kwargs)
     except BaseException:
-        enforcer().complete(ticket, 500)
+        current.complete(ticket, 500)
         raise
-    return _finish(ticket, response)
+    return _finish(ticket, response, current)
 
 
 def limit(
@@ -205,21 +251,25 @@ def _mark(view: View, spec: RouteLimits) -> View:
     if isinstance(view, type):
         setattr(view, _ATTRIBUTE, combine([view.__dict__.get(_ATTRIBUTE), spec]))
         dispatch = view.dispatch  # type: ignore[attr-defined]
+        # Per class: a subclass may carry limits of its own.
+        per_class: dict[type, _ViewLimits] = {}
 
         @functools.wraps(dispatch)
         def guarded_dispatch(self: Any, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            spec_now = getattr(type(self), _ATTRIBUTE, None)
-            return _guarded(
-                request, owner, spec_now, lambda: dispatch(self, request, *args, **kwargs)
-            )
+            cls = type(self)
+            limits = per_class.get(cls)
+            if limits is None:
+                limits = per_class[cls] = _ViewLimits(owner, lambda: getattr(cls, _ATTRIBUTE, None))
+            return _guarded(request, limits, functools.partial(dispatch, self), *args, **kwargs)
 
         view.dispatch = guarded_dispatch  # type: ignore[attr-defined]
         return view
 
     @functools.wraps(view)
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        return _guarded(request, owner, _limits_of(guarded), lambda: view(request, *args, **kwargs))
+        return _guarded(request, limits, view, *args, **kwargs)
 
+    limits = _ViewLimits(owner, lambda: _limits_of(guarded))
     setattr(guarded, _ATTRIBUTE, combine([getattr(view, _ATTRIBUTE, None), spec]))
     return guarded  # type: ignore[return-value]
 
