@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -19,6 +20,21 @@ EntryDecider: TypeAlias = Callable[
     [tuple[State | None, ...] | None, float, int],
     tuple[list[Step], tuple[State | None, ...] | None],
 ]
+
+# The same on the states kept as one flat tuple of numbers (the memory store's layout: a tuple
+# per limit costs 56 bytes more each), the new flat tuple or None.
+FlatDecider: TypeAlias = Callable[
+    [tuple[float, ...] | None, float, int], tuple[list[Step], tuple[float, ...] | None]
+]
+
+# How many numbers each algorithm's state holds: (start, count), (start, previous, current),
+# (theoretical arrival time,).
+STATE_WIDTHS = {
+    Algorithm.FIXED_WINDOW: 2,
+    Algorithm.FIRST_HIT_WINDOW: 2,
+    Algorithm.SLIDING_WINDOW: 3,
+    Algorithm.GCRA: 1,
+}
 
 _PERIOD_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
 
@@ -119,6 +135,7 @@ class LimitSet:
     ttl_s: float = field(init=False, repr=False, compare=False)
     steps: tuple[tuple[StepFn, Limit], ...] = field(init=False, repr=False, compare=False)
     decide_entry: EntryDecider = field(init=False, repr=False, compare=False)
+    decide_flat: FlatDecider = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -161,6 +178,7 @@ class LimitSet:
         object.__setattr__(self, "ttl_s", max(lim.ttl_s for lim in items))
         object.__setattr__(self, "steps", tuple((lim.step, lim) for lim in items))
         object.__setattr__(self, "decide_entry", _entry_decider(self.steps))
+        object.__setattr__(self, "decide_flat", _flat_decider(self.steps))
 
     def __len__(self) -> int:
         return len(self.limits)
@@ -217,5 +235,47 @@ def _entry_decider(steps: tuple[tuple[StepFn, Limit], ...]) -> EntryDecider:
             if not result[0]:
                 return results, None
         return results, tuple([result[1] for result in results])
+
+    return any_size
+
+
+def _flat_decider(steps: tuple[tuple[StepFn, Limit], ...]) -> FlatDecider:
+    """:func:`_entry_decider` on a flat tuple of the states (see :data:`FlatDecider`)."""
+    spans = []
+    at = 0
+    for _, limit in steps:
+        width = STATE_WIDTHS[limit.algorithm]
+        spans.append((at, at + width))
+        at += width
+    if len(steps) == 3:
+        (step0, limit0), (step1, limit1), (step2, limit2) = steps
+        (a0, b0), (a1, b1), (a2, b2) = spans
+
+        def three(
+            flat: tuple[float, ...] | None, now: float, cost: int
+        ) -> tuple[list[Step], tuple[float, ...] | None]:
+            if flat is None:
+                a = step0(None, now, limit0, cost)
+                b = step1(None, now, limit1, cost)
+                c = step2(None, now, limit2, cost)
+            else:
+                a = step0(flat[a0:b0], now, limit0, cost)
+                b = step1(flat[a1:b1], now, limit1, cost)
+                c = step2(flat[a2:b2], now, limit2, cost)
+            if a[0] and b[0] and c[0]:
+                return [a, b, c], a[1] + b[1] + c[1]  # type: ignore[operator]
+            return [a, b, c], None
+
+        return three
+    decide = _entry_decider(steps)
+
+    def any_size(
+        flat: tuple[float, ...] | None, now: float, cost: int
+    ) -> tuple[list[Step], tuple[float, ...] | None]:
+        entry = None if flat is None else tuple([flat[a:b] for a, b in spans])
+        results, new_entry = decide(entry, now, cost)
+        if new_entry is None:
+            return results, None
+        return results, tuple(itertools.chain.from_iterable(new_entry))  # type: ignore[arg-type]
 
     return any_size

@@ -5,7 +5,8 @@ new keys are filed in an expiry wheel (a bucket per slice of time), and due buck
 few hundred keys at a time on the decision path, so there is no thread or timer per key and no
 long pause. ``max_entries`` is a hard cap: when a flood of distinct live keys reaches it, expired
 keys go first, then the oldest keys of the limit set being written, which restart as fresh keys.
-Size the cap above the number of keys that are live at once (about 130 bytes per key per limit).
+Size the cap above the number of keys that are live at once (about 60 to 80 bytes per key per
+limit).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import threading
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from ratekeeper.algorithms import Algorithm
 from ratekeeper.core import EntryState, decide, refusal
 from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError, StoreURLError
-from ratekeeper.limit import LimitSet
+from ratekeeper.limit import STATE_WIDTHS, LimitSet
 
 __all__ = ["MemoryStore"]
 
@@ -27,24 +29,65 @@ _SWEEP_BATCH = 64
 
 
 class _Table:
-    """The keys of one limit set: their states, and the expiry wheel of its keys."""
+    """The keys of one limit set: their states, and the expiry wheel of its keys.
 
-    __slots__ = ("entries", "granularity_s", "limit_set", "wheel")
+    A key's states are kept as one flat tuple of numbers (``(start, count, start, count, ...)``
+    for three fixed windows): a tuple per limit would cost 56 bytes more each. Window starts
+    shared by many keys (the aligned windows') are kept as one float object.
+    """
+
+    __slots__ = ("entries", "granularity_s", "limit_set", "spans", "starts", "wheel")
 
     def __init__(self, limit_set: LimitSet) -> None:
         self.limit_set = limit_set
         # Values are the bare states: the expiry is derived from them when a bucket is due,
         # which saves a tuple and a float per key.
-        self.entries: dict[str, EntryState] = {}
+        self.entries: dict[str, tuple[float, ...]] = {}
         self.wheel: dict[int, list[str]] = {}
         self.granularity_s = max(limit_set.ttl_s / 4, 0.05)
+        spans = []
+        at = 0
+        for limit in limit_set.limits:
+            width = STATE_WIDTHS[limit.algorithm]
+            spans.append((at, at + width))
+            at += width
+        self.spans = tuple(spans)
+        # Offsets of the aligned window starts, and the last one seen at each.
+        self.starts = {
+            span[0]: 0.0
+            for span, limit in zip(spans, limit_set.limits, strict=True)
+            if limit.algorithm in (Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW)
+        }
 
-    def expires_at(self, entry: EntryState) -> float:
-        """When ``entry`` becomes equal to a fresh key's state."""
+    def unpack(self, flat: tuple[float, ...]) -> EntryState:
+        """The states of a stored flat tuple, one per limit."""
+        return tuple([flat[a:b] for a, b in self.spans])
+
+    def pack(self, entry: EntryState) -> tuple[float, ...]:
+        """One flat tuple of a new key's states (every state present: it was charged)."""
+        flat = list(itertools.chain.from_iterable(entry))  # type: ignore[arg-type]
+        return self.interned(tuple(flat))
+
+    def interned(self, flat: tuple[float, ...]) -> tuple[float, ...]:
+        """``flat`` with its aligned window starts replaced by the last equal float object: keys
+        written in one window share it (a key's later charges keep the object it holds)."""
+        starts = self.starts
+        if not starts:
+            return flat
+        numbers = list(flat)
+        for at, last in starts.items():
+            start = numbers[at]
+            if start == last:
+                numbers[at] = last
+            else:
+                starts[at] = start
+        return tuple(numbers)
+
+    def expires_at(self, flat: tuple[float, ...]) -> float:
+        """When the key stored as ``flat`` becomes equal to a fresh key's state."""
         return max(
-            state[0] + limit.state_lifetime_s
-            for state, limit in zip(entry, self.limit_set.limits, strict=True)
-            if state is not None
+            flat[a] + limit.state_lifetime_s
+            for (a, _), limit in zip(self.spans, self.limit_set.limits, strict=True)
         )
 
     def file(self, key: str, expires_at: float) -> float:
@@ -108,20 +151,21 @@ class MemoryStore:
                 # One item (most decisions): the set's own decider, without core.decide's lists.
                 limit_set, key = items[0]
                 table = tables.get(limit_set.id)
-                value = None if table is None else table.entries.get(key)
-                results, new_entry = limit_set.decide_entry(value, now, cost)
-                if new_entry is None:
+                flat = None if table is None else table.entries.get(key)
+                results, new_flat = limit_set.decide_flat(flat, now, cost)
+                if new_flat is None:
                     return refusal(items, results, now)
                 if not peek:
-                    if table is None or value is None:
-                        self._insert(limit_set, key, new_entry, now)
+                    if table is None or flat is None:
+                        self._insert_flat(limit_set, key, new_flat, now)
                     else:
-                        table.entries[key] = new_entry
+                        table.entries[key] = new_flat
                 return Decision(True, 0.0, now, items, results)
             states: list[EntryState | None] = []
             for limit_set, key in items:
                 table = tables.get(limit_set.id)
-                states.append(None if table is None else table.entries.get(key))
+                flat = None if table is None else table.entries.get(key)
+                states.append(None if flat is None else table.unpack(flat))  # type: ignore[union-attr]
             new_states, decision = decide(items, states, now, cost)
             if new_states is not None and not peek:
                 for (limit_set, key), entry in zip(items, new_states, strict=True):
@@ -129,7 +173,7 @@ class MemoryStore:
                     if table is None or key not in table.entries:
                         self._insert(limit_set, key, entry, now)
                     else:
-                        table.entries[key] = entry
+                        table.entries[key] = table.pack(entry)
             return decision
 
     async def decide_async(
@@ -167,6 +211,11 @@ class MemoryStore:
         self.close()
 
     def _insert(self, limit_set: LimitSet, key: str, entry: EntryState, now: float) -> None:
+        self._insert_flat(limit_set, key, tuple(itertools.chain.from_iterable(entry)), now)  # type: ignore[arg-type]
+
+    def _insert_flat(
+        self, limit_set: LimitSet, key: str, flat: tuple[float, ...], now: float
+    ) -> None:
         table = self._tables.get(limit_set.id)
         if table is None:
             table = self._tables[limit_set.id] = _Table(limit_set)
@@ -177,7 +226,7 @@ class MemoryStore:
         due = table.file(key, expires_at)
         if due < self._next_sweep:
             self._next_sweep = due
-        table.entries[key] = entry
+        table.entries[key] = table.interned(flat)
 
     def _make_room(self, table: _Table, now: float) -> None:
         self._sweep(now, budget=None)
