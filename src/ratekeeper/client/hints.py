@@ -310,6 +310,16 @@ def hint_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return found
 
 
+def _date_clock(headers: Mapping[str, str], now: float) -> float | None:
+    """The server's clock by this answer's ``Date``, or ``None`` when it has none or agrees
+    with ``now``: Date has one-second resolution, so only a larger gap says anything."""
+    date = headers.get("date")
+    server_now = parse_http_date(date) if date else None
+    if server_now is not None and abs(server_now - now) <= 1.5:
+        return None
+    return server_now
+
+
 def read_hints(
     headers: Mapping[str, str],
     body: bytes | None,
@@ -328,11 +338,7 @@ def read_hints(
         server_now = now + skew_s if skew_s else None
     elif retry_after or reset_text:
         # Date matters only to read an epoch or an HTTP-date: most answers have neither.
-        date = headers.get("date")
-        server_now = parse_http_date(date) if date else None
-        # Date has one-second resolution: trust it only when it disagrees by more than that.
-        if server_now is not None and abs(server_now - now) <= 1.5:
-            server_now = None
+        server_now = _date_clock(headers, now)
 
     retry_after_s = parse_retry_after(retry_after, now, server_now) if retry_after else None
     body_s = parse_body_hint(body) if body else None
