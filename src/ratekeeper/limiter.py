@@ -18,9 +18,8 @@ from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError
 from ratekeeper.limit import LimitSet
 from ratekeeper.stores.base import AsyncStore, Store
-from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.over_limit import OverLimitCache
-from ratekeeper.stores.url import store_from_url
+from ratekeeper.stores.url import resolve_store
 
 __all__ = ["AsyncLimiter", "Limiter"]
 
@@ -63,9 +62,7 @@ class Limiter:
         clock: Clock = system_clock,
         over_limit_cache_s: float = 1.0,
     ) -> None:
-        resolved = store_from_url(store) if isinstance(store, str) else store
-        # ``is None``, not ``or``: an empty store is falsy (it has a length).
-        self.store: Store = MemoryStore() if resolved is None else resolved
+        self.store: Store = resolve_store(store)
         self.clock = clock
         self._decider: Store = _behind_cache(self.store, over_limit_cache_s)
         self._cache = self._decider if isinstance(self._decider, OverLimitCache) else None
@@ -124,8 +121,7 @@ class AsyncLimiter:
         clock: Clock = system_clock,
         over_limit_cache_s: float = 1.0,
     ) -> None:
-        resolved = store_from_url(store) if isinstance(store, str) else store
-        self.store: AsyncStore = MemoryStore() if resolved is None else resolved
+        self.store: AsyncStore = resolve_store(store)
         self.clock = clock
         self._decider: AsyncStore = _behind_cache(self.store, over_limit_cache_s)
 

@@ -43,8 +43,7 @@ from ratekeeper.flows import drive, drive_async
 from ratekeeper.limiter import AsyncLimiter, Limiter
 from ratekeeper.policy import Policy
 from ratekeeper.stores.base import AsyncStore, Store
-from ratekeeper.stores.memory import MemoryStore
-from ratekeeper.stores.url import store_from_url
+from ratekeeper.stores.url import resolve_store
 
 __all__ = [
     "AsyncRateLimitTransport",
@@ -136,12 +135,6 @@ class _FairLock:
                 self._held = False
 
 
-def _store(store: Store | AsyncStore | str | None) -> Any:
-    if isinstance(store, str):
-        return store_from_url(store)
-    return store if store is not None else MemoryStore()
-
-
 class _Transport(Generic[L, Req, Resp]):
     """What every driver shares: the flow and its configuration, the store, and one limiter
     per host (shifted by the host's clock shift) plus an unshifted one for peeks."""
@@ -170,7 +163,7 @@ class _Transport(Generic[L, Req, Resp]):
             on_low_remaining=on_low_remaining,
             shared_store=store is not None,
         )
-        self._store = _store(store)
+        self._store = resolve_store(store)
         self._limiters: dict[str, L] = {}
         self._unshifted: L = self._limiter_type(self._store, clock=clock)
 

@@ -10,8 +10,9 @@ import re
 from typing import Any
 
 from ratekeeper.errors import StoreURLError
+from ratekeeper.stores.memory import MemoryStore
 
-__all__ = ["mask_url", "store_from_url"]
+__all__ = ["mask_url", "resolve_store", "store_from_url"]
 
 # scheme://user:password@hosts -> the password part, up to the last '@' of the authority.
 _USERINFO_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/?#@]*:)[^/?#]*@", re.IGNORECASE)
@@ -52,3 +53,12 @@ def store_from_url(url: str) -> Any:
         raise StoreURLError(f"unknown store scheme in {mask_url(url)!r}: known schemes are {known}")
     module_name, class_name = target
     return getattr(importlib.import_module(module_name), class_name).from_url(url)
+
+
+def resolve_store(store: Any) -> Any:
+    """The store an option names: a store itself, a store URL, or ``None`` for a new
+    in-memory store."""
+    if isinstance(store, str):
+        return store_from_url(store)
+    # ``is None``, not ``or``: an empty store is falsy (it has a length).
+    return MemoryStore() if store is None else store
