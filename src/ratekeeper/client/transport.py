@@ -14,7 +14,7 @@ import collections
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -133,6 +133,14 @@ class _FairLock:
                 self._waiters.popleft().release()
             else:
                 self._held = False
+
+
+def _leave(flow: Generator[Op, Any, Any], held: Sequence[_FairLock | asyncio.Lock]) -> None:
+    """End a request's flow however it ended: free the host's queue it may still hold (an
+    error or a cancellation between Enter and Send), and close the flow."""
+    for gate in held:
+        gate.release()
+    flow.close()
 
 
 class _Transport(Generic[L, Req, Resp]):
@@ -267,9 +275,7 @@ class SyncDriver(_Transport[Limiter, Req, Resp]):
         try:
             return drive(flow, lambda op: self._run(op, held))
         finally:
-            for gate in held:
-                gate.release()
-            flow.close()
+            _leave(flow, held)
 
     def _run(self, op: Op, held: list[_FairLock]) -> Any:
         # Ordered by how often each operation comes.
@@ -418,9 +424,7 @@ class AsyncRateLimitTransport(
         try:
             return await drive_async(flow, lambda op: self._run(op, held))
         finally:
-            for gate in held:
-                gate.release()
-            flow.close()
+            _leave(flow, held)
 
     async def _run(self, op: Op, held: list[asyncio.Lock]) -> Any:
         # Ordered by how often each operation comes.
