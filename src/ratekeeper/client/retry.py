@@ -112,21 +112,23 @@ def plan_retry(
         return RetryVerdict(False, 0.0, "retries exhausted")
     backoff = backoff_s(retries_done, policy, random)
     hint = hints.sharp_wait_s
+    binding = hints.binding
+    # A 503 naming a spent quota (MusicBrainz) is a refusal like a 429, not an overload.
+    refused = status == 429 or (binding is not None and binding.remaining <= 0)
     if hint is None:
         wait, why = backoff, f"backoff after {status}"
-    elif status != 429 or hint == 0.0:
+    elif not refused or hint == 0.0:
         # "Retry-After: 0" on an overloaded server is no licence to hammer it.
         wait, why = max(hint, backoff), f"{status} with a hint of {hint:g}s"
     else:
         wait, why = hint, f"{status} with a hint of {hint:g}s"
-    binding = hints.binding
     # Never retry before the server's reset: an exhausted budget stays exhausted until then.
-    if (
-        binding is not None
-        and binding.remaining <= 0
-        and binding.reset_in_s is not None
-        and binding.reset_in_s > wait
-    ):
-        wait, why = binding.reset_in_s, f"{status} with the budget exhausted until its reset"
+    # A reset written in whole seconds that a Retry-After's agrees with to within that
+    # rounding says no more than it (a burst's bucket, full in 0.3 s, written as the next
+    # whole second): the Retry-After stands.
+    if binding is not None and binding.remaining <= 0 and binding.reset_in_s is not None:
+        slack = binding.reset_rounding_s if hints.wait_s is not None else 0.0
+        if binding.reset_in_s - slack > wait:
+            wait, why = binding.reset_in_s, f"{status} with the budget exhausted until its reset"
     check_wait(wait, waited_s, policy, url=url, now=now, why=why)
     return RetryVerdict(True, wait, why)

@@ -19,6 +19,7 @@ import httpx
 from ratekeeper.client.adaptive import Adaptive
 from ratekeeper.client.hints import Hints, Quota
 from ratekeeper.client.pacing import Charge, HostPlan, HostPolicy
+from ratekeeper.client.refusals import RefusedLimits
 from ratekeeper.client.skew import SkewEstimate
 from ratekeeper.client.windows import WindowPacer
 from ratekeeper.decision import Decision
@@ -97,6 +98,8 @@ class HostState:
         self.pacers = tuple(
             WindowPacer(n, w, policy.margin_s, learn=learn) for n, w, learn in plan.windows
         )
+        # Limits seen only in refusals (learned): they pace the host for the whole session.
+        self.refused = RefusedLimits(policy.margin_s)
         # Told windows: when each request in flight left (its answer bounds its arrival).
         self._sent_at: dict[int, float] = {}
         # Learned: recent requests as (sent, answered), and whether the window learned (size
@@ -135,6 +138,9 @@ class HostState:
         for pacer in self.pacers:
             if pacer.waits_for_answer():
                 return False
+        for pacer in self.refused.pacers:
+            if pacer.waits_for_answer():
+                return False
         budget = self.budget
         return (
             in_flight == 0
@@ -162,6 +168,8 @@ class HostState:
             )
             wait = max(self.last_send + delay - now, self.blocked_until - now, 0.0)
             for pacer in self.pacers:
+                wait = max(wait, pacer.wait_s(now))
+            for pacer in self.refused.pacers:
                 wait = max(wait, pacer.wait_s(now))
             budget = self.budget
             # A known policy paces by itself: servers often report resets late (slowapi and
@@ -284,6 +292,8 @@ class HostState:
                 self._sent_at[self.sent] = now
                 for pacer in self.pacers:
                     pacer.record(now)
+                for pacer in self.refused.pacers:
+                    pacer.record(now)
             if not self._window_seq:
                 self._window_seq = self.sent
                 self._window_sent = now
@@ -302,6 +312,8 @@ class HostState:
         with self._lock:
             for pacer in self.pacers:
                 pacer.refund(sent_at)
+            for pacer in self.refused.pacers:
+                pacer.refund(sent_at)
 
     def on_abort(self, seq: int, now: float) -> None:
         """Request ``seq`` ended without an answer (network error, cancellation) at ``now``."""
@@ -317,6 +329,8 @@ class HostState:
         sent = self._sent_at.pop(seq, None)
         if sent is not None:
             for pacer in self.pacers:
+                pacer.answered(sent, now)
+            for pacer in self.refused.pacers:
                 pacer.answered(sent, now)
             if not self.plan.known:
                 self._recent.append((sent, now))
@@ -347,6 +361,9 @@ class HostState:
                     self._failure_mark = self.sent
                 else:
                     self.adaptive.success()
+            if self._hidden(failed, hints, now, sent_at):
+                # Another limit than the answers describe: theirs was not wrong.
+                return None
             if seq == self._probe_sent:
                 self._probed(failed, now)
             if failed and self._learned:
@@ -361,6 +378,19 @@ class HostState:
                 if binding.limit in (None, pacer.amount):
                     pacer.observe(binding, now)
             return self._learn(binding, now, failed, seq)
+
+    def _hidden(self, failed: bool, hints: Hints, now: float, sent_at: float | None) -> bool:
+        """Whether a refusal named a limit allowed answers never report (remembered; learned
+        hosts only: a told policy has its own limits)."""
+        if self.plan.known or not hints.quotas:
+            return False
+        if not failed:
+            self.refused.allowed(hints)
+            return False
+        if sent_at is None:
+            return False
+        seen = [*self._recent, *((sent, math.inf) for sent in self._sent_at.values())]
+        return self.refused.refused(hints, sent_at, now, seen)
 
     def _probed(self, failed: bool, now: float) -> None:
         """The answer to the first send of a window refilled before its written reset."""

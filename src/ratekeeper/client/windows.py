@@ -122,6 +122,23 @@ class WindowPacer:
                 self._sends.remove(send)
                 return
 
+    def sent_before(self, at: float) -> list[float]:
+        """When the requests still counted and sent before ``at`` left, oldest first."""
+        return [send.sent for send in self._sends if send.sent < at]
+
+    def lengthen(self, period_s: float) -> None:
+        """The window proved longer than ``period_s`` was thought: pace by ``period_s`` as a
+        moving window again (where aligned windows start is to be learned anew)."""
+        self.period_s = period_s
+        self.aligned_phase_s = None
+
+    def align(self, reset_at: float) -> None:
+        """A refusal said the window is whole again at ``reset_at``, sooner than a window
+        begun by the oldest request counted could end: the server's windows end there."""
+        sends = self._sends
+        if sends and reset_at < sends[0].sent + self.period_s - _TICK_S:
+            self.aligned_phase_s = reset_at % self.period_s
+
     def observe(self, quota: Quota, now: float) -> None:
         """Learn from a reported quota read at ``now`` (``reset_in_s`` on the local clock)."""
         if not self.learn or self.aligned_phase_s is not None or quota.reset_in_s is None:
