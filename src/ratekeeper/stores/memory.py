@@ -5,8 +5,8 @@ new keys are filed in an expiry wheel (a bucket per slice of time), and due buck
 few hundred keys at a time on the decision path, so there is no thread or timer per key and no
 long pause. ``max_entries`` is a hard cap: when a flood of distinct live keys reaches it, expired
 keys go first, then the oldest keys of the limit set being written, which restart as fresh keys.
-Size the cap above the number of keys that are live at once (about 60 to 80 bytes per key per
-limit).
+Size the cap above the number of keys that are live at once (about 135 bytes per key for three
+fixed windows, 200 for three GCRA limits, resident).
 """
 
 from __future__ import annotations
