@@ -14,6 +14,7 @@ import pytest
 from ratekeeper import Limit, LimitSet, ManualClock, MemoryStore
 from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.http.asgi import RateLimitMiddleware
+from ratekeeper.http.bodies import BodyFormat
 from ratekeeper.http.compiled import compile_rule
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.headers import PartitionKeys
@@ -215,3 +216,15 @@ def test_partition_keys_are_keyed_digests_as_byte_sequences() -> None:
     assert plain("ip:203.0.113.7") == value
     assert keyed("ip:203.0.113.7") not in (value, other("ip:203.0.113.7"))
     assert "s3cret" not in repr(keyed)
+
+
+def test_plain_bodies_say_one_second_not_one_seconds() -> None:
+    store, clock = MemoryStore(), ManualClock(1_000.0)
+    limits = LimitSet("zone", [Limit.parse("1/2s")])
+    store.decide(((limits, "k"),), 1, clock())
+    refused = store.decide(((limits, "k"),), 1, clock())
+    assert not refused.allowed
+    one, _ = BodyFormat("plain").rejection(refused, 503, 1)
+    two, _ = BodyFormat("plain").rejection(refused, 503, 2)
+    assert one.endswith(b"Retry after 1 second.\n")
+    assert two.endswith(b"Retry after 2 seconds.\n")

@@ -30,6 +30,11 @@ def period_words(period_s: float) -> str:
     return word if word is not None else f"{period_s:g} seconds"
 
 
+def seconds_words(seconds: int) -> str:
+    """``1 second``, ``30 seconds``: a whole wait as it reads in a sentence."""
+    return "1 second" if seconds == 1 else f"{seconds} seconds"
+
+
 def _dump(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -109,7 +114,7 @@ class BodyFormat:
             )
             return text.encode(), self.template_content_type
         what = "Service overloaded" if status == 503 else "Rate limit exceeded"
-        tail = f" Retry after {wait} seconds." if retry_after is not None else ""
+        tail = f" Retry after {seconds_words(wait)}." if retry_after is not None else ""
         limit = binding.limit
         text = f"{what}: {limit.amount} requests per {period_words(limit.period_s)}.{tail}\n"
         return text.encode(), "text/plain; charset=utf-8"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ratekeeper.http.bodies import seconds_words
 from ratekeeper.http.flow import Context, Kit, Stage, StageFactory, Ticket
 from ratekeeper.http.identity import Caller, account_key, hash_secret
 from ratekeeper.http.stages.answer import Answers
@@ -55,7 +56,7 @@ def _blocked(answers: Answers, block: Block, now: float) -> Ticket:
     if block.until is not None:
         wait = max(1, int(-(-(block.until - now) // 1)))
         headers.append(("Retry-After", str(wait)))
-        message = f"{_WHO[block.kind]} is blocked for {wait} more seconds."
+        message = f"{_WHO[block.kind]} is blocked for {seconds_words(wait)} more."
     return answers.error(403, "blocked", message, headers)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from ratekeeper.decision import Decision
+from ratekeeper.http.bodies import seconds_words
 from ratekeeper.http.compiled import CompiledLockout, CompiledPolicy
 from ratekeeper.http.flow import Context, Kit, Op, Stage, StageFlow, Ticket, charge, peek
 from ratekeeper.http.identity import Caller, RequestView
@@ -61,7 +62,7 @@ def lockout(kit: Kit) -> Stage | None:
             return answers.error(
                 429,
                 "too_many_failed_attempts",
-                f"Too many failed authentication attempts. Retry after {wait} seconds.",
+                f"Too many failed authentication attempts. Retry after {seconds_words(wait)}.",
                 headers,
             )
         return None
