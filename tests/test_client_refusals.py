@@ -9,6 +9,7 @@ limit at the next allowed answer: a refusal in every window the run spanned.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ import httpx
 import pytest
 
 from gateway_servers import Process, serve
-from ratekeeper.client import RateLimitTransport
+from ratekeeper.client import AsyncRateLimitTransport, RateLimitTransport
 from ratekeeper.client.hints import Hints, Quota
-from ratekeeper.client.refusals import RefusedLimits
+from ratekeeper.client.refusals import MAX_REMEMBERED, RefusedLimits
 
 T0 = 1_700_000_000.0  # a multiple of 2: aligned windows of 1 s and 2 s start here
 AGENT = "refusal-tests/1.0 ( ops@example.com )"
@@ -118,6 +119,15 @@ def test_an_allowed_answer_reporting_the_limit_ends_its_memory() -> None:
     assert limits.pacers == ()
 
 
+def test_a_server_naming_a_new_limit_in_every_refusal_cannot_grow_the_memory() -> None:
+    limits = RefusedLimits(0.025)
+    for n in range(1, 1000):
+        limits.allowed(allowed(10_000 + n, zone=f"visible-{n}"))
+        limits.refused(refusal(n, retry_after=1, reset_in=0.5, zone=f"z{n}"), T0, T0 + 0.01, [])
+    assert len(limits.pacers) == MAX_REMEMBERED
+    assert len(limits._visible) == MAX_REMEMBERED
+
+
 class _Counting(httpx.HTTPTransport):
     """The wire under the client: every answer's status and zone, as the server sent them."""
 
@@ -201,3 +211,43 @@ def test_learned_client_remembers_aisoule_messaging_burst(aisoule: Process) -> N
     # Five at once, then one per 200 ms.
     minimum = (count - 5) * 0.2
     assert elapsed <= 1.10 * minimum, (elapsed, minimum)
+
+
+class _AsyncCounting(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+
+def test_eight_in_flight_are_refused_in_the_first_burst_only(aisoule: Process) -> None:
+    # Requests already in flight when the first 429 comes are refused with it; once an
+    # answer has come after it, the burst paces every request: no later refusal.
+    wire = _AsyncCounting()
+    headers = {"Authorization": "Bearer burst-gatherer"}
+    message = {"to": "+15550100", "text": "hello"}
+
+    async def run() -> float:
+        gate = asyncio.Semaphore(8)
+        transport = AsyncRateLimitTransport(wire)
+        async with httpx.AsyncClient(transport=transport, headers=headers, timeout=30) as client:
+
+            async def send() -> int:
+                async with gate:
+                    response = await client.post(f"{aisoule.url}/v1/messages", json=message)
+                    return response.status_code
+
+            started = time.monotonic()
+            assert set(await asyncio.gather(*(send() for _ in range(30)))) == {202}
+            return time.monotonic() - started
+
+    elapsed = asyncio.run(run())
+    statuses = wire.statuses
+    first = statuses.index(429)
+    settled = statuses.index(202, first)
+    assert 429 not in statuses[settled:], statuses
+    assert elapsed <= 1.10 * (30 - 5) * 0.2, (elapsed, statuses)

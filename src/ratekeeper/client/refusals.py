@@ -31,6 +31,10 @@ _TICK_S = 0.001
 
 _Key = tuple[str | None, int]
 
+# A server naming a new limit in every answer must not grow the client's memory or stack up
+# pacers without end: past this many per host, new ones are not remembered.
+MAX_REMEMBERED = 16
+
 
 class RefusedLimits:
     """One host's limits seen only in refusals, each pacing the host as a window learned."""
@@ -53,7 +57,8 @@ class RefusedLimits:
             if quota.limit is None:
                 continue
             key = (hints.zone, quota.limit)
-            self._visible.add(key)
+            if len(self._visible) < MAX_REMEMBERED:
+                self._visible.add(key)
             if self._by_key.pop(key, None) is not None:
                 del self._since[key]
                 self.pacers = tuple(self._by_key.values())
@@ -76,6 +81,8 @@ class RefusedLimits:
             return False
         pacer = self._by_key.get(key)
         if pacer is None:
+            if len(self._by_key) >= MAX_REMEMBERED:
+                return False
             sends = sorted(sent for sent, _ in seen if sent < sent_at)
             period = _period(hints, quota, sent_at, sends, 0.0)
             pacer = WindowPacer(quota.limit, period, self.margin_s)
@@ -87,12 +94,14 @@ class RefusedLimits:
             self._by_key[key] = pacer
             self._since[key] = now
             self.pacers = tuple(self._by_key.values())
-        elif sent_at >= self._since[key]:
-            # Paced by this window and refused all the same: the window is longer.
+        else:
             sends = pacer.sent_before(sent_at)
-            period = _period(hints, quota, sent_at, sends, pacer.period_s)
-            if period > pacer.period_s:
-                pacer.lengthen(period)
+            # Refused though the requests it counted were all paced by this window (sent after
+            # it was remembered; one paced before may leave just after): the window is longer.
+            if len(sends) >= quota.limit and sends[-quota.limit] >= self._since[key]:
+                period = _period(hints, quota, sent_at, sends, pacer.period_s)
+                if period > pacer.period_s:
+                    pacer.lengthen(period)
         pacer.observe(quota, now)
         # An epoch is a moment, whole seconds and all (a delta's rounding blurs where a
         # window starts): a refusal's reset sooner than the oldest counted send could leave
