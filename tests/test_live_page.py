@@ -263,7 +263,8 @@ def test_top_shows_the_same_picture_in_a_terminal(gateway: Gateway) -> None:
     _away_from_the_minute_boundary()
     _drive(url, key, 42)
     console = Console(record=True, width=140, file=io.StringIO(), force_terminal=True)
-    args = ["--url", admin, "--token", TOKEN, "--iterations", "3", "--interval", "0.3"]
+    # Each worker publishes its sample once a second: a few seconds of screens see both.
+    args = ["--url", admin, "--token", TOKEN, "--iterations", "10", "--interval", "0.3"]
     assert top_main([*args, "--top", "32"], console=console) == 0
     screen = console.export_text()
     assert f"k:{key_digest(key)[:8]}" in screen
