@@ -19,34 +19,33 @@ ensure_venv() {
   fi
 }
 
-# ensure_redis: make redis-server available (tests start their own instances on free ports).
-ensure_redis() {
-  command -v redis-server >/dev/null 2>&1 && return 0
+# apt_install WHY PACKAGE...: install Debian packages (as root, or through sudo).
+apt_install() {
+  local why="$1"
+  shift
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing redis-server (Debian package) for the Redis tests" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
-    # The package starts a system instance on 6379; the tests use their own ports.
+    echo "installing $* (Debian packages) for $why" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@") >/dev/null
   elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
   else
-    echo "redis-server is missing and cannot be installed here (need root + apt-get)" >&2
+    echo "$* missing and cannot be installed here (need root + apt-get), needed for $why" >&2
     return 1
   fi
+}
+
+# ensure_redis: make redis-server available (tests start their own instances on free ports;
+# the package's system instance on 6379 is unused).
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  apt_install "the Redis tests" redis-server
 }
 
 # ensure_nginx: make Debian's nginx available (the gateway tests run it on free loopback ports
 # with a config generated from examples/nginx/ratekeeper.conf; the package's own site is unused).
 ensure_nginx() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing nginx (Debian package) for the gateway tests" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >/dev/null
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
-  else
-    echo "nginx is missing and cannot be installed here (need root + apt-get)" >&2
-    return 1
-  fi
+  apt_install "the gateway tests" nginx
 }
 
 # ensure_chromium: make Debian's chromium available (the live page's test drives it headless
@@ -54,13 +53,12 @@ ensure_nginx() {
 # never downloaded).
 ensure_chromium() {
   [ -x /usr/bin/chromium ] && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium (Debian package) for the live page's test" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
-  else
-    echo "chromium is missing and cannot be installed here (need root + apt-get)" >&2
-    return 1
-  fi
+  apt_install "the live page's test" chromium chromium-driver
+}
+
+# ensure_node: make Node.js available (the seed pages' own JavaScript and Node's strict HTTP
+# parser run against the gateway in the tests).
+ensure_node() {
+  command -v node >/dev/null 2>&1 && return 0
+  apt_install "the tests that run the seed pages' JavaScript" nodejs
 }

@@ -9,6 +9,7 @@ ensure_venv bench
 ensure_redis
 ensure_nginx
 ensure_chromium
+ensure_node
 .venv/bin/ruff check src tests bench examples docs/hooks.py
 .venv/bin/ruff format --check src tests bench examples docs/hooks.py
 .venv/bin/mypy --strict src
