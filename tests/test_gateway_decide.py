@@ -5,25 +5,19 @@ Debian nginx on free loopback ports: nginx proxies, ratekeeper decides."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from gateway_servers import Process, client, demo_upstream, free_port, serve
+from gateway_servers import Process, client, demo_upstream, serve
+from nginx_servers import nginx_example
 from ratekeeper import ManualClock
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nginx" / "ratekeeper.conf"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 # Every window starts with its key's first request (the failures' window is a day long), so no
 # window boundary can fall between the requests of a test and reset its count halfway.
@@ -104,57 +98,10 @@ def ratekeeper(root: Path, upstream: Process) -> Iterator[Process]:
     assert "Traceback" not in process.output()
 
 
-def port_of(url: str) -> str:
-    return url.rsplit(":", 1)[1]
-
-
 @pytest.fixture(scope="module")
 def nginx(root: Path, ratekeeper: Process, upstream: Process) -> Iterator[str]:
-    if NGINX is None:
-        pytest.skip("nginx is not installed (scripts/test.sh installs Debian's nginx)")
-    port = free_port()
-    site = EXAMPLE.read_text()
-    for default, actual in (
-        ("127.0.0.1:8000", f"127.0.0.1:{port}"),
-        ("127.0.0.1:8080", f"127.0.0.1:{port_of(ratekeeper.url)}"),
-        ("127.0.0.1:9000", f"127.0.0.1:{port_of(upstream.url)}"),
-    ):
-        assert default in site
-        site = site.replace(default, actual)
-    (root / "ratekeeper.conf").write_text(site)
-    temp = "".join(
-        f"    {kind}_temp_path {root / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (root / "nginx.conf").write_text(
-        f"{user}daemon off;\nworker_processes 1;\npid {root / 'nginx.pid'};\n"
-        f"error_log {root / 'error.log'} warn;\nevents {{ worker_connections 512; }}\n"
-        f"http {{\n    access_log off;\n{temp}    include {root / 'ratekeeper.conf'};\n}}\n"
-    )
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            httpx.get(url + "/", timeout=1)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log = (root / "error.log").read_text() if (root / "error.log").exists() else ""
-                raise RuntimeError(
-                    f"nginx did not start: {proc.stdout and proc.stdout.read()}{log}"
-                ) from None
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with nginx_example(root / "nginx", ratekeeper.url, upstream.url) as url:
+        yield url
 
 
 def test_nginx_forwards_allowed_requests_with_the_headers(nginx: str) -> None:
