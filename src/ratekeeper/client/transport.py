@@ -14,6 +14,7 @@ import collections
 import random
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -216,7 +217,7 @@ class _Transport(Generic[L, Req, Resp]):
         return limiter.hit_many(items, charge.cost)
 
 
-class SyncDriver(_Transport[Limiter, Req, Resp]):
+class SyncDriver(_Transport[Limiter, Req, Resp], ABC):
     """Carries the flow out with ``time.sleep`` and thread locks; a subclass says how to send,
     read and close (httpx's :class:`RateLimitTransport`, the requests adapter)."""
 
@@ -250,14 +251,15 @@ class SyncDriver(_Transport[Limiter, Req, Resp]):
         self._slots: dict[str, threading.Condition] = {}
         self._lock = threading.Lock()
 
-    def _send(self, request: Req) -> Resp:
-        raise NotImplementedError
+    # The three I/O calls each HTTP library answers in its own way (httpx, requests).
+    @abstractmethod
+    def _send(self, request: Req) -> Resp: ...
 
-    def _read(self, response: Resp) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _read(self, response: Resp) -> None: ...
 
-    def _close(self, response: Resp) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _close(self, response: Resp) -> None: ...
 
     def _per_host(self, state: HostState) -> tuple[_FairLock, threading.Condition]:
         name = state.plan.name
