@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
+import struct
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import redis.cluster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from ratekeeper import Limit, LimitSet
 from ratekeeper.core import EntryState, decide
-from ratekeeper.stores.redis import RedisStore, RedisStoreError, codec
+from ratekeeper.stores.redis import RedisStore, RedisStoreError
 from ratekeeper.stores.redis.cluster import cross_slot_flow
 from redis_servers import RedisServer, check_exactness, redis_cluster
 
@@ -91,50 +92,79 @@ def test_cross_slot_decisions_equal_the_python_core(store: RedisStore, seq: list
                 entries[(s.id, k)] = entry
 
 
-def test_a_rejected_cross_slot_decision_charges_nothing_anywhere(
-    store: RedisStore, nodes: list[RedisServer]
-) -> None:
+def test_a_rejected_cross_slot_decision_charges_nothing_anywhere(store: RedisStore) -> None:
     items = ((API, "carol"), (GLOBAL, "everyone-carol"))
     for _ in range(4):
         assert store.decide(((GLOBAL, "everyone-carol"),), 1, 1000.0).allowed
     decision = store.decide(items, 1, 1000.0)
     assert not decision.allowed
-    # The per-key limit passed in its slot, yet its reservation was dropped, not charged.
+    # The per-key limits passed in their slot and were charged, then the charge was undone.
     peek = store.decide(((API, "carol"),), 0, 1000.0, peek=True)
     assert [s.remaining for s in peek.states] == [3, 5]
-    client = redis.cluster.RedisCluster(host="127.0.0.1", port=nodes[0].port)
-    assert not client.exists(store._codec.key(API, "carol"))
-    client.close()
+    assert [store.decide(((API, "carol"),), 1, 1000.0).allowed for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
-def test_a_pending_reservation_holds_its_units_until_it_settles(store: RedisStore) -> None:
+def _round(store: RedisStore, calls: list) -> list:
+    return [store._cluster.run([call])[0] for call in calls]  # type: ignore[union-attr]
+
+
+def test_an_optimistic_charge_holds_its_units_until_it_is_undone_once(store: RedisStore) -> None:
     items = ((GLOBAL, "dave"), (API, "shared-dave"))
+    for _ in range(3):
+        assert store.decide(((API, "shared-dave"),), 1, 2000.0).allowed
     flow = cross_slot_flow(store._codec, items, 3, 2000.0, False)
-    reserve = next(flow)
-    assert len(reserve) == 2  # one reservation per slot
-    reserved = [store._cluster.run([call])[0] for call in reserve]
-    # 3 of the 4 global units are held by the decision in flight: 1 is left for others.
+    replies = _round(store, next(flow))
+    # The global slot charged 3 of its 4 units, the per-key one refused: while the undo is on
+    # its way, 1 unit is left for others.
     assert store.decide(((GLOBAL, "dave"),), 2, 2000.0).allowed is False
     assert store.decide(((GLOBAL, "dave"),), 1, 2000.0).allowed is True
-    commits = flow.send(reserved)
+    undos = flow.send(replies)
+    assert len(undos) == 1
+    undone = _round(store, undos)
     with pytest.raises(StopIteration) as stop:
-        flow.send([store._cluster.run([call])[0] for call in commits])
-    assert stop.value.value.allowed is True
-    assert store.decide(((GLOBAL, "dave"),), 0, 2000.0, peek=True).remaining == 0
-
-
-def test_a_lost_reservation_rejects_the_decision_but_keeps_the_charge(
-    store: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(codec, "LEASE_MS", 200)
-    items = ((GLOBAL, "erin"), (API, "shared-erin"))
-    flow = cross_slot_flow(store._codec, items, 1, 3000.0, False)
-    commits = flow.send([store._cluster.run([call])[0] for call in next(flow)])
-    time.sleep(0.3)
-    with pytest.raises(StopIteration) as stop:
-        flow.send([store._cluster.run([call])[0] for call in commits])
+        flow.send(undone)
     assert stop.value.value.allowed is False
-    assert store.decide(((GLOBAL, "erin"),), 0, 3000.0, peek=True).remaining == 3
+    assert store.decide(((GLOBAL, "dave"),), 0, 2000.0, peek=True).remaining == 3
+    # A replayed undo (a reply lost, the call made again) gives nothing back twice.
+    assert _round(store, undos) == [b"0"]
+    assert store.decide(((GLOBAL, "dave"),), 0, 2000.0, peek=True).remaining == 3
+
+
+@pytest.mark.parametrize(
+    ("limit", "later", "remaining"),
+    [
+        # A GCRA gives back what is left of its emission interval; alone, that is all of it.
+        ("2/4s gcra", 1.0, 2),
+        ("2/4s gcra", 0.0, 2),
+        # A window gives back its units; a first-hit window it opened with nothing else in it
+        # never opened.
+        ("2/minute fixed", 1.0, 2),
+        ("2/minute first_hit", 1.0, 2),
+        ("2/minute sliding", 1.0, 2),
+    ],
+)
+def test_each_algorithm_undoes_exactly_or_on_the_safe_side(
+    store: RedisStore, limit: str, later: float, remaining: int
+) -> None:
+    name = f"undo-{limit}-{later}".replace(" ", "-").replace("/", "per")
+    own = LimitSet(name, [Limit.parse(*limit.split(" "))])
+    refusing = LimitSet(f"{name}-full", [Limit.parse("1/hour")])
+    assert store.decide(((refusing, "x"),), 1, 3000.0).allowed
+    items = ((own, "y"), (refusing, "x"))
+    flow = cross_slot_flow(store._codec, items, 2, 3000.0, False)
+    replies = _round(store, next(flow))
+    undo_keys, undo_args = flow.send(replies)[0]
+    # The undo arrives `later` seconds after the charge.
+    header = bytearray(undo_args[0])
+    struct.pack_into("<d", header, len(header) - 8, 3000.0 + later)
+    _round(store, [(undo_keys, [bytes(header), *undo_args[1:]])])
+    peek = store.decide(((own, "y"),), 0, 3000.0 + later, peek=True)
+    assert peek.remaining == remaining
 
 
 def test_async_cross_slot_decisions_never_over_admit(url: str) -> None:
@@ -142,7 +172,7 @@ def test_async_cross_slot_decisions_never_over_admit(url: str) -> None:
 
     async def run() -> list[bool]:
         items = [((API, f"u{i % 3}"), (GLOBAL, "all")) for i in range(9)]
-        # Concurrent reservations may turn each other away (on the safe side) ...
+        # Concurrent optimistic charges may turn each other away (on the safe side) ...
         burst = await asyncio.gather(*(store.decide_async(it, 1, 0.0) for it in items))
         # ... and the units they did not use stay available to later callers.
         later = [await store.decide_async(it, 1, 0.0) for it in items]
@@ -168,12 +198,13 @@ def test_admitted_totals_equal_the_allowed_totals_on_the_cluster(url: str) -> No
     assert totals["windowed_attempts"] > 2 * totals["windowed_admitted"] > 0
 
 
-def test_a_slot_in_migration_is_followed_by_ask_then_moved(
+def test_a_slot_in_migration_is_followed_by_ask_then_moved_and_tryagain_retried(
     store: RedisStore, nodes: list[RedisServer]
 ) -> None:
-    items = ((API, "migrating-henry"),)
+    one = ((API, "migrating-henry"),)
+    both = ((API, "migrating-henry"), (MEDIA, "migrating-henry"))
     slot = key_slot(store._codec.key(API, "migrating-henry").encode())
-    owner_port = store._cluster.topology.owner(slot).endpoint.port
+    owner_port = store._cluster.topology.owner(slot).endpoint.port  # type: ignore[union-attr]
     source = next(n for n in nodes if n.port == owner_port)
     target = next(n for n in nodes if n.port != owner_port)
     src, dst = source.client(), target.client()
@@ -181,17 +212,29 @@ def test_a_slot_in_migration_is_followed_by_ask_then_moved(
     try:
         dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
         src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-        # The keys are not on the source: it answers ASK and the store asks the target, which
-        # refuses a script on several keys it does not have yet (TRYAGAIN): the slot's keys
-        # fail until its keys are moved (docs/redis.md).
+        # The keys are not on the source: it answers ASK, and the target takes a script on one
+        # key it does not have yet ...
+        assert store.decide(one, 1, 5000.0).allowed
+        # ... but refuses one on several (TRYAGAIN) until the migration ends: retried for a
+        # short while, then a StoreError.
+        started = time.monotonic()
         with pytest.raises(RedisStoreError, match="TRYAGAIN"):
-            store.decide(items, 1, 5000.0)
+            store.decide(both, 1, 5000.0)
+        assert time.monotonic() - started >= 0.1
+        outcome: list[bool] = []
+        waiting = threading.Thread(
+            target=lambda: outcome.append(store.decide(both, 1, 5000.0).allowed)
+        )
+        waiting.start()
+        time.sleep(0.02)
+        # The slot moves for good while that decision retries: it follows MOVED and succeeds.
         for client in (src, dst):
             client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-        # The slot has moved for good: MOVED, and the store's map follows it.
-        got = [store.decide(items, 1, 5000.0).allowed for _ in range(4)]
-        assert got == [True, True, True, False]
-        assert store._cluster.topology.owner(slot).endpoint.port == target.port
+        waiting.join(5)
+        assert outcome == [True]
+        got = [store.decide(one, 1, 5000.0).allowed for _ in range(2)]
+        assert got == [True, False]  # 3 per minute: the first two decisions took 2
+        assert store._cluster.topology.owner(slot).endpoint.port == target.port  # type: ignore[union-attr]
     finally:
         src.close()
         dst.close()

@@ -17,6 +17,7 @@ from ratekeeper.stores.redis.codec import (
     pack_evalsha,
     parse,
     script_flow,
+    written,
 )
 
 API = LimitSet("api", [Limit.parse("3/minute"), Limit.parse("5/10s", "gcra")])
@@ -29,8 +30,8 @@ def _reply(allowed: bool, now: float, *steps: tuple[bool, float, float, float]) 
 
 
 def test_key_names_hold_a_keyed_hash_in_a_hash_tag_never_the_key() -> None:
-    plain = Codec("rk", "", pending=False, use_server_time=True)
-    salted = Codec("rk", "pepper", pending=False, use_server_time=True)
+    plain = Codec("rk", "", use_server_time=True)
+    salted = Codec("rk", "pepper", use_server_time=True)
     name = plain.key(API, "sk_live_SECRET")
     assert name.startswith("rk:{") and name.endswith("}:" + API.id)
     assert "SECRET" not in name
@@ -41,28 +42,30 @@ def test_key_names_hold_a_keyed_hash_in_a_hash_tag_never_the_key() -> None:
 
 
 def test_a_long_salt_is_hashed_down_not_refused() -> None:
-    codec = Codec("rk", "x" * 200, pending=False, use_server_time=True)
-    assert codec.key(API, "k") != Codec("rk", "x" * 64, pending=False, use_server_time=True).key(
-        API, "k"
-    )
+    codec = Codec("rk", "x" * 200, use_server_time=True)
+    assert codec.key(API, "k") != Codec("rk", "x" * 64, use_server_time=True).key(API, "k")
 
 
-def test_marshal_packs_the_header_plans_and_pending_keys() -> None:
-    codec = Codec("rk", "", pending=True, use_server_time=True)
-    (keys, args), n_limits = codec.marshal(
-        ((API, "a"), (MEDIA, "b")), 2, 123.0, False, op=b"r", token="t1"
-    )
-    assert n_limits == 3
-    assert keys[2:] == [f"{keys[0]}:p", f"{keys[1]}:p", f"{keys[0]}:m", f"{keys[1]}:m"]
-    op, peek, pending, n_items, cost, lease_ms, clock = struct.unpack("<cBBHddd", args[0])
-    assert (op, peek, pending, n_items, cost, lease_ms) == (b"r", 0, 1, 2, 2.0, 5000.0)
+def test_marshal_packs_the_header_plans_and_an_undos_mark_key() -> None:
+    codec = Codec("rk", "", use_server_time=True)
+    items = ((API, "a"), (MEDIA, "b"))
+    (keys, args), n_limits = codec.marshal(items, 2, 123.0, False, undoable=True)
+    assert n_limits == 3 and len(keys) == 2
+    op, peek, undoable, n_items, cost, mark_ms, clock = struct.unpack("<cBBHddd", args[0])
+    assert (op, peek, undoable, n_items, cost, mark_ms) == (b"d", 0, 1, 2, 2.0, 5000.0)
     assert math.isnan(clock)  # the server's clock
-    assert args[1] == "t1"
+    assert args[1] == b"-"
     assert args[3] == b"<ddd" and args[5] == b"<ddd"  # fixed window 2 + GCRA 1; sliding 3
     ttl_ms, limits = struct.unpack_from("<dB", args[2])
     assert (ttl_ms, limits) == (60_001.0, 2)
-    caller_clock = Codec("rk", "", pending=False, use_server_time=False)
-    (keys, args), _ = caller_clock.marshal(((API, "a"),), 1, 123.0, True, op=b"d")
+    # An undo names the charge's written states and a mark key in the items' slot.
+    reply = _reply(True, 1.0, (True, 2, 1, 0), (True, 4, 2, 0), (True, 1, 3, 0)) + b"states"
+    assert written(reply, 3) == b"states"
+    (undo_keys, undo_args), _ = codec.marshal(items, 2, 123.0, False, undo=("t1", b"states"))
+    assert undo_keys == [*keys, f"{keys[0]}:u:t1"]
+    assert undo_args[0][:1] == b"u" and undo_args[1] == b"states"
+    caller_clock = Codec("rk", "", use_server_time=False)
+    (keys, args), _ = caller_clock.marshal(((API, "a"),), 1, 123.0, True)
     assert len(keys) == 1
     assert struct.unpack("<cBBHddd", args[0])[1::5] == (1, 123.0)
 
@@ -81,19 +84,9 @@ def test_merge_puts_results_back_in_the_order_of_the_items() -> None:
     steps = [(True, 2, 1, 0), (True, 4, 2, 0), (True, 1, 5, 0), (True, 3, 6, 0)]
     first = parse(_reply(True, 9.0, *steps), 4)
     second = parse(_reply(False, 9.5, (False, 0, 3, 4.0)), 1)
-    decision = merge(items, [[0, 2], [1]], [first, second], lost=False)
+    decision = merge(items, [[0, 2], [1]], [first, second])
     assert not decision.allowed and decision.retry_after_s == 4.0 and decision.now == 9.0
     assert [s[2] for s in decision._results] == [2.0, 4.0, 0.0, 1.0, 3.0]
-
-
-def test_a_lost_reservation_merges_into_a_rejection_to_retry_at_once() -> None:
-    items = ((API, "a"), (MEDIA, "g"))
-    parsed = [
-        parse(_reply(True, 1.0, (True, 2, 1, 0), (True, 4, 2, 0)), 2),
-        parse(_reply(True, 1.0, (True, 1, 3, 0)), 1),
-    ]
-    lost = merge(items, [[0], [1]], parsed, lost=True)
-    assert not lost.allowed and 0 < lost.retry_after_s < 0.01
 
 
 def test_evalsha_is_packed_as_resp() -> None:

@@ -2,31 +2,27 @@
 
 Keys of one caller share a hash tag, so every limit set of one identity lives in one slot and a
 decision about it is one script call. A decision that spans slots (an identity's limits plus a
-``global`` one) cannot be one script: no script touches two slots atomically, and charging slot
-by slot then refunding on a later rejection is not exact (a GCRA refund cannot know whether the
-bucket would have drained meanwhile; a first-hit window cannot undo the window it opened). So
-the store never refunds. It reserves:
+``global`` one) cannot be one script: no script touches two slots atomically. It is decided
+optimistically, in one round when every slot admits it:
 
-1. *reserve*, in every slot: check the limits as if ``cost`` plus every pending reservation
-   of that item were charged; if they allow it, record ``cost`` as a pending reservation
-   (a sorted-set member with a lease) without touching the state;
-2. *commit* in every slot if all reserved (charge the state, drop the reservation), else
-   *abort* the reservations that were made.
+1. in every slot at once, the script decides and, if that slot's limits allow it, charges them
+   (its reply says what it wrote);
+2. only if some slot refused (or failed), the slots that charged are *undone* at once, each by
+   a script that takes its charge back (lua/decide.lua's ``undo_limit``).
 
-Every decision in a slot, single-slot ones too, counts pending reservations as charged, so
-while a reservation is pending nobody can be admitted on the units it holds: committing it later
-keeps every limit within its amount (a limit that allowed ``cost + pending`` at time ``t``
-allows it at any later time on the same state: all four algorithms only relax as time passes).
-An abort only removes a reservation that never touched the state, so it is exact. The price is
-on the safe side: a request can be rejected because of a reservation that is then aborted, and a
-reservation committed after its window ended is charged to the next window. A reservation whose
-lease expired (a client stalled or died between the phases) is charged anyway at commit and the
-decision is rejected, so a slow client never over-admits either.
+It never over-admits: every verdict is taken on states that hold every charge made so far, so
+while an optimistic charge waits for its undo, it only turns others away (on the safe side, like
+a unit in flight). An undo gives back exactly the units of a window that still counts them; a
+GCRA gives back the part of its emission interval still to come (the part that passed between
+the charge and the undo, about a round trip, is kept: others may have been let in meanwhile); a
+first-hit window the charge opened opens, if later charges keep it, at the undo. An undo marks
+itself done, so a replayed one gives nothing twice. A process that dies between the rounds
+leaves its charge in place: an under-admission of that decision's cost, never more.
 
-:func:`cross_slot_flow` is that protocol free of I/O: it yields the script calls of one phase
+:func:`cross_slot_flow` is that protocol free of I/O: it yields the script calls of one round
 and receives their replies, so the sync and asyncio drivers run the same logic. A slot whose
-master cannot be reached fails its call; the reservations the other slots made are aborted at
-once (not left to hold units for a lease), so the failure stays with that shard's keys.
+master cannot be reached fails its call; the others' charges are undone at once, so the failure
+stays with that shard's keys.
 
 :class:`ClusterClient` makes the calls on the store's own connections (:mod:`.wire`), routed by
 its own slot map (:mod:`.topology`): each call goes to its slot's master, follows ``MOVED`` and
@@ -41,6 +37,7 @@ import uuid
 from collections.abc import Generator
 from typing import Any
 
+from hiredis import ReplyError
 from redis.crc import key_slot
 
 from ratekeeper.decision import Decision
@@ -55,23 +52,28 @@ from ratekeeper.stores.redis.codec import (
     pack_evalsha,
     parse,
     script_flow,
+    written,
 )
 from ratekeeper.stores.redis.topology import Address, Topology
 from ratekeeper.stores.redis.wire import WIRE_ERRORS, Endpoint, Node
 
-__all__ = ["ClusterClient", "cross_slot_flow"]
+__all__ = ["ClusterClient", "cross_slot_flow", "retry_delay"]
 
 # A command on its way: the node, its bytes, whether to load the script and to send ASKING first.
 Op = tuple[Node, bytes, bool, bool]
 # Redirections followed for one command at most (a slot moves once per failover or migration).
 _MAX_REDIRECTS = 3
+# Waits before trying a decision again after TRYAGAIN (a slot in migration whose keys are
+# moving) or CLUSTERDOWN (a slot without a master, until a replica is promoted): short, as the
+# caller waits; when they are spent the error reaches the caller, and its fail mode applies.
+_RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
 
 def cross_slot_flow(
     codec: Codec, items: Items, cost: int, now: float, peek: bool
 ) -> Generator[list[Call], list[Any], Decision]:
-    """The reserve / commit-or-abort protocol of the module docstring for one decision: yields
-    the calls of a phase (one per slot, to be made concurrently), receives their replies
+    """The decide / undo-if-refused protocol of the module docstring for one decision: yields
+    the calls of a round (one per slot, to be made concurrently), receives their replies
     (bytes, or the exception the call failed with)."""
     names = [codec.key(limit_set, key) for limit_set, key in items]
     slots: dict[int, list[int]] = {}
@@ -79,50 +81,46 @@ def cross_slot_flow(
         slots.setdefault(key_slot(name.encode()), []).append(index)
     groups = list(slots.values())
     if len(groups) == 1:
-        call, n_limits = codec.marshal(items, cost, now, peek, op=b"d", keys=names)
+        call, n_limits = codec.marshal(items, cost, now, peek, keys=names)
         (reply,) = yield [call]
         return decision(_ok(reply), items, n_limits)
-    token = uuid.uuid4().hex
-    op = b"d" if peek else b"r"
-    parts = [[items[i] for i in group] for group in groups]
-    part_keys = [[names[i] for i in group] for group in groups]
+    parts = [([items[i] for i in group], [names[i] for i in group]) for group in groups]
     marshalled = [
-        codec.marshal(part, cost, now, peek, op=op, token=token, keys=keys)
-        for part, keys in zip(parts, part_keys, strict=True)
+        codec.marshal(part, cost, now, peek, keys=keys, undoable=not peek) for part, keys in parts
     ]
     replies = yield [call for call, _ in marshalled]
     failed = [reply for reply in replies if isinstance(reply, Exception)]
-    if failed:
-        if not peek:
-            # Give back at once what the other slots reserved, rather than hold it for a lease.
-            aborts = [
-                codec.marshal(part, cost, now, False, op=b"a", token=token, keys=keys)[0]
-                for part, keys, reply, (_, n) in zip(
-                    parts, part_keys, replies, marshalled, strict=True
-                )
-                if not isinstance(reply, Exception) and parse(reply, n)[0]
-            ]
-            if aborts:
-                yield aborts
-        raise failed[0]
-    parsed = [parse(reply, n) for reply, (_, n) in zip(replies, marshalled, strict=True)]
-    allowed = all(p[0] for p in parsed)
-    if not peek:
-        # An abort that fails leaves a reservation that its lease ends: nothing to raise.
-        ops = [
-            codec.marshal(
-                part, cost, now, False, op=b"c" if allowed else b"a", token=token, keys=keys
-            )[0]
-            for part, keys, p in zip(parts, part_keys, parsed, strict=True)
-            if allowed or p[0]
+    parsed = [
+        None if isinstance(reply, Exception) else parse(reply, n)
+        for reply, (_, n) in zip(replies, marshalled, strict=True)
+    ]
+    if not peek and (failed or not all(p[0] for p in parsed if p is not None)):
+        # Refused (or failed) somewhere: take back what the other slots charged. An undo that
+        # fails leaves its charge: an under-admission, nothing to raise.
+        token = uuid.uuid4().hex
+        slots_done = zip(parts, replies, marshalled, parsed, strict=True)
+        undos = [
+            codec.marshal(part, cost, now, False, keys=keys, undo=(token, written(reply, n)))[0]
+            for (part, keys), reply, (_, n), p in slots_done
+            if p is not None and p[0]
         ]
-        settled = yield ops
-        if allowed:
-            for reply in settled:
-                _ok(reply)
-            if any(reply != b"1" for reply in settled):
-                return merge(items, groups, parsed, lost=True)
-    return merge(items, groups, parsed, lost=False)
+        if undos:
+            yield undos
+    if failed:
+        raise failed[0]
+    return merge(items, groups, parsed)  # type: ignore[arg-type]
+
+
+def retry_delay(error: BaseException, attempt: int) -> float | None:
+    """How long to wait before trying again a decision that failed with ``error`` on its
+    ``attempt``-th try (from 0); ``None``: do not. Only refusals that say the script did not
+    run are retried (a decision's other slots were undone before it failed), so a retry never
+    charges twice."""
+    if attempt >= len(_RETRY_DELAYS_S) or not isinstance(error, ReplyError):
+        return None
+    if not str(error).startswith(("TRYAGAIN", "CLUSTERDOWN")):
+        return None
+    return _RETRY_DELAYS_S[attempt]
 
 
 def _ok(reply: Any) -> bytes:

@@ -35,6 +35,7 @@ __all__ = [
     "pack_evalsha",
     "parse",
     "script_flow",
+    "written",
 ]
 
 Items: TypeAlias = Sequence[tuple[LimitSet, str]]
@@ -58,29 +59,25 @@ _STATE_WIDTH = {b"f": 2, b"h": 2, b"s": 3, b"g": 1}
 _HEADER = struct.Struct("<cBBHddd")
 _PLAN_HEAD = struct.Struct("<dB")
 _PLAN_LIMIT = struct.Struct("<cddddd")
-# A reservation left by a client that died between the two phases of a cross-slot decision
-# stops holding units after this long.
-LEASE_MS = 5000
-# Wait suggested when a decision lost its reservation: another attempt will settle at once.
-_LOST_RETRY_S = 0.001
+# How long an undo's mark says it was done (a replayed undo then gives back nothing twice).
+MARK_MS = 5000
 
 
 class Codec:
     """Key names and script arguments for one store's prefix, salt and mode.
 
     ``hash_key`` keys blake2b (a MAC), so without the salt the key names do not tell which
-    caller they count; ``pending`` (cluster mode) adds each item's reservation and commit-mark keys.
-    ``use_server_time=False`` sends the caller's ``now`` instead of asking for the server's.
+    caller they count. ``use_server_time=False`` sends the caller's ``now`` instead of asking
+    for the server's.
     """
 
-    __slots__ = ("_hash_key", "_plans", "pending", "prefix", "use_server_time")
+    __slots__ = ("_hash_key", "_plans", "prefix", "use_server_time")
 
-    def __init__(self, prefix: str, key_salt: str, *, pending: bool, use_server_time: bool):
+    def __init__(self, prefix: str, key_salt: str, *, use_server_time: bool):
         salt = key_salt.encode()
         # blake2b's own keyed mode takes at most 64 bytes of key: longer salts are hashed down.
         self._hash_key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
         self.prefix = prefix
-        self.pending = pending
         self.use_server_time = use_server_time
         self._plans: dict[str, tuple[bytes, bytes, int]] = {}
 
@@ -127,17 +124,19 @@ class Codec:
         now: float,
         peek: bool,
         *,
-        op: bytes,
-        token: str = "-",
         keys: list[str] | None = None,
+        undoable: bool = False,
+        undo: tuple[str, bytes] | None = None,
     ) -> tuple[Call, int]:
-        """The script call for ``op`` (``d`` decide, ``r`` reserve, ``c`` commit, ``a``
-        abort) on ``items``, and how many limit results its reply holds; ``keys``: the items'
-        key names, when the caller has them already."""
+        """The script call deciding on ``items`` (charging unless ``peek``), and how many limit
+        results its reply holds; ``keys``: the items' key names, when the caller has them
+        already. ``undoable``: the reply also carries the states written, for an undo.
+        ``undo``: (a token, that reply's tail): the call undoes that charge instead."""
         clock = math.nan if self.use_server_time else now
+        op = b"d" if undo is None else b"u"
         args: list[bytes | str] = [
-            _HEADER.pack(op, peek, self.pending, len(items), cost, LEASE_MS, clock),
-            token,
+            _HEADER.pack(op, peek, undoable, len(items), cost, MARK_MS, clock),
+            b"-" if undo is None else undo[1],
         ]
         n_limits = 0
         for limit_set, _ in items:
@@ -146,15 +145,16 @@ class Codec:
             n_limits += n
         if keys is None:
             keys = [self.key(limit_set, key) for limit_set, key in items]
-        if self.pending:
-            # Each item's reservations and commit marks (see lua/decide.lua), in its slot.
-            keys += [f"{k}:p" for k in keys] + [f"{k}:m" for k in keys]
+        if undo is not None:
+            # The mark that makes a replayed undo give back nothing twice, in the items' slot.
+            keys = [*keys, f"{keys[0]}:u:{undo[0]}"]
         return (keys, args), n_limits
 
 
 def parse(reply: bytes, n_limits: int) -> Parsed:
-    """A decide or reserve reply -> (allowed, server now, per-limit steps, largest wait)."""
-    values = _reply_struct(n_limits).unpack(reply)
+    """A decide reply -> (allowed, server now, per-limit steps, largest wait); an undoable
+    reply's tail (:func:`written`) is not read."""
+    values = _reply_struct(n_limits).unpack_from(reply)
     results: list[Step] = []
     retry = 0.0
     for i in range(2, 2 + 4 * n_limits, 4):
@@ -171,26 +171,28 @@ def _reply_struct(n_limits: int) -> struct.Struct:
     return struct.Struct(f"<{2 + 4 * n_limits}d")
 
 
+def written(reply: bytes, n_limits: int) -> bytes:
+    """The states an undoable decide reply says were written (what an undo call needs)."""
+    return reply[_reply_struct(n_limits).size :]
+
+
 def decision(reply: bytes, items: Items, n_limits: int) -> Decision:
     """The decision a single-slot reply carries."""
     allowed, now, results, retry = parse(reply, n_limits)
     return Decision(allowed, retry, now, items, results)
 
 
-def merge(items: Items, groups: list[list[int]], parsed: list[Parsed], *, lost: bool) -> Decision:
+def merge(items: Items, groups: list[list[int]], parsed: list[Parsed]) -> Decision:
     """One decision from per-slot replies (``groups[i]``: the indexes in ``items`` that reply
-    ``parsed[i]`` covers), results back in the order of ``items``. ``lost``: a reservation
-    expired before its commit, so the decision is a rejection to be tried again at once."""
+    ``parsed[i]`` covers), results back in the order of ``items``."""
     by_item: dict[int, list[Step]] = {}
     for group, (_, _, steps, _) in zip(groups, parsed, strict=True):
         results = iter(steps)
         for index in group:
             by_item[index] = [next(results) for _ in items[index][0].limits]
     ordered = [step for index in range(len(items)) for step in by_item[index]]
-    allowed = not lost and all(p[0] for p in parsed)
-    retry = 0.0
-    if not allowed:
-        retry = max(*(p[3] for p in parsed), _LOST_RETRY_S if lost else 0.0)
+    allowed = all(p[0] for p in parsed)
+    retry = 0.0 if allowed else max(p[3] for p in parsed)
     # Groups are numbered by first appearance, so the first one holds the first item.
     return Decision(allowed, retry, parsed[0][1], items, ordered)
 

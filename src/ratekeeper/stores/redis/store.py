@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from redis.crc import key_slot
 
 from ratekeeper.decision import Decision
 from ratekeeper.errors import RedisStoreError, StoreError, StoreURLError
 from ratekeeper.flows import drive, drive_async
-from ratekeeper.stores.redis.cluster import ClusterClient, cross_slot_flow
+from ratekeeper.stores.redis.cluster import ClusterClient, cross_slot_flow, retry_delay
 from ratekeeper.stores.redis.codec import Codec, Items, decision, pack, pack_evalsha
 from ratekeeper.stores.redis.url import parse_url
 from ratekeeper.stores.redis.wire import Endpoint, Node
@@ -50,9 +53,7 @@ class RedisStore:
         self.use_server_time = use_server_time
         self.batch_async = batch_async
         self._password = parsed.password
-        self._codec = Codec(
-            parsed.prefix, parsed.key_salt, pending=parsed.cluster, use_server_time=use_server_time
-        )
+        self._codec = Codec(parsed.prefix, parsed.key_salt, use_server_time=use_server_time)
         self._cluster: ClusterClient | None = None
         self._node: Node | None = None
         try:
@@ -106,17 +107,23 @@ class RedisStore:
 
     def decide(self, items: Items, cost: int, now: float, *, peek: bool = False) -> Decision:
         """Decide and charge (unless ``peek``) atomically, in one round trip per slot."""
-        try:
-            node = self._node
-            if node is not None:
-                call, n_limits = self._codec.marshal(items, cost, now, peek, op=b"d")
-                return decision(node.script(pack_evalsha(call)), items, n_limits)
-            flow = cross_slot_flow(self._codec, items, cost, now, peek)
-            return drive(flow, self._cluster.run)  # type: ignore[union-attr]
-        except Exception as exc:
-            # Whatever failed (the wire, a refusal, an unreadable reply), the caller sees a
-            # StoreError: its fail mode applies, nothing else escapes.
-            raise self._error("decide", exc) from exc
+        attempt = 0
+        while True:
+            try:
+                node = self._node
+                if node is not None:
+                    call, n_limits = self._codec.marshal(items, cost, now, peek)
+                    return decision(node.script(pack_evalsha(call)), items, n_limits)
+                flow = cross_slot_flow(self._codec, items, cost, now, peek)
+                return drive(flow, self._cluster.run)  # type: ignore[union-attr]
+            except Exception as exc:
+                delay = retry_delay(exc, attempt)
+                if delay is None:
+                    # Whatever failed (the wire, a refusal, an unreadable reply), the caller
+                    # sees a StoreError: its fail mode applies, nothing else escapes.
+                    raise self._error("decide", exc) from exc
+            time.sleep(delay)
+            attempt += 1
 
     def reset(self, items: Items) -> None:
         """Forget the state of these keys: they start afresh."""
@@ -145,17 +152,21 @@ class RedisStore:
         self, items: Items, cost: int, now: float, *, peek: bool = False
     ) -> Decision:
         """The asyncio twin of :meth:`decide`; concurrent calls share pipelines."""
-        try:
-            node = self._node
-            if node is not None:
-                call, n_limits = self._codec.marshal(items, cost, now, peek, op=b"d")
-                return decision(await node.script_async(pack_evalsha(call)), items, n_limits)
-            flow = cross_slot_flow(self._codec, items, cost, now, peek)
-            return await drive_async(flow, self._cluster.run_async)  # type: ignore[union-attr]
-        except Exception as exc:
-            # Whatever failed (the wire, a refusal, an unreadable reply), the caller sees a
-            # StoreError: its fail mode applies, nothing else escapes.
-            raise self._error("decide", exc) from exc
+        attempt = 0
+        while True:
+            try:
+                node = self._node
+                if node is not None:
+                    call, n_limits = self._codec.marshal(items, cost, now, peek)
+                    return decision(await node.script_async(pack_evalsha(call)), items, n_limits)
+                flow = cross_slot_flow(self._codec, items, cost, now, peek)
+                return await drive_async(flow, self._cluster.run_async)  # type: ignore[union-attr]
+            except Exception as exc:
+                delay = retry_delay(exc, attempt)
+                if delay is None:
+                    raise self._error("decide", exc) from exc
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def reset_async(self, items: Items) -> None:
         """The asyncio twin of :meth:`reset`."""

@@ -6,23 +6,21 @@
 -- Numbers travel and rest as little-endian IEEE doubles (struct): exact both ways, and far
 -- cheaper than formatting and parsing text (Redis would truncate Lua numbers in a reply).
 --
--- KEYS: one state key per item; in cluster mode (pend = 1) followed by one pending key per
---       item (a sorted set of the reservations of cross-slot decisions, see cluster.py), then
---       one commit-mark key per item (a sorted set of the tokens committed, never scanned).
--- ARGV[1]: header "<c1 B B H d d d": op, peek, pend, n_items, cost, lease_ms, now (NaN: the
+-- KEYS: one state key per item; for 'u', then one undo-mark key.
+-- ARGV[1]: header "<c1 B B H d d d": op, peek, undoable, n_items, cost, mark_ms, now (NaN: the
 --       server clock, TIME; otherwise the caller's clock, for tests only);
---   op  'd' decide (charge unless peek), 'r' reserve (check, record cost as pending),
---       'c' commit (charge reserved cost, drop reservation), 'a' abort (drop reservation).
--- ARGV[2]: the reservation token ('-': none).
+--   op  'd' decide (charge unless peek), 'u' undo an optimistic charge of a cross-slot
+--       decision that another slot refused (see cluster.py).
+-- ARGV[2]: for 'u', the states the charge wrote (its reply's tail); otherwise '-'.
 -- ARGV[1 + 2i]: item i's plan "<d B" ttl_ms, n_limits, then per limit "<c1 d d d d d":
 --       algorithm code, amount, period, burst, interval, capacity (as limit.py derived them);
 -- ARGV[2 + 2i]: item i's state format, e.g. "<ddd" (2 numbers per fixed window, 3 per sliding
 --       window, 1 per GCRA, in the order of the limits).
 -- State value: the struct of all limits' numbers in that format; no key means every limit is
 -- fresh (a decision charges all limits of an item or none, so there is no partial state).
--- Reply for 'd'/'r': "<d d" allowed, now, then per limit "<d d d d" allowed, remaining,
---       reset_at, retry_after; for 'c': "1" when every reservation was still held, else "0";
---       for 'a': "1".
+-- Reply for 'd': "<d d" allowed, now, then per limit "<d d d d" allowed, remaining, reset_at,
+--       retry_after; when undoable and charged, then every item's new state (what 'u' needs).
+--       For 'u': "1", or "0" when that undo was done already (a replayed call).
 
 local EPS = 1e-6
 local MIN_RETRY = 1e-6
@@ -31,18 +29,13 @@ local spack = struct.pack
 local sunpack = struct.unpack
 local call = redis.call
 
-local op, peek, pend, n_items, cost, lease_ms, now = sunpack('<c1BBHddd', ARGV[1])
+local op, peek, undoable, n_items, cost, mark_ms, now = sunpack('<c1BBHddd', ARGV[1])
 peek = peek == 1
-pend = pend == 1
-local token = ARGV[2]
+undoable = undoable == 1
 
-local server_ms
-if now ~= now or pend then
+if now ~= now then
   local t = call('TIME')
-  server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if now ~= now then
-    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  end
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
 -- Python's float.__mod__ (Objects/floatobject.c): fmod, moved to the divisor's sign.
@@ -66,12 +59,12 @@ end
 
 -- Every step takes the limit's stored numbers (s1, s2, s3; nil when fresh, unused ones
 -- ignored), the time, the limit and the cost, and returns allowed, the new numbers (as
--- charged; even on rejection when force is true, for commits), remaining, reset_at,
--- retry_after. Plain values, not tables: a decision allocates next to nothing.
+-- charged), remaining, reset_at, retry_after. Plain values, not tables: a decision allocates
+-- next to nothing.
 
-local function window_charge(start, count, t, amount, period, c, force)
+local function window_charge(start, count, t, amount, period, c)
   local reset_at = start + period
-  if force or count + c <= amount then
+  if count + c <= amount then
     count = count + c
     return true, start, count, nil, amount - count, reset_at, 0.0
   end
@@ -82,7 +75,7 @@ local function window_charge(start, count, t, amount, period, c, force)
   return false, nil, nil, nil, amount - count, reset_at, retry
 end
 
-local function fixed_window(s1, s2, _, t, amount, period, _, _, _, c, force)
+local function fixed_window(s1, s2, _, t, amount, period, _, _, _, c)
   local start = t - pymod(t, period)
   local count = 0.0
   if s1 ~= nil and s1 >= start then
@@ -92,10 +85,10 @@ local function fixed_window(s1, s2, _, t, amount, period, _, _, _, c, force)
       t = start
     end
   end
-  return window_charge(start, count, t, amount, period, c, force)
+  return window_charge(start, count, t, amount, period, c)
 end
 
-local function first_hit_window(s1, s2, _, t, amount, period, _, _, _, c, force)
+local function first_hit_window(s1, s2, _, t, amount, period, _, _, _, c)
   local start = t
   local count = 0.0
   if s1 ~= nil and t < s1 + period then
@@ -105,7 +98,7 @@ local function first_hit_window(s1, s2, _, t, amount, period, _, _, _, c, force)
       t = start
     end
   end
-  return window_charge(start, count, t, amount, period, c, force)
+  return window_charge(start, count, t, amount, period, c)
 end
 
 -- sliding_window's reset_at (see algorithms.py): when the quota is back, never more than
@@ -132,7 +125,7 @@ local function sliding_reset(start, prev, cur, t, elapsed, asked, amount, period
   return latest
 end
 
-local function sliding_window(s1, s2, s3, t, amount, period, _, _, _, c, force)
+local function sliding_window(s1, s2, s3, t, amount, period, _, _, _, c)
   local asked = t
   local start = t - pymod(t, period)
   local prev = 0.0
@@ -151,7 +144,7 @@ local function sliding_window(s1, s2, s3, t, amount, period, _, _, _, c, force)
   end
   local elapsed = t - start
   local estimate = prev * (period - elapsed) / period + cur
-  if force or estimate + c <= amount + EPS then
+  if estimate + c <= amount + EPS then
     cur = cur + c
     local remaining = trunc(amount - estimate - c + EPS)
     local reset_at = sliding_reset(start, prev, cur, t, elapsed, asked, amount, period, remaining)
@@ -172,13 +165,13 @@ local function sliding_window(s1, s2, s3, t, amount, period, _, _, _, c, force)
   return false, nil, nil, nil, remaining, reset_at, math.max(retry, MIN_RETRY)
 end
 
-local function gcra(s1, _, _, t, _, _, burst, interval, capacity, c, force)
+local function gcra(s1, _, _, t, _, _, burst, interval, capacity, c)
   local tat = t
   if s1 ~= nil and s1 > t then
     tat = s1
   end
   local new_tat = tat + c * interval
-  if force or new_tat - t <= capacity + EPS then
+  if new_tat - t <= capacity + EPS then
     local remaining = trunc((capacity - (new_tat - t) + EPS) / interval)
     return true, new_tat, nil, nil, remaining, new_tat, 0.0
   end
@@ -192,51 +185,72 @@ end
 local STEPS = { f = fixed_window, h = first_hit_window, s = sliding_window, g = gcra }
 local WIDTH = { f = 2, h = 2, s = 3, g = 1 }
 
--- A pending key holds the reservations ("cost:token", scored by the end of their lease, an
--- epoch in ms) and their total units as the score of the member TOTAL: a key every request
--- touches (a global limit) holds as many reservations as decisions in flight, and a decision
--- reads the total, not each of them. Scores above LEASES are leases; TOTAL's never is.
-local TOTAL = '#'
-local LEASES = '(100000000000'
-
--- Pending (reserved, not yet committed) units of an item; drops expired reservations.
-local function pending_units(pkey)
-  if call('EXISTS', pkey) == 0 then
-    return 0
-  end
-  local expired = call('ZRANGEBYSCORE', pkey, LEASES, server_ms)
-  if #expired > 0 then
-    local gone = 0
-    for _, entry in ipairs(expired) do
-      gone = gone + tonumber(string.match(entry, '^(%d+):'))
+-- Undoes one limit's optimistic charge of `cost` on its stored numbers s (from s[at + 1]);
+-- w: the numbers the charge wrote; the undo happens at `now`. Windows take the units back from
+-- the window that holds them, if it still counts. GCRA gives back the part of the emission
+-- interval still to come: the part already past may have let others in.
+local function undo_limit(code, s, at, w, period, interval)
+  local s1, w1 = s[at + 1], w[at + 1]
+  if code == 'g' then
+    local give = w1 - math.max(w1 - cost * interval, now)
+    if give > 0 then
+      s[at + 1] = s1 - give
     end
-    call('ZREMRANGEBYSCORE', pkey, LEASES, server_ms)
-    call('ZINCRBY', pkey, -gone, TOTAL)
+  elseif code == 's' then
+    if s1 == w1 then
+      s[at + 3] = math.max(s[at + 3] - cost, 0)
+    elseif s1 > w1 and s1 - w1 < 1.5 * period then
+      s[at + 2] = math.max(s[at + 2] - cost, 0)
+    end
+  elseif s1 == w1 then
+    local left = math.max(s[at + 2] - cost, 0)
+    s[at + 2] = left
+    if code == 'h' and w[at + 2] == cost then
+      -- A first-hit window this charge opened: with nothing left in it, it never opened; with
+      -- later charges' units, it opens no earlier than the undo (they all came before it).
+      if left == 0 then
+        s[at + 1] = -INF
+      elseif now > s1 then
+        s[at + 1] = now
+      end
+    end
   end
-  return math.max(tonumber(call('ZSCORE', pkey, TOTAL) or '0'), 0)
 end
 
-local member = cost .. ':' .. token
-
--- Drops this decision's reservation from a pending key; whether it was there.
-local function release(pkey)
-  if call('ZREM', pkey, member) == 0 then
-    return false
+if op == 'u' then
+  if not call('SET', KEYS[n_items + 1], '1', 'NX', 'PX', mark_ms) then
+    return '0'
   end
-  call('ZINCRBY', pkey, -cost, TOTAL)
-  return true
-end
-
-if op == 'a' then
+  local written = ARGV[2]
+  local wpos = 1
+  local seen = {}
   for i = 1, n_items do
-    release(KEYS[n_items + i])
+    local plan = ARGV[1 + 2 * i]
+    local fmt = ARGV[2 + 2 * i]
+    local w = { sunpack(fmt, written, wpos) }
+    wpos = w[#w]
+    local raw = not seen[KEYS[i]] and call('GET', KEYS[i])
+    seen[KEYS[i]] = true
+    if raw then
+      local s = { sunpack(fmt, raw) }
+      s[#s] = nil
+      local _, n_limits, pos = sunpack('<dB', plan)
+      local at = 0
+      for _ = 1, n_limits do
+        local code, _, period, _, interval
+        code, _, period, _, interval, _, pos = sunpack('<c1ddddd', plan, pos)
+        undo_limit(code, s, at, w, period, interval)
+        at = at + WIDTH[code]
+      end
+      call('SET', KEYS[i], spack(fmt, unpack(s)), 'KEEPTTL')
+    end
   end
   return '1'
 end
 
--- Steps every limit of item i on its stored state with cost c (plus extra pending units for
--- the verdict), appends the reply to out, and returns whether all allowed and the new state.
-local function step_item(i, c, extra, force, out)
+-- Steps every limit of item i on its stored state with cost c, appends the replies to out,
+-- and returns whether all allowed and the new state.
+local function step_item(i, c, out)
   local plan = ARGV[1 + 2 * i]
   local fmt = ARGV[2 + 2 * i]
   local raw = call('GET', KEYS[i])
@@ -251,23 +265,9 @@ local function step_item(i, c, extra, force, out)
   for _ = 1, n_limits do
     local code, amount, period, burst, interval, capacity
     code, amount, period, burst, interval, capacity, pos = sunpack('<c1ddddd', plan, pos)
-    local step = STEPS[code]
-    local s1, s2, s3 = state[at + 1], state[at + 2], state[at + 3]
-    local ok, n1, n2, n3, remaining, reset_at, retry =
-      step(s1, s2, s3, now, amount, period, burst, interval, capacity, c + extra, force)
-    if extra > 0 then
-      if ok then
-        -- The verdict counts the pending units; the state is charged with this cost only.
-        ok, n1, n2, n3 = step(s1, s2, s3, now, amount, period, burst, interval, capacity, c)
-      elseif retry == INF then
-        -- Only the pending units make it impossible; they settle within a round trip.
-        local plain_ok, _, _, _, _, _, plain_retry =
-          step(s1, s2, s3, now, amount, period, burst, interval, capacity, c)
-        if plain_ok or plain_retry ~= INF then
-          retry = math.max(plain_retry, 0.001)
-        end
-      end
-    end
+    local ok, n1, n2, n3, remaining, reset_at, retry = STEPS[code](
+      state[at + 1], state[at + 2], state[at + 3], now, amount, period, burst, interval,
+      capacity, c)
     local width = WIDTH[code]
     at = at + width
     if ok then
@@ -281,9 +281,7 @@ local function step_item(i, c, extra, force, out)
     else
       all_ok = false
     end
-    if out then
-      out[#out + 1] = spack('<dddd', ok and 1 or 0, remaining, reset_at, retry)
-    end
+    out[#out + 1] = spack('<dddd', ok and 1 or 0, remaining, reset_at, retry)
   end
   if all_ok then
     return true, spack(fmt, unpack(new)), ttl_ms
@@ -291,51 +289,13 @@ local function step_item(i, c, extra, force, out)
   return false
 end
 
-if op == 'c' then
-  -- The first commit of a reservation leaves a mark saying whether it was still held. A later
-  -- one with the same token (the client's cluster library retrying after a lost reply, or an
-  -- item repeated in one decision) finds the mark and charges nothing twice.
-  local held = true
-  local held_mark = '+' .. token
-  local lost_mark = '-' .. token
-  for i = 1, n_items do
-    local pkey = KEYS[n_items + i]
-    -- Marks live apart from the reservations, so that counting pending units never reads
-    -- the marks of every decision of the last lease.
-    local mkey = KEYS[2 * n_items + i]
-    if call('ZSCORE', mkey, lost_mark) then
-      held = false
-    elseif not call('ZSCORE', mkey, held_mark) then
-      local mark = held_mark
-      if not release(pkey) then
-        held = false
-        mark = lost_mark
-      end
-      -- Charge even a lost reservation: over-counting is the safe side.
-      local _, value, ttl_ms = step_item(i, cost, 0, true, nil)
-      call('SET', KEYS[i], value, 'PX', ttl_ms)
-      call('ZREMRANGEBYSCORE', mkey, '-inf', server_ms)
-      call('ZADD', mkey, server_ms + lease_ms, mark)
-      call('PEXPIRE', mkey, lease_ms)
-    end
-  end
-  if held then
-    return '1'
-  end
-  return '0'
-end
-
--- 'd' and 'r': every verdict on the old states, then charge all or nothing.
+-- 'd': every verdict on the old states, then charge all or nothing.
 local out = {}
 local allowed = true
 local values = {}
 local ttls = {}
 for i = 1, n_items do
-  local extra = 0
-  if pend then
-    extra = pending_units(KEYS[n_items + i])
-  end
-  local ok, value, ttl_ms = step_item(i, cost, extra, false, out)
+  local ok, value, ttl_ms = step_item(i, cost, out)
   if ok then
     values[i] = value
     ttls[i] = ttl_ms
@@ -344,21 +304,13 @@ for i = 1, n_items do
   end
 end
 
+local reply = spack('<dd', allowed and 1 or 0, now) .. table.concat(out)
 if allowed and not peek then
-  if op == 'd' then
-    for i = 1, n_items do
-      call('SET', KEYS[i], values[i], 'PX', ttls[i])
-    end
-  else
-    for i = 1, n_items do
-      local pkey = KEYS[n_items + i]
-      -- An item repeated in one decision reserves once (one member): count it once.
-      if call('ZADD', pkey, server_ms + lease_ms, member) == 1 then
-        call('ZINCRBY', pkey, cost, TOTAL)
-      end
-      call('PEXPIRE', pkey, lease_ms)
-    end
+  for i = 1, n_items do
+    call('SET', KEYS[i], values[i], 'PX', ttls[i])
+  end
+  if undoable then
+    return reply .. table.concat(values)
   end
 end
-
-return spack('<dd', allowed and 1 or 0, now) .. table.concat(out)
+return reply
