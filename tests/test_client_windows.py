@@ -40,6 +40,24 @@ def test_at_most_n_in_any_span_measured_from_the_answers() -> None:
     assert pacer.waits_for_answer()
 
 
+def test_answers_out_of_order_bound_the_span_by_the_nth_latest() -> None:
+    pacer = WindowPacer(2, 1.0, 0.025)
+    pacer.record(T0)
+    pacer.record(T0 + 0.001)
+    # The second request's answer came first, the first's 0.3 s later (a slow server thread).
+    pacer.answered(T0 + 0.001, T0 + 0.01)
+    pacer.answered(T0, T0 + 0.3)
+    # Only one may have reached the server after T0 + 0.01: the third may go a period after
+    # the second-latest answer.
+    assert pacer.wait_s(T0 + 0.3) == pytest.approx(0.711)
+    pacer.record(T0 + 1.011)
+    # The fourth: the first may have reached the server at T0 + 0.3 and the third is in
+    # flight; the answer of the request sent two back (T0 + 0.01) would let it go too soon.
+    assert pacer.wait_s(T0 + 1.02) == pytest.approx(0.281)
+    pacer.refund(T0 + 1.011)  # refused: the server did not count it
+    assert pacer.wait_s(T0 + 1.02) == 0.0
+
+
 def test_a_refused_request_frees_its_place() -> None:
     pacer = WindowPacer(1, 1.0, 0.025)
     pacer.record(T0)

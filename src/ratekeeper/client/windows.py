@@ -9,13 +9,17 @@ moving-window servers allow. Only aligned windows allow more: a new burst at eac
 proves the server aligns them: a reset earlier than any window started by this client's sends
 could end. Pure state: every method takes the clock reading.
 
-A request reaches the server between its send and its answer, so the span is measured from the
-answer of the request N back (no fixed guess of the network's delay); aligned windows, where a
-new request's arrival matters, count it in every window its send could land in.
+A request reaches the server between its send and its answer, so the span is measured from
+answers (no fixed guess of the network's delay): a request may go a period after the N-th
+latest answer, a request in flight counting as not yet answered. Answers to concurrent
+requests come back in any order; the N-th latest of them, not the answer of the request sent N
+back, is what bounds the server's count. Aligned windows, where a new request's arrival
+matters, count it in every window its send could land in.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 
@@ -46,7 +50,17 @@ class WindowPacer:
     the longest round trip lately). ``learn=False`` keeps the moving window (told first-hit
     windows, whose server starts them when the first request arrives)."""
 
-    __slots__ = ("_rtts", "_sends", "aligned_phase_s", "amount", "learn", "margin_s", "period_s")
+    __slots__ = (
+        "_answers",
+        "_open",
+        "_rtts",
+        "_sends",
+        "aligned_phase_s",
+        "amount",
+        "learn",
+        "margin_s",
+        "period_s",
+    )
 
     def __init__(
         self, amount: int, period_s: float, margin_s: float, *, learn: bool = True
@@ -56,6 +70,9 @@ class WindowPacer:
         self.period_s = period_s
         self.margin_s = margin_s
         self._sends: collections.deque[_Send] = collections.deque()
+        # The counted requests' answers, in order, and how many are still in flight.
+        self._answers: list[float] = []
+        self._open = 0
         self._rtts: collections.deque[float] = collections.deque(maxlen=16)
         # Learned: where the server's windows start (local time modulo the period).
         self.aligned_phase_s: float | None = None
@@ -70,18 +87,17 @@ class WindowPacer:
         (the request ``amount`` back has not been answered)."""
         if self.aligned_phase_s is not None:
             return False  # aligned windows count a request in flight where it may land
-        sends = self._sends
-        return len(sends) >= self.amount and sends[-self.amount].answered == math.inf
+        return self._open >= self.amount
 
     def wait_s(self, now: float) -> float:
         """Seconds until one more request may be sent."""
         if self.aligned_phase_s is None:
-            sends = self._sends
-            if len(sends) < self.amount:
+            # The N-th latest answer; with N in flight the flow waits for one (waits_for_answer).
+            back = self.amount - self._open
+            answers = self._answers
+            if back <= 0 or len(answers) < back:
                 return 0.0
-            # With it in flight the flow waits for its answer first (waits_for_answer).
-            reached = sends[-self.amount].answered
-            return max(reached + self.period_s + _TICK_S - now, 0.0) if reached < math.inf else 0.0
+            return max(answers[-back] + self.period_s + _TICK_S - now, 0.0)
         at = now
         flight = self._flight_s()
         # Two windows at most are full in a row (a boundary's requests count on both sides).
@@ -101,17 +117,24 @@ class WindowPacer:
         """A request was sent at ``at``."""
         sends = self._sends
         sends.append(_Send(at))
+        self._open += 1
         horizon = at - 2 * self.period_s - self._flight_s()
         # Requests answered long ago count in no span or window any more.
         while sends and sends[0].answered < horizon:
             sends.popleft()
+        answers = self._answers
+        if answers and answers[0] < horizon:
+            del answers[: bisect.bisect_left(answers, horizon)]
 
     def answered(self, sent_at: float, at: float) -> None:
         """The request sent at ``sent_at`` was answered at ``at`` (it reached the server)."""
         for send in reversed(self._sends):
             if send.sent == sent_at:
-                send.answered = at
-                self._rtts.append(at - sent_at)
+                if send.answered == math.inf:
+                    send.answered = at
+                    self._open -= 1
+                    bisect.insort(self._answers, at)
+                    self._rtts.append(at - sent_at)
                 return
 
     def refund(self, sent_at: float) -> None:
@@ -120,6 +143,13 @@ class WindowPacer:
         for send in reversed(self._sends):
             if send.sent == sent_at:
                 self._sends.remove(send)
+                if send.answered == math.inf:
+                    self._open -= 1
+                else:
+                    answers = self._answers
+                    index = bisect.bisect_left(answers, send.answered)
+                    if index < len(answers) and answers[index] == send.answered:
+                        del answers[index]
                 return
 
     def sent_before(self, at: float) -> list[float]:
