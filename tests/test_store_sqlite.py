@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -539,3 +540,82 @@ def test_processes_opening_one_new_file_together_all_succeed(tmp_path: Path) -> 
         outputs = [proc.communicate(timeout=60) for proc in procs]
         assert [proc.returncode for proc in procs] == [0] * 6, [err for _, err in outputs]
         assert sum(int(out) for out, _ in outputs) == 6
+
+
+_ONE_KEY_WORKER = """
+import json, sys, time
+from ratekeeper import Limit, Limiter, LimitSet, SQLiteStore, StoreError
+path, start_at = sys.argv[1], float(sys.argv[2])
+limits = LimitSet("one", [Limit.parse("400/hour", "first_hit_window"), Limit.parse("10000/day")])
+# No over-limit cache: every refusal is the store's own, read under contention.
+limiter = Limiter(SQLiteStore(path), over_limit_cache_s=0)
+time.sleep(max(0.0, start_at - time.time()))
+admitted = attempts = 0
+errors = []
+while time.time() < start_at + 1.5:
+    try:
+        admitted += limiter.hit(limits, "hot").allowed
+    except StoreError as exc:
+        errors.append(str(exc))
+    attempts += 1
+print(json.dumps({"admitted": admitted, "attempts": attempts, "errors": errors[:3]}))
+"""
+
+
+def test_two_processes_charging_one_key_admit_exactly_its_limit(tmp_path: Path) -> None:
+    # One item per decision (the common one-statement write), both processes on one row.
+    path = tmp_path / "shared.db"
+    SQLiteStore(path).close()
+    start_at = time.time() + 1.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _ONE_KEY_WORKER, str(path), str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    assert [r["errors"] for r in results] == [[], []]
+    # Both ran in the same 1.5 s, each well past the limit's 400 decisions in total.
+    assert all(r["attempts"] > 300 for r in results), results
+    assert sum(r["admitted"] for r in results) == 400
+
+
+def test_a_charge_waits_out_another_writer_and_past_its_timeout_is_a_store_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rk.db"
+    limits = LimitSet("api", "5/hour")
+    now = 1_700_000_000.0
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    patient, hasty = SQLiteStore(path, busy_timeout_s=10), SQLiteStore(path, busy_timeout_s=0.2)
+    writer.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.5, writer.execute, ("ROLLBACK",))
+    released.start()
+    try:
+        with pytest.raises(StoreError, match=r"rk\.db.*more than 0\.2 s \(busy_timeout_s\)"):
+            hasty.decide(((limits, "k"),), 1, now)
+        # Waits for the lock (not SQLite's own 1 ms, 2 ms, 5 ms... sleeps), then charges.
+        assert patient.decide(((limits, "k"),), 1, now).remaining == 4
+    finally:
+        released.join()
+        writer.close()
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.3, writer.execute, ("ROLLBACK",))
+    released.start()
+    try:
+        patient.reset(((limits, "k"),))
+    finally:
+        released.join()
+        writer.close()
+    assert hasty.decide(((limits, "k"),), 1, now).remaining == 4
+    patient.close()
+    hasty.close()

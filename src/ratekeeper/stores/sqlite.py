@@ -44,7 +44,6 @@ import os
 import sqlite3
 import struct
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,24 +53,13 @@ from ratekeeper.core import EntryState, decide
 from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError, StoreError, StoreURLError
 from ratekeeper.limit import LimitSet
+from ratekeeper.stores.sqlite_file import SQLITE_BUSY, BusyWait, initialise, switch_to_wal
+from ratekeeper.stores.sqlite_rows import RowCodec
 
 __all__ = ["SQLiteStore"]
 
-# ``PRAGMA application_id`` marks the file as ours ("rkpr"), so pointing the store at another
-# program's database fails instead of adding a table to it.
-_APPLICATION_ID = 0x726B7072
-_SCHEMA_VERSION = 1
 _SWEEP_SLICE = 500
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS ratekeeper_state ("
-    " limit_set TEXT NOT NULL,"
-    " key_hash BLOB NOT NULL,"
-    " state BLOB NOT NULL,"
-    " expires_at REAL NOT NULL,"
-    " PRIMARY KEY (limit_set, key_hash)"
-    ") WITHOUT ROWID",
-)
 _SELECT_ONE = "SELECT {}, state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
 _UPSERT = "INSERT OR REPLACE INTO ratekeeper_state VALUES (?, ?, ?, ?)"
 _DELETE = "DELETE FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
@@ -83,7 +71,6 @@ _SWEEP = (
 _SWEEP_START = ("", b"")
 
 _URL_OPTIONS = {"busy_timeout_s", "purge_interval_s"}
-_SQLITE_BUSY = 5
 # Recent keys only: the memos save work per decision, not memory per key.
 _HASHES_CACHED = 4096
 _ROWS_CACHED = 4096
@@ -112,40 +99,6 @@ def _select(size: int) -> str:
     if sql is None:
         sql = _SELECTS[size] = " UNION ALL ".join(_SELECT_ONE.format(i) for i in range(size))
     return sql
-
-
-# Encoded state: one byte per limit giving its state's length (0 for None), then the floats of
-# all states as little-endian doubles.
-_FORMATS: dict[bytes, struct.Struct] = {}
-
-
-def _format(shape: bytes) -> struct.Struct:
-    fmt = _FORMATS.get(shape)
-    if fmt is None:
-        fmt = _FORMATS[shape] = struct.Struct(f"<{sum(shape)}d")
-    return fmt
-
-
-def _encode(entry: EntryState) -> bytes:
-    shape = bytes(len(state) if state is not None else 0 for state in entry)
-    values = [value for state in entry if state is not None for value in state]
-    return shape + _format(shape).pack(*values)
-
-
-def _decode(blob: bytes, size: int) -> EntryState:
-    shape = blob[:size]
-    values = _format(shape).unpack_from(blob, size)
-    if len(blob) != size + 8 * len(values):
-        raise ValueError(f"{len(blob)} bytes for a state of shape {list(shape)}")
-    entry: list[tuple[float, ...] | None] = []
-    start = 0
-    for length in shape:
-        if length:
-            entry.append(values[start : start + length])
-            start += length
-        else:
-            entry.append(None)
-    return tuple(entry)
 
 
 class _UpgradeRefused(Exception):
@@ -193,8 +146,10 @@ class SQLiteStore:
         self._next_purge = 0.0
         self._sweep_after: tuple[str, bytes] = _SWEEP_START
         self._closed = False
-        self._hashes: dict[str, bytes] = {}
-        self._rows: dict[tuple[str | bytes, str | bytes], EntryState | None] = {}
+        self._hashes: dict[str, bytearray] = {}
+        self._codecs: dict[str, RowCodec] = {}
+        # (limit set id, key) -> the row's state (None: no row).
+        self._rows: dict[tuple[str, str], EntryState | None] = {}
         self._version: int | None = None
         self._pause = 0
         self._backoff = 1
@@ -251,40 +206,52 @@ class SQLiteStore:
         with self._lock:
             cursor = self._cursor or self._connection()
             hashes = self._hashes
-            params: list[str | bytes] = []
+            params: list[str | bytearray] = []
             for limit_set, key in items:
                 digest = hashes.get(key)
                 if digest is None:
                     if len(hashes) >= _HASHES_CACHED:
                         hashes.clear()
-                    digest = hashes[key] = _hash_key(key)
+                    digest = hashes[key] = bytearray(_hash_key(key))
                 params += (limit_set.id, digest)
-            # A due sweep deletes rows: that decision takes the write lock from the start.
-            sweep = not peek and now >= self._next_purge
-            try:
-                known = None if sweep else self._known(params)
-                guess = None
-                if known is not None:
-                    guess = decide(items, known, now, cost)
-                    # A decision that writes nothing needs no transaction when no other
-                    # connection has committed since the cached rows were read.
-                    if (peek or guess[0] is None) and self._unchanged(cursor):
-                        self._charging = False
-                        return guess[1]
-                # A decision that will likely charge takes the write lock from the start: under
-                # other processes' writes, a read would often fail to upgrade and start over.
-                likely = self._charging if guess is None else guess[0] is not None
-                locked = sweep or (likely and not peek)
+            wait = None
+            while True:
                 try:
-                    return self._decide_in(
-                        cursor, items, params, cost, now, peek, locked, known, guess
-                    )
-                except _UpgradeRefused:
-                    return self._decide_in(
-                        cursor, items, params, cost, now, peek, True, known, guess
-                    )
-            except sqlite3.Error as exc:
-                raise self._error(exc, "deciding") from exc
+                    return self._decide_once(cursor, items, params, cost, now, peek)
+                except sqlite3.Error as exc:
+                    wait = wait or BusyWait(self.busy_timeout_s)
+                    if not wait.waited(exc):
+                        raise self._error(exc, "deciding") from exc
+
+    def _decide_once(
+        self,
+        cursor: sqlite3.Cursor,
+        items: Sequence[tuple[LimitSet, str]],
+        params: list[str | bytearray],
+        cost: int,
+        now: float,
+        peek: bool,
+    ) -> Decision:
+        """One attempt at a decision (see the module docstring); sqlite3 errors propagate."""
+        # A due sweep deletes rows: that decision takes the write lock from the start.
+        sweep = not peek and now >= self._next_purge
+        known = None if sweep or self._version is None else self._known(items)
+        guess = None
+        if known is not None:
+            guess = decide(items, known, now, cost)
+            # A decision that writes nothing needs no transaction when no other connection has
+            # committed since the cached rows were read.
+            if (peek or guess[0] is None) and self._unchanged(cursor):
+                self._charging = False
+                return guess[1]
+        # A decision that will likely charge takes the write lock from the start: under other
+        # processes' writes, a read would often fail to upgrade and start over.
+        likely = self._charging if guess is None else guess[0] is not None
+        locked = sweep or (likely and not peek)
+        try:
+            return self._decide_in(cursor, items, params, cost, now, peek, locked, known, guess)
+        except _UpgradeRefused:
+            return self._decide_in(cursor, items, params, cost, now, peek, True, known, guess)
 
     async def decide_async(
         self,
@@ -299,21 +266,24 @@ class SQLiteStore:
 
     def reset(self, items: Sequence[tuple[LimitSet, str]]) -> None:
         """Forget the state of these keys."""
+        rows = [(limit_set.id, bytearray(_hash_key(key))) for limit_set, key in items]
         with self._lock:
             cursor = self._connection()
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
+            wait = BusyWait(self.busy_timeout_s)
+            while True:
                 try:
-                    cursor.executemany(
-                        _DELETE, [(limit_set.id, _hash_key(key)) for limit_set, key in items]
-                    )
-                    cursor.execute("COMMIT")
-                finally:
-                    self._forget()
-                    if cursor.connection.in_transaction:
-                        cursor.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise self._error(exc, "resetting keys") from exc
+                    cursor.execute("BEGIN IMMEDIATE")
+                    try:
+                        cursor.executemany(_DELETE, rows)
+                        cursor.execute("COMMIT")
+                    finally:
+                        self._forget()
+                        if cursor.connection.in_transaction:
+                            cursor.execute("ROLLBACK")
+                    return
+                except sqlite3.Error as exc:
+                    if not wait.waited(exc):
+                        raise self._error(exc, "resetting keys") from exc
 
     async def reset_async(self, items: Sequence[tuple[LimitSet, str]]) -> None:
         """The asyncio twin of :meth:`reset`."""
@@ -349,14 +319,12 @@ class SQLiteStore:
         self._rows.clear()
         self._version = None
 
-    def _known(self, params: list[str | bytes]) -> list[EntryState | None] | None:
-        """Every item's cached state, or ``None`` unless all are cached (and a cache is kept)."""
-        if self._version is None:
-            return None
+    def _known(self, items: Sequence[tuple[LimitSet, str]]) -> list[EntryState | None] | None:
+        """Every item's cached state, or ``None`` unless all are cached."""
         rows = self._rows
         known = []
-        for i in range(0, len(params), 2):
-            row = (params[i], params[i + 1])
+        for limit_set, key in items:
+            row = (limit_set.id, key)
             if row not in rows:
                 return None
             known.append(rows[row])
@@ -387,14 +355,16 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise self._error(exc, "opening") from exc
         try:
-            mode = self._switch_to_wal(conn)
+            mode = switch_to_wal(conn, self.busy_timeout_s)
             if mode != "wal":
                 raise StoreError(
                     f"SQLite store {str(self.path)!r}: cannot switch to WAL mode "
                     f"(journal_mode is {mode!r}); put the file on a local file system"
                 )
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._initialise(conn)
+            initialise(conn, self.path)
+            # Decisions and resets wait for the write lock themselves (see decide).
+            conn.execute("PRAGMA busy_timeout = 0")
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -402,61 +372,11 @@ class SQLiteStore:
             raise
         return conn
 
-    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
-        """Set WAL mode, waiting up to ``busy_timeout_s`` for other openers.
-
-        Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
-        locked" at once, without its busy handler, while another process is doing the same: two
-        processes opening one new file together would otherwise fail.
-        """
-        deadline = time.monotonic() + self.busy_timeout_s
-        pause = 0.005
-        while True:
-            try:
-                mode: str = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(2 * pause, 0.1)
-            else:
-                return mode
-
-    def _initialise(self, conn: sqlite3.Connection) -> None:
-        # The pragma writes double as the read-only check: SQLite opens an unwritable file
-        # read-only without complaint, and would only fail at the first charge.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-            if app_id != _APPLICATION_ID and (app_id or tables):
-                raise StoreError(
-                    f"SQLite store {str(self.path)!r} is not a ratekeeper file (it holds "
-                    f"{tables} other schema object(s), application_id {app_id}); "
-                    "give ratekeeper a file of its own"
-                )
-            if app_id == _APPLICATION_ID and version != _SCHEMA_VERSION:
-                raise StoreError(
-                    f"SQLite store {str(self.path)!r} has schema version {version}, this "
-                    f"ratekeeper reads version {_SCHEMA_VERSION}; move the file aside to start "
-                    "afresh"
-                )
-            conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
     def _decide_in(
         self,
         cursor: sqlite3.Cursor,
         items: Sequence[tuple[LimitSet, str]],
-        params: list[str | bytes],
+        params: list[str | bytearray],
         cost: int,
         now: float,
         peek: bool,
@@ -488,16 +408,19 @@ class SQLiteStore:
             else:
                 new_entries, decision = decide(items, entries, now, cost)
             if new_entries is not None and not peek:
-                rows = [
-                    (params[2 * i], params[2 * i + 1], _encode(entry), now + items[i][0].ttl_s)
-                    for i, entry in enumerate(new_entries)
-                ]
                 try:
-                    cursor.executemany(_UPSERT, rows)
+                    if len(items) == 1:
+                        limit_set = items[0][0]
+                        blob = self._codec(limit_set).encode(new_entries[0])
+                        cursor.execute(_UPSERT, (*params, blob, now + limit_set.ttl_s))
+                    else:
+                        cursor.executemany(
+                            _UPSERT, self._rows_to_write(items, params, new_entries, now)
+                        )
                 except sqlite3.OperationalError as exc:
                     # Another process wrote since this snapshot, or is writing now: the upgrade
                     # fails at once (SQLite calls no busy handler for it); decide again locked.
-                    if locked or exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
+                    if locked or exc.sqlite_errorcode & 0xFF != SQLITE_BUSY:
                         raise
                     cursor.execute("ROLLBACK")
                     raise _UpgradeRefused from None
@@ -512,20 +435,45 @@ class SQLiteStore:
         if version is not None:
             self._version = version
         if self._version is not None:
-            self._remember(params, new_entries if charged and new_entries is not None else entries)
+            self._remember(items, new_entries if charged and new_entries is not None else entries)
         return decision
 
-    def _remember(self, params: list[str | bytes], entries: Sequence[EntryState | None]) -> None:
+    def _rows_to_write(
+        self,
+        items: Sequence[tuple[LimitSet, str]],
+        params: list[str | bytearray],
+        new_entries: list[EntryState],
+        now: float,
+    ) -> list[tuple[str | bytearray | float, ...]]:
+        return [
+            (
+                params[2 * i],
+                params[2 * i + 1],
+                self._codec(items[i][0]).encode(entry),
+                now + items[i][0].ttl_s,
+            )
+            for i, entry in enumerate(new_entries)
+        ]
+
+    def _remember(
+        self, items: Sequence[tuple[LimitSet, str]], entries: Sequence[EntryState | None]
+    ) -> None:
         """File the rows a transaction read or wrote in the row cache (emptied when full)."""
         cache = self._rows
         if len(cache) >= _ROWS_CACHED:
             cache.clear()
-        for i, entry in enumerate(entries):
-            cache[params[2 * i], params[2 * i + 1]] = entry
+        for (limit_set, key), entry in zip(items, entries, strict=True):
+            cache[limit_set.id, key] = entry
+
+    def _codec(self, limit_set: LimitSet) -> RowCodec:
+        codec = self._codecs.get(limit_set.id)
+        if codec is None:
+            codec = self._codecs[limit_set.id] = RowCodec(limit_set)
+        return codec
 
     def _decode(self, blob: bytes, limit_set: LimitSet) -> EntryState:
         try:
-            return _decode(blob, len(limit_set.limits))
+            return self._codec(limit_set).decode(blob)
         except (ValueError, TypeError, struct.error) as exc:
             raise StoreError(
                 f"SQLite store {str(self.path)!r}: unreadable state row for limit set "
