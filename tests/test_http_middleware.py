@@ -554,3 +554,29 @@ rates = "1/minute"
         r = client.get("/a")
         assert r.status_code == 429
         assert json.loads(r.text) == {"limited": True, "wait": 50, "zone": "api"}
+
+
+def test_template_body_shapes_the_other_refusals_too(kind: str) -> None:
+    # A missing key is not a quota: its code and message fill the template, the numbers no
+    # limit stands behind read null, and the document stays JSON.
+    text = """
+apply = ["api"]
+body = "template"
+body_template = '{{"error": {{"code": "{code}", "message": "{message}", "wait": {retry_after}}}}}'
+[identity]
+source = "api_key"
+key_headers = ["X-API-Key"]
+anonymous = "reject"
+[limits.api]
+rates = "1/minute"
+"""
+    with serve(kind, text) as srv, srv.client() as client:
+        r = client.get("/a")
+        assert r.status_code == 401
+        error = json.loads(r.text)["error"]
+        assert error["code"] != "rate_limit_exceeded" and error["message"]
+        assert error["wait"] is None
+        client.get("/a", headers={"X-API-Key": "k1"})
+        r = client.get("/a", headers={"X-API-Key": "k1"})
+        assert r.status_code == 429
+        assert json.loads(r.text)["error"]["code"] == "rate_limit_exceeded"

@@ -180,7 +180,15 @@ def test_beatpass_auth_lockout_after_failed_logins(
         r = attacker.post(login, json=good)
         assert r.status_code == 429
         assert 890 <= int(r.headers["Retry-After"]) <= 900
-        assert "Too many failed authentication attempts" in r.json()["message"]
+        # The lockout answers in the preset's body format, its numbers those of the headers.
+        error = r.json()["error"]
+        assert error["code"] == "too_many_failed_attempts"
+        assert "Too many failed authentication attempts" in error["message"]
+        assert (error["limit"], error["remaining"]) == (5, 0)
+        assert (error["reset"], error["retry_after"]) == (
+            int(r.headers["X-RateLimit-Reset"]),
+            int(r.headers["Retry-After"]),
+        )
         # "Responses include standard rate limit headers", the lockout's too: the 5 failures
         # allowed are spent until the lock ends.
         assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("5", "0")

@@ -1,7 +1,8 @@
 """Rejection and error bodies in each API's own format, chosen per policy.
 
 Styles: ``musique``, ``aisoule``, ``radio``, ``plain`` (text), ``problem`` (RFC 9457
-``application/problem+json``, quota-exceeded type) and ``template`` (the policy's own text).
+``application/problem+json``, quota-exceeded type) and ``template`` (the policy's own text,
+for its errors too: a client of that API parses one shape).
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def seconds_words(seconds: int) -> str:
 
 def _dump(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+class _Null:
+    """An error's unknown number in a template: JSON's ``null``, whatever the format spec."""
+
+    def __format__(self, spec: str) -> str:
+        return "null"
+
+
+_NULL = _Null()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +111,7 @@ class BodyFormat:
         if style == "problem":
             return _problem(decision, status)
         if style == "template":
-            text = self.template.format_map(
+            return self._template(
                 {
                     "retry_after": wait,
                     "limit": binding.limit.amount,
@@ -110,31 +121,49 @@ class BodyFormat:
                     "window": period_words(binding.limit.period_s),
                     "message": _radio_message(binding),
                     "status": status,
+                    "code": "rate_limit_exceeded",
                 }
             )
-            return text.encode(), self.template_content_type
         what = "Service overloaded" if status == 503 else "Rate limit exceeded"
         tail = f" Retry after {seconds_words(wait)}." if retry_after is not None else ""
         limit = binding.limit
         text = f"{what}: {limit.amount} requests per {period_words(limit.period_s)}.{tail}\n"
         return text.encode(), "text/plain; charset=utf-8"
 
-    def error(self, status: int, code: str, message: str) -> tuple[bytes, str]:
-        """The body of a non-quota refusal (missing API key or User-Agent, lockout)."""
+    def error(
+        self, status: int, code: str, message: str, quota: dict[str, int] | None = None
+    ) -> tuple[bytes, str]:
+        """The body of a non-quota refusal (missing API key or User-Agent, lockout); ``quota``
+        (``limit``, ``remaining``, ``reset``, ``retry_after``) fills a template's numbers, else
+        they read ``null``."""
         style = self.style
+        if style == "template":
+            values: dict[str, object] = dict.fromkeys(
+                ("retry_after", "limit", "remaining", "reset", "window"), _NULL
+            )
+            values |= {"zone": code, "message": message, "status": status, "code": code}
+            return self._template(values | (quota or {}))
         if style == "musique":
             return _dump(
                 {"error": {"code": code, "message": message, "type": "invalid_request_error"}}
             ), _JSON
         if style == "aisoule":
             return _dump({"success": False, "error": {"code": code, "message": message}}), _JSON
-        if style in ("radio", "template"):
+        if style == "radio":
             return _dump({"message": message}), _JSON
         if style == "problem":
             return _dump({"title": message, "status": status, "code": code}), (
                 "application/problem+json"
             )
         return f"{message}\n".encode(), "text/plain; charset=utf-8"
+
+    def _template(self, values: dict[str, object]) -> tuple[bytes, str]:
+        content_type = self.template_content_type
+        if "json" in content_type:
+            # The template puts text between its own quotes: escaped, a quote in a message
+            # cannot break the document.
+            values = {k: json.dumps(v)[1:-1] if type(v) is str else v for k, v in values.items()}
+        return self.template.format_map(values).encode(), content_type
 
 
 def _musique(wait: int, can_wait: bool) -> tuple[bytes, str]:

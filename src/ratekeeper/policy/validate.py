@@ -349,6 +349,7 @@ def _check_template(reader: TableReader, template: str) -> None:
         "window": "minute",
         "message": "m",
         "status": 429,
+        "code": "c",
     }
     try:
         template.format_map(sample)

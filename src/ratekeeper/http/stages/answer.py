@@ -33,10 +33,16 @@ class Answers:
         )
 
     def error(
-        self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: list[tuple[str, str]] | None = None,
+        quota: dict[str, int] | None = None,
     ) -> Ticket:
-        """A ticket answering ``status`` with an error body in the policy's format."""
-        content, content_type = self._body.error(status, code, message)
+        """A ticket answering ``status`` with an error body in the policy's format (``quota``:
+        see :meth:`~ratekeeper.http.bodies.BodyFormat.error`)."""
+        content, content_type = self._body.error(status, code, message, quota)
         return Ticket(
             answer=Answer(status, [*(headers or ()), ("Content-Type", content_type)], content),
             reason=code,

@@ -36,7 +36,8 @@ def lockout(kit: Kit) -> Stage | None:
     lock = spec.lock
     # A locked-out caller's headers describe the failures limit it spent: none left until the
     # lock ends ("responses include standard rate limit headers", refusals too).
-    allowed_failures = str(spec.failures.limits[0].amount)
+    failures = spec.failures.limits[0].amount
+    allowed_failures = str(failures)
     zone = [("X-RateLimit-Zone", "lockout")] if plan.policy.zone_header else []
 
     def stage(ctx: Context) -> StageFlow | None:
@@ -52,18 +53,22 @@ def lockout(kit: Kit) -> Stage | None:
             metrics.count(ctx.matched.name, "lockout", "rejected")
             reset_at = locked.states[0].reset_at
             wait = max(1, int(-(-(reset_at - locked.now) // 1)))
+            reset = int(-(-reset_at // 1))
             headers = [
                 ("X-RateLimit-Limit", allowed_failures),
                 ("X-RateLimit-Remaining", "0"),
-                ("X-RateLimit-Reset", str(int(-(-reset_at // 1)))),
+                ("X-RateLimit-Reset", str(reset)),
                 *zone,
                 ("Retry-After", str(wait)),
             ]
+            # A template body says what the headers say.
+            quota = {"limit": failures, "remaining": 0, "reset": reset, "retry_after": wait}
             return answers.error(
                 429,
                 "too_many_failed_attempts",
                 f"Too many failed authentication attempts. Retry after {seconds_words(wait)}.",
                 headers,
+                quota,
             )
         return None
 
