@@ -619,3 +619,27 @@ def test_a_charge_waits_out_another_writer_and_past_its_timeout_is_a_store_error
     assert hasty.decide(((limits, "k"),), 1, now).remaining == 4
     patient.close()
     hasty.close()
+
+
+def test_a_charge_refused_inside_sqlites_update_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "rk.db"
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    limits = LimitSet("api", "3/hour")
+    key = ((limits, "k"),)
+    now = 1_700_000_000.0
+    assert store.decide(key, 1, now).remaining == 2
+    # The other process spends the rest: this store's cached row (2 left) is stale now.
+    assert other.decide(key, 2, now).remaining == 0
+    watcher = sqlite3.connect(path, isolation_level=None)
+    version = watcher.execute("PRAGMA data_version").fetchone()[0]
+    # Expected to charge, so decided in one UPDATE on the row as it is: refused there.
+    decision = store.decide(key, 1, now)
+    assert not decision.allowed and decision.remaining == 0
+    assert decision.retry_after_s == pytest.approx(3600 - now % 3600)
+    assert watcher.execute("PRAGMA data_version").fetchone()[0] == version, "it wrote"
+    assert other.decide(key, 0, now, peek=True).remaining == 0
+    # The refusal's row is remembered, and its next charge after the window is exact.
+    assert store.decide(key, 1, now + 3600).remaining == 2
+    watcher.close()
+    store.close()
+    other.close()

@@ -9,11 +9,12 @@ file, and otherwise fails at once with ``SQLITE_BUSY`` (never after a wait): the
 starts over under ``BEGIN IMMEDIATE``, which takes the write lock before reading. A decision
 expected to charge (the cached rows below say so, or else the store's previous decision charged)
 starts under ``BEGIN IMMEDIATE`` at once: while other processes charge too, its upgrade would
-often be refused and the work done twice. Either way a charge is written only over the state it
-was decided on, so two processes can never both read the same count and both charge it; a
-rejection is exact as of its snapshot, taken during the call. The file is in WAL mode with
-``synchronous=NORMAL``: a crash of the application loses nothing; a power cut may lose the last
-few decisions, which for counters of requests is the better trade than an fsync per request.
+often be refused and the work done twice. For one item with a row, that is one statement: an
+``UPDATE`` of the row whose new state SQLite asks of the core through a callback (a refusal
+raises there, aborting the statement: nothing is written). Either way a charge is written only
+over the state it was decided on, so two processes can never both read the same count and both
+charge it; a rejection is exact as of its snapshot, taken during the call. WAL mode with
+``synchronous=NORMAL``: what a power cut may lose is in ``docs/stores.md``.
 
 The store also keeps the rows it last read or wrote (a bounded cache) with the file's
 ``PRAGMA data_version`` of the transaction that read them. That number changes exactly when
@@ -53,7 +54,13 @@ from ratekeeper.core import EntryState, decide
 from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError, StoreError, StoreURLError
 from ratekeeper.limit import LimitSet
-from ratekeeper.stores.sqlite_file import SQLITE_BUSY, BusyWait, initialise, switch_to_wal
+from ratekeeper.stores.sqlite_file import (
+    SQLITE_BUSY,
+    BusyWait,
+    initialise,
+    store_error,
+    switch_to_wal,
+)
 from ratekeeper.stores.sqlite_rows import RowCodec
 
 __all__ = ["SQLiteStore"]
@@ -63,6 +70,12 @@ _SWEEP_SLICE = 500
 _SELECT_ONE = "SELECT {}, state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
 _UPSERT = "INSERT OR REPLACE INTO ratekeeper_state VALUES (?, ?, ?, ?)"
 _DELETE = "DELETE FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
+# A charge of one item in one statement: SQLite takes the write lock, reads the row and calls
+# back into Python, which decides on it (see SQLiteStore._charge_row).
+_CHARGE = (
+    "UPDATE ratekeeper_state SET state = ratekeeper_charge(state), expires_at = ?"
+    " WHERE limit_set = ? AND key_hash = ?"
+)
 _SWEEP = (
     "SELECT limit_set, key_hash, expires_at FROM ratekeeper_state"
     " WHERE (limit_set, key_hash) > (?, ?) ORDER BY limit_set, key_hash LIMIT ?"
@@ -99,6 +112,10 @@ def _select(size: int) -> str:
     if sql is None:
         sql = _SELECTS[size] = " UNION ALL ".join(_SELECT_ONE.format(i) for i in range(size))
     return sql
+
+
+class _Refused(Exception):
+    """Raised in SQLite's callback to abort an in-place charge the limits refused."""
 
 
 class _UpgradeRefused(Exception):
@@ -154,6 +171,19 @@ class SQLiteStore:
         self._pause = 0
         self._backoff = 1
         self._charging = False
+        # An in-place charge's arguments, and what SQLite's callback made of the row.
+        self._in_place: (
+            tuple[
+                Sequence[tuple[LimitSet, str]],
+                float,
+                int,
+                list[EntryState | None] | None,
+                tuple[list[EntryState] | None, Decision] | None,
+            ]
+            | None
+        ) = None
+        self._outcome: tuple[EntryState, Decision, bool] | None = None
+        self._callback_error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._connection()
@@ -248,10 +278,69 @@ class SQLiteStore:
         # processes' writes, a read would often fail to upgrade and start over.
         likely = self._charging if guess is None else guess[0] is not None
         locked = sweep or (likely and not peek)
+        if locked and not sweep and len(items) == 1 and (known is None or known[0] is not None):
+            decision = self._charge_in_place(cursor, items, params, cost, now, known, guess)
+            if decision is not None:
+                return decision
         try:
             return self._decide_in(cursor, items, params, cost, now, peek, locked, known, guess)
         except _UpgradeRefused:
             return self._decide_in(cursor, items, params, cost, now, peek, True, known, guess)
+
+    def _charge_in_place(
+        self,
+        cursor: sqlite3.Cursor,
+        items: Sequence[tuple[LimitSet, str]],
+        params: list[str | bytearray],
+        cost: int,
+        now: float,
+        known: list[EntryState | None] | None,
+        guess: tuple[list[EntryState] | None, Decision] | None,
+    ) -> Decision | None:
+        """One item decided by one ``UPDATE`` in SQLite's own transaction (write lock, read,
+        decide, write: one statement instead of four), or ``None`` when it has no row yet.
+        A refusal aborts the statement from the callback, so nothing is written."""
+        self._in_place = (items, now, cost, known, guess)
+        self._outcome = self._callback_error = None
+        try:
+            cursor.execute(_CHARGE, (now + items[0][0].ttl_s, *params))
+        except sqlite3.OperationalError:
+            error = self._callback_error
+            if error is None:
+                raise
+            if not isinstance(error, _Refused):
+                raise error from None
+        finally:
+            self._in_place = None
+        outcome = self._outcome
+        if outcome is None:
+            return None
+        entry, decision, self._charging = outcome
+        if self._version is not None:
+            self._remember(items, (entry,))
+        return decision
+
+    def _charge_row(self, blob: bytes) -> bytearray:
+        """``ratekeeper_charge(state)``: the row's new state, the decision kept in
+        ``_outcome``; a refusal raises (SQLite then aborts the statement, writing nothing)."""
+        try:
+            items, now, cost, known, guess = self._in_place  # type: ignore[misc]
+            limit_set = items[0][0]
+            entry = self._decode(blob, limit_set)
+            if guess is not None and known == [entry]:
+                new_entries, decision = guess
+            else:
+                new_entries, decision = decide(items, [entry], now, cost)
+            if new_entries is None:
+                self._outcome = (entry, decision, False)
+                raise _Refused
+            self._outcome = (new_entries[0], decision, True)
+            return self._codec(limit_set).encode(new_entries[0])
+        except BaseException as exc:
+            # SQLite reports any exception here as "user-defined function raised exception":
+            # the refusal and the store's own errors (a corrupted row) are kept to be told apart.
+            self._callback_error = exc
+            raise
 
     async def decide_async(
         self,
@@ -309,6 +398,7 @@ class SQLiteStore:
             if self._closed:
                 raise StoreError(f"SQLite store {str(self.path)!r} is closed")
             self._conn = self._open()
+            self._conn.create_function("ratekeeper_charge", 1, self._charge_row)
             cursor = self._cursor = self._conn.cursor()
             # Data versions count per connection: a new one shares nothing with the cache.
             self._forget()
@@ -493,25 +583,7 @@ class SQLiteStore:
             self._sweep_after = (rows[-1][0], rows[-1][1])
 
     def _error(self, exc: sqlite3.Error, action: str) -> StoreError:
-        path = str(self.path)
-        name = getattr(exc, "sqlite_errorname", "")
-        if name.startswith("SQLITE_READONLY"):
-            hint = (
-                "the file or its directory is read-only; the store needs write access to both "
-                "(SQLite creates -wal and -shm files beside the database)"
-            )
-        elif name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT"):
-            hint = "the file is corrupted or not an SQLite database; move it aside to start afresh"
-        elif name.startswith("SQLITE_BUSY"):
-            hint = (
-                f"another connection held the database for more than {self.busy_timeout_s:g} s "
-                "(busy_timeout_s)"
-            )
-        elif name.startswith("SQLITE_CANTOPEN"):
-            hint = "check that the directory exists and is writable"
-        else:
-            hint = "the SQLite file could not be used"
-        return StoreError(f"SQLite store {path!r}: {action} failed ({exc}): {hint}")
+        return store_error(self.path, self.busy_timeout_s, exc, action)
 
 
 def _after_fork_in_child() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ratekeeper.errors import StoreError
 
-__all__ = ["SQLITE_BUSY", "BusyWait", "initialise", "switch_to_wal"]
+__all__ = ["SQLITE_BUSY", "BusyWait", "initialise", "store_error", "switch_to_wal"]
 
 # ``PRAGMA application_id`` marks the file as ours ("rkpr"), so pointing the store at another
 # program's database fails instead of adding a table to it.
@@ -104,3 +104,25 @@ def initialise(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def store_error(path: Path, busy_timeout_s: float, exc: sqlite3.Error, action: str) -> StoreError:
+    """``exc`` as the store's error: what failed, on which file, and what to check."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith("SQLITE_READONLY"):
+        hint = (
+            "the file or its directory is read-only; the store needs write access to both "
+            "(SQLite creates -wal and -shm files beside the database)"
+        )
+    elif name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT"):
+        hint = "the file is corrupted or not an SQLite database; move it aside to start afresh"
+    elif name.startswith("SQLITE_BUSY"):
+        hint = (
+            f"another connection held the database for more than {busy_timeout_s:g} s "
+            "(busy_timeout_s)"
+        )
+    elif name.startswith("SQLITE_CANTOPEN"):
+        hint = "check that the directory exists and is writable"
+    else:
+        hint = "the SQLite file could not be used"
+    return StoreError(f"SQLite store {str(path)!r}: {action} failed ({exc}): {hint}")
