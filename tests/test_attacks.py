@@ -62,6 +62,7 @@ class RawUpstream:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sleeping = threading.Event()  # set when a /sleep request arrives
         threading.Thread(target=self._serve, daemon=True).start()
 
     def close(self) -> None:
@@ -93,6 +94,7 @@ class RawUpstream:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nX-Odd: a\x01b\r\nContent-Length: 2\r\n\r\nhi")
                 return
             if path.startswith("/sleep"):
+                self.sleeping.set()
                 time.sleep(30)
             body = head.split(b"\r\n\r\n", 1)[0]
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -399,9 +401,11 @@ def test_requests_cut_by_the_graceful_timeout_get_a_clean_503(
             with client() as http:
                 answers.append(http.get(gateway.url + "/sleep"))
 
+        upstream.sleeping.clear()
         thread = threading.Thread(target=ask)
         thread.start()
-        time.sleep(0.5)
+        # In flight once the upstream holds it (a fixed pause lost the race on a loaded box).
+        assert upstream.sleeping.wait(20)
         gateway.proc.send_signal(signal.SIGTERM)
         thread.join(20)
     assert len(answers) == 1
