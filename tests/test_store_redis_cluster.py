@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from ratekeeper import Limit, LimitSet
 from ratekeeper.core import EntryState, decide
 from ratekeeper.stores.redis import RedisStore, RedisStoreError
 from ratekeeper.stores.redis.cluster import cross_slot_flow
+from ratekeeper.stores.redis.codec import written
 from redis_servers import RedisServer, check_exactness, redis_cluster
 
 
@@ -158,11 +158,12 @@ def test_each_algorithm_undoes_exactly_or_on_the_safe_side(
     items = ((own, "y"), (refusing, "x"))
     flow = cross_slot_flow(store._codec, items, 2, 3000.0, False)
     replies = _round(store, next(flow))
-    undo_keys, undo_args = flow.send(replies)[0]
+    ((slot, _),) = flow.send(replies)
     # The undo arrives `later` seconds after the charge.
-    header = bytearray(undo_args[0])
-    struct.pack_into("<d", header, len(header) - 8, 3000.0 + later)
-    _round(store, [(undo_keys, [bytes(header), *undo_args[1:]])])
+    (own_reply, _) = replies
+    undo = ("t", written(own_reply, 1))
+    packed, _ = store._codec.marshal(items[:1], 2, 3000.0 + later, False, undo=undo)
+    _round(store, [(slot, packed)])
     peek = store.decide(((own, "y"),), 0, 3000.0 + later, peek=True)
     assert peek.remaining == remaining
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import struct
 
+import hiredis
 import pytest
 
 from ratekeeper import Limit, LimitSet
@@ -13,8 +14,6 @@ from ratekeeper.stores.redis.codec import (
     SCRIPT_SHA,
     Codec,
     merge,
-    pack,
-    pack_evalsha,
     parse,
     script_flow,
     written,
@@ -46,11 +45,21 @@ def test_a_long_salt_is_hashed_down_not_refused() -> None:
     assert codec.key(API, "k") != Codec("rk", "x" * 64, use_server_time=True).key(API, "k")
 
 
+def _words(packed: bytes) -> tuple[list[str], list[bytes]]:
+    """An EVALSHA's keys and arguments, read back with hiredis."""
+    reader = hiredis.Reader()
+    reader.feed(packed)
+    command, sha, n_keys, *rest = reader.gets()
+    assert (command, sha) == (b"EVALSHA", SCRIPT_SHA.encode()) and reader.gets() is False
+    return [k.decode() for k in rest[: int(n_keys)]], rest[int(n_keys) :]
+
+
 def test_marshal_packs_the_header_plans_and_an_undos_mark_key() -> None:
     codec = Codec("rk", "", use_server_time=True)
     items = ((API, "a"), (MEDIA, "b"))
-    (keys, args), n_limits = codec.marshal(items, 2, 123.0, False, undoable=True)
-    assert n_limits == 3 and len(keys) == 2
+    packed, n_limits = codec.marshal(items, 2, 123.0, False, undoable=True)
+    keys, args = _words(packed)
+    assert n_limits == 3 and keys == [codec.key(*item) for item in items]
     op, peek, undoable, n_items, cost, mark_ms, clock = struct.unpack("<cBBHddd", args[0])
     assert (op, peek, undoable, n_items, cost, mark_ms) == (b"d", 0, 1, 2, 2.0, 5000.0)
     assert math.isnan(clock)  # the server's clock
@@ -59,13 +68,14 @@ def test_marshal_packs_the_header_plans_and_an_undos_mark_key() -> None:
     ttl_ms, limits = struct.unpack_from("<dB", args[2])
     assert (ttl_ms, limits) == (60_001.0, 2)
     # An undo names the charge's written states and a mark key in the items' slot.
-    reply = _reply(True, 1.0, (True, 2, 1, 0), (True, 4, 2, 0), (True, 1, 3, 0)) + b"states"
-    assert written(reply, 3) == b"states"
-    (undo_keys, undo_args), _ = codec.marshal(items, 2, 123.0, False, undo=("t1", b"states"))
+    reply = _reply(True, 1.0, (True, 2, 1, 0), (True, 4, 2, 0), (True, 1, 3, 0)) + b"\r\n"
+    assert written(reply, 3) == b"\r\n"
+    undo, _ = codec.marshal(items, 2, 123.0, False, undo=("t1", b"\r\n"))
+    undo_keys, undo_args = _words(undo)
     assert undo_keys == [*keys, f"{keys[0]}:u:t1"]
-    assert undo_args[0][:1] == b"u" and undo_args[1] == b"states"
+    assert undo_args[0][:1] == b"u" and undo_args[1] == b"\r\n"
     caller_clock = Codec("rk", "", use_server_time=False)
-    (keys, args), _ = caller_clock.marshal(((API, "a"),), 1, 123.0, True)
+    keys, args = _words(caller_clock.marshal(((API, "a"),), 1, 123.0, True)[0])
     assert len(keys) == 1
     assert struct.unpack("<cBBHddd", args[0])[1::5] == (1, 123.0)
 
@@ -87,11 +97,6 @@ def test_merge_puts_results_back_in_the_order_of_the_items() -> None:
     decision = merge(items, [[0, 2], [1]], [first, second])
     assert not decision.allowed and decision.retry_after_s == 4.0 and decision.now == 9.0
     assert [s[2] for s in decision._results] == [2.0, 4.0, 0.0, 1.0, 3.0]
-
-
-def test_evalsha_is_packed_as_resp() -> None:
-    packed = pack_evalsha((["k1", "k2"], [b"\x00\r\n", "tok"]))
-    assert packed == pack(b"EVALSHA", SCRIPT_SHA.encode(), b"2", b"k1", b"k2", b"\x00\r\n", b"tok")
 
 
 def test_script_flow_reloads_once_after_noscript_and_raises_refusals() -> None:

@@ -43,13 +43,11 @@ from redis.crc import key_slot
 from ratekeeper.decision import Decision
 from ratekeeper.flows import drive, drive_async
 from ratekeeper.stores.redis.codec import (
-    Call,
     Codec,
     Items,
     decision,
     merge,
     pack,
-    pack_evalsha,
     parse,
     script_flow,
     written,
@@ -59,6 +57,8 @@ from ratekeeper.stores.redis.wire import WIRE_ERRORS, Endpoint, Node
 
 __all__ = ["ClusterClient", "cross_slot_flow", "retry_delay"]
 
+# A packed script call and the hash slot of its keys.
+SlotCall = tuple[int, bytes]
 # A command on its way: the node, its bytes, whether to load the script and to send ASKING first.
 Op = tuple[Node, bytes, bool, bool]
 # Redirections followed for one command at most (a slot moves once per failover or migration).
@@ -70,25 +70,31 @@ _RETRY_DELAYS_S = (0.01, 0.02, 0.04, 0.08)
 
 
 def cross_slot_flow(
-    codec: Codec, items: Items, cost: int, now: float, peek: bool
-) -> Generator[list[Call], list[Any], Decision]:
+    codec: Codec,
+    items: Items,
+    cost: int,
+    now: float,
+    peek: bool,
+    placed: tuple[list[str], list[int]] | None = None,
+) -> Generator[list[SlotCall], list[Any], Decision]:
     """The decide / undo-if-refused protocol of the module docstring for one decision: yields
-    the calls of a round (one per slot, to be made concurrently), receives their replies
-    (bytes, or the exception the call failed with)."""
-    names = [codec.key(limit_set, key) for limit_set, key in items]
-    slots: dict[int, list[int]] = {}
-    for index, name in enumerate(names):
-        slots.setdefault(key_slot(name.encode()), []).append(index)
-    groups = list(slots.values())
-    if len(groups) == 1:
+    the calls of a round (one per slot, to be made concurrently, each with its slot), receives
+    their replies (bytes, or the exception the call failed with). ``placed``:
+    ``codec.placed(items)``, when the caller has it."""
+    names, item_slots = codec.placed(items) if placed is None else placed
+    by_slot: dict[int, list[int]] = {}
+    for index, slot in enumerate(item_slots):
+        by_slot.setdefault(slot, []).append(index)
+    if len(by_slot) == 1:
         call, n_limits = codec.marshal(items, cost, now, peek, keys=names)
-        (reply,) = yield [call]
+        (reply,) = yield [(item_slots[0], call)]
         return decision(_ok(reply), items, n_limits)
+    groups = list(by_slot.values())
     parts = [([items[i] for i in group], [names[i] for i in group]) for group in groups]
     marshalled = [
         codec.marshal(part, cost, now, peek, keys=keys, undoable=not peek) for part, keys in parts
     ]
-    replies = yield [call for call, _ in marshalled]
+    replies = yield [(slot, call) for slot, (call, _) in zip(by_slot, marshalled, strict=True)]
     failed = [reply for reply in replies if isinstance(reply, Exception)]
     parsed = [
         None if isinstance(reply, Exception) else parse(reply, n)
@@ -98,10 +104,10 @@ def cross_slot_flow(
         # Refused (or failed) somewhere: take back what the other slots charged. An undo that
         # fails leaves its charge: an under-admission, nothing to raise.
         token = uuid.uuid4().hex
-        slots_done = zip(parts, replies, marshalled, parsed, strict=True)
+        slots_done = zip(by_slot, parts, replies, marshalled, parsed, strict=True)
         undos = [
-            codec.marshal(part, cost, now, False, keys=keys, undo=(token, written(reply, n)))[0]
-            for (part, keys), reply, (_, n), p in slots_done
+            (slot, codec.marshal(part, cost, now, False, keys=keys, undo=(token, written(r, n)))[0])
+            for slot, (part, keys), r, (_, n), p in slots_done
             if p is not None and p[0]
         ]
         if undos:
@@ -130,10 +136,9 @@ def _ok(reply: Any) -> bytes:
     return result
 
 
-def script_call_flow(topology: Topology, call: Call) -> Generator[Op, Any, bytes]:
-    """One script call on its slot's master, loading the script if that master lost it."""
-    slot = key_slot(call[0][0].encode())
-    packed = pack_evalsha(call)
+def script_call_flow(topology: Topology, slot: int, packed: bytes) -> Generator[Op, Any, bytes]:
+    """One packed script call on ``slot``'s master, loading the script if that master lost
+    it."""
     script = script_flow()
     load_first = next(script)
     while True:
@@ -198,17 +203,58 @@ class ClusterClient:
 
     # -- threads ------------------------------------------------------------------------------
 
-    def run(self, calls: list[Call]) -> list[Any]:
-        """Make the calls (each on its slot's master, all written before any reply is read);
-        their replies, or the exception each failed with."""
-        if self.topology.claim_refresh():
-            drive(self.topology.refresh_flow(), self._ask)
-        if len(calls) == 1:
+    def script(self, slot: int, packed: bytes) -> bytes:
+        """Run one packed script call on ``slot``'s master; its reply, refusals raised. The
+        single-slot decision: :meth:`run` for one call, without its lists."""
+        topology = self.topology
+        if topology.stale and topology.claim_refresh():
+            drive(topology.refresh_flow(), self._ask)
+        node = topology.owner(slot)
+        try:
+            reply = node.call(packed)
+        except WIRE_ERRORS:
+            topology.failed(node)
+            raise
+        if isinstance(reply, ReplyError):
+            (reply,) = self._lockstep([script_call_flow(topology, slot, packed)], [reply])
+        if isinstance(reply, Exception):
+            raise reply
+        result: bytes = reply
+        return result
+
+    def run(self, calls: list[SlotCall]) -> list[Any]:
+        """Make the calls, each on its slot's master, all written before any reply is read;
+        their replies, or the exception each failed with. The flows' machinery
+        (:meth:`_lockstep`) takes on only the calls that came back refused (NOSCRIPT, MOVED,
+        ASK, ...: the script did not run)."""
+        topology = self.topology
+        if topology.stale and topology.claim_refresh():
+            drive(topology.refresh_flow(), self._ask)
+        started: list[tuple[Node | None, Any]] = []
+        for slot, packed in calls:
             try:
-                return [drive(script_call_flow(self.topology, calls[0]), self._call)]
-            except Exception as exc:
-                return [exc]
-        return self._lockstep([script_call_flow(self.topology, call) for call in calls])
+                node = topology.owner(slot)
+            except ConnectionError as exc:
+                started.append((None, exc))
+                continue
+            started.append((node, node.begin(packed)))
+        results: list[Any] = []
+        for owner, exchange in started:
+            if owner is None:
+                results.append(exchange)
+                continue
+            try:
+                results.append(owner.finish(exchange))
+            except WIRE_ERRORS as exc:
+                topology.failed(owner)
+                results.append(exc)
+        refused = [i for i, reply in enumerate(results) if isinstance(reply, ReplyError)]
+        if refused:
+            flows = [script_call_flow(topology, *calls[i]) for i in refused]
+            replies = self._lockstep(flows, [results[i] for i in refused])
+            for index, reply in zip(refused, replies, strict=True):
+                results[index] = reply
+        return results
 
     def delete(self, keys: list[str]) -> None:
         """Delete the keys, each on its slot's master."""
@@ -239,15 +285,17 @@ class ClusterClient:
             self.topology.failed(node)
             return exc
 
-    def _lockstep(self, flows: list[Generator[Op, Any, bytes]]) -> list[Any]:
-        """Drive several flows together: each round writes every flow's command, then reads
-        the replies, so the masters work at the same time. Specialised rather than
-        :func:`ratekeeper.flows.drive`, which runs one flow: one after another, each master
-        would wait for the previous one's reply."""
+    def _lockstep(self, flows: list[Generator[Op, Any, bytes]], first: list[Any]) -> list[Any]:
+        """Drive several flows together, each from the reply ``first`` holds for its first
+        command: each round writes every flow's command, then reads the replies, so the masters
+        work at the same time. Specialised rather than :func:`ratekeeper.flows.drive`, which
+        runs one flow: one after another, each master would wait for the previous one's
+        reply."""
         results: list[Any] = [None] * len(flows)
         ops: dict[int, Op] = {}
         for index, flow in enumerate(flows):
-            _advance(index, flow, None, ops, results)
+            next(flow)
+            _advance(index, flow, first[index], ops, results)
         while ops:
             started = [(i, op, op[0].begin(*op[1:])) for i, op in ops.items()]
             for index, (node, *_), exchange in started:
@@ -264,16 +312,67 @@ class ClusterClient:
 
     # -- asyncio ------------------------------------------------------------------------------
 
-    async def run_async(self, calls: list[Call]) -> list[Any]:
+    async def script_async(self, slot: int, packed: bytes) -> bytes:
+        """The asyncio twin of :meth:`script`."""
+        topology = self.topology
+        if topology.stale and topology.claim_refresh():
+            self._refresh_in_background()
+        node = topology.owner(slot)
+        try:
+            reply = await node.call_async(packed)
+        except WIRE_ERRORS:
+            topology.failed(node)
+            raise
+        if isinstance(reply, ReplyError):
+            flows = [script_call_flow(topology, slot, packed)]
+            (reply,) = await self._lockstep_async(flows, [reply])
+        if isinstance(reply, Exception):
+            raise reply
+        result: bytes = reply
+        return result
+
+    async def run_async(self, calls: list[SlotCall]) -> list[Any]:
         """The asyncio twin of :meth:`run`: the calls go out together, pipelined per master."""
-        if self.topology.claim_refresh():
-            # In the background: callers meanwhile use the map they have.
-            task = asyncio.get_running_loop().create_task(
-                drive_async(self.topology.refresh_flow(), self._ask_async)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await self._lockstep_async([script_call_flow(self.topology, c) for c in calls])
+        topology = self.topology
+        if topology.stale and topology.claim_refresh():
+            self._refresh_in_background()
+        started: list[tuple[Node | None, Any]] = []
+        for slot, packed in calls:
+            try:
+                node = topology.owner(slot)
+            except ConnectionError as exc:
+                started.append((None, exc))
+                continue
+            try:
+                started.append((node, await node.begin_async(packed)))
+            except WIRE_ERRORS as exc:
+                topology.failed(node)
+                started.append((None, exc))
+        results: list[Any] = []
+        for owner, future in started:
+            if owner is None:
+                results.append(future)
+                continue
+            try:
+                results.append(await future)
+            except WIRE_ERRORS as exc:
+                topology.failed(owner)
+                results.append(exc)
+        refused = [i for i, reply in enumerate(results) if isinstance(reply, ReplyError)]
+        if refused:
+            flows = [script_call_flow(topology, *calls[i]) for i in refused]
+            replies = await self._lockstep_async(flows, [results[i] for i in refused])
+            for index, reply in zip(refused, replies, strict=True):
+                results[index] = reply
+        return results
+
+    def _refresh_in_background(self) -> None:
+        # Callers meanwhile use the map they have.
+        task = asyncio.get_running_loop().create_task(
+            drive_async(self.topology.refresh_flow(), self._ask_async)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def delete_async(self, keys: list[str]) -> None:
         """The asyncio twin of :meth:`delete`."""
@@ -288,13 +387,16 @@ class ClusterClient:
         for node in list(self.topology.nodes.values()):
             await node.close_async()
 
-    async def _lockstep_async(self, flows: list[Generator[Op, Any, bytes]]) -> list[Any]:
+    async def _lockstep_async(
+        self, flows: list[Generator[Op, Any, bytes]], first: list[Any]
+    ) -> list[Any]:
         """The asyncio twin of :meth:`_lockstep`: every flow's command is written before any
         reply is awaited (no task per call: they cost more than the call)."""
         results: list[Any] = [None] * len(flows)
         ops: dict[int, Op] = {}
         for index, flow in enumerate(flows):
-            _advance(index, flow, None, ops, results)
+            next(flow)
+            _advance(index, flow, first[index], ops, results)
         while ops:
             started: list[tuple[int, Node, Any]] = []
             for index, (node, packed, load_first, asking) in ops.items():
@@ -341,9 +443,9 @@ def _advance(
     ops: dict[int, Op],
     results: list[Any],
 ) -> None:
-    """Step one flow of :meth:`ClusterClient._lockstep` with ``reply`` (``None``: start it)."""
+    """Step one flow of :meth:`ClusterClient._lockstep` with ``reply``."""
     try:
-        ops[index] = next(flow) if reply is None else flow.send(reply)
+        ops[index] = flow.send(reply)
     except StopIteration as stop:
         results[index] = stop.value
         ops.pop(index, None)

@@ -8,6 +8,7 @@ it is tested without a server (tests/test_store_redis_codec.py).
 
 from __future__ import annotations
 
+import binascii
 import functools
 import hashlib
 import math
@@ -24,7 +25,6 @@ __all__ = [
     "LOAD_SCRIPT",
     "SCRIPT",
     "SCRIPT_SHA",
-    "Call",
     "Codec",
     "Items",
     "Parsed",
@@ -32,15 +32,12 @@ __all__ = [
     "is_noscript",
     "merge",
     "pack",
-    "pack_evalsha",
     "parse",
     "script_flow",
     "written",
 ]
 
 Items: TypeAlias = Sequence[tuple[LimitSet, str]]
-# One script call: its keys and its arguments.
-Call: TypeAlias = tuple[list[str], list[bytes | str]]
 # A reply read: allowed, the server's now, per-limit steps, the largest rejecting wait.
 Parsed: TypeAlias = tuple[bool, float, list[Step], float]
 
@@ -79,7 +76,7 @@ class Codec:
         self._hash_key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
         self.prefix = prefix
         self.use_server_time = use_server_time
-        self._plans: dict[str, tuple[bytes, bytes, int]] = {}
+        self._plans: dict[str, tuple[bytes, bytes, int, bytes]] = {}
 
     @property
     def salted(self) -> bool:
@@ -92,10 +89,34 @@ class Codec:
         digest = hashlib.blake2b(key.encode(), digest_size=12, key=self._hash_key).hexdigest()
         return f"{self.prefix}:{{{digest}}}:{limit_set.id}"
 
+    def placed(self, items: Items) -> tuple[list[str], list[int]]:
+        """The items' key names and their cluster hash slots; the keys of one caller are hashed
+        once (a caller's limit sets share the hash, and with it the slot)."""
+        names: list[str] = []
+        slots: list[int] = []
+        seen: dict[str, tuple[str, int]] = {}
+        prefix = self.prefix
+        for limit_set, key in items:
+            found = seen.get(key)
+            if found is None:
+                digest = hashlib.blake2b(
+                    key.encode(), digest_size=12, key=self._hash_key
+                ).hexdigest()
+                # The slot of a name is the CRC16 of its hash tag (the digest), mod 16384.
+                found = seen[key] = (digest, binascii.crc_hqx(digest.encode(), 0) & 16383)
+            names.append(f"{prefix}:{{{found[0]}}}:{limit_set.id}")
+            slots.append(found[1])
+        return names, slots
+
     def plan(self, limit_set: LimitSet) -> tuple[bytes, bytes, int]:
         """A limit set's packed plan, its state's struct format and its number of limits."""
-        plan = self._plans.get(limit_set.spec_id)
-        if plan is None:
+        plan, state_format, n_limits, _ = self._plan(limit_set)
+        return plan, state_format, n_limits
+
+    def _plan(self, limit_set: LimitSet) -> tuple[bytes, bytes, int, bytes]:
+        # plan() and the two as RESP words, as every call sends them.
+        found = self._plans.get(limit_set.spec_id)
+        if found is None:
             # A key lives as long as its longest-lived limit; +1 ms covers rounding to ms.
             ttl_ms = math.ceil(limit_set.ttl_s * 1000) + 1
             packed = [_PLAN_HEAD.pack(ttl_ms, len(limit_set.limits))]
@@ -113,9 +134,12 @@ class Codec:
                     )
                 )
                 state_format += "d" * _STATE_WIDTH[code]
-            plan = (b"".join(packed), state_format.encode(), len(limit_set.limits))
-            self._plans[limit_set.spec_id] = plan
-        return plan
+            plan = b"".join(packed)
+            fmt = state_format.encode()
+            words = _WORD % (len(plan), plan) + _WORD % (len(fmt), fmt)
+            found = (plan, state_format.encode(), len(limit_set.limits), words)
+            self._plans[limit_set.spec_id] = found
+        return found
 
     def marshal(
         self,
@@ -127,28 +151,38 @@ class Codec:
         keys: list[str] | None = None,
         undoable: bool = False,
         undo: tuple[str, bytes] | None = None,
-    ) -> tuple[Call, int]:
-        """The script call deciding on ``items`` (charging unless ``peek``), and how many limit
-        results its reply holds; ``keys``: the items' key names, when the caller has them
-        already. ``undoable``: the reply also carries the states written, for an undo.
-        ``undo``: (a token, that reply's tail): the call undoes that charge instead."""
-        clock = math.nan if self.use_server_time else now
-        op = b"d" if undo is None else b"u"
-        args: list[bytes | str] = [
-            _HEADER.pack(op, peek, undoable, len(items), cost, MARK_MS, clock),
-            b"-" if undo is None else undo[1],
-        ]
-        n_limits = 0
-        for limit_set, _ in items:
-            plan, state_format, n = self.plan(limit_set)
-            args += (plan, state_format)
-            n_limits += n
+    ) -> tuple[bytes, int]:
+        """The script call deciding on ``items`` (charging unless ``peek``), as the RESP bytes
+        of ``EVALSHA sha numkeys keys... args...``, and how many limit results its reply holds.
+        ``keys``: the items' key names, when the caller has them already. ``undoable``: the
+        reply also carries the states written, for an undo. ``undo``: (a token, that reply's
+        tail): the call undoes that charge instead."""
         if keys is None:
             keys = [self.key(limit_set, key) for limit_set, key in items]
         if undo is not None:
             # The mark that makes a replayed undo give back nothing twice, in the items' slot.
             keys = [*keys, f"{keys[0]}:u:{undo[0]}"]
-        return (keys, args), n_limits
+        clock = math.nan if self.use_server_time else now
+        header = _HEADER.pack(
+            b"d" if undo is None else b"u", peek, undoable, len(items), cost, MARK_MS, clock
+        )
+        n_keys = b"%d" % len(keys)
+        out = [
+            _EVALSHA_HEAD % (5 + len(keys) + 2 * len(items)),
+            *[_WORD % (len(word), word) for word in (n_keys, *[k.encode() for k in keys], header)],
+            b"$1\r\n-\r\n" if undo is None else _WORD % (len(undo[1]), undo[1]),
+        ]
+        n_limits = 0
+        plans = self._plans
+        for limit_set, _ in items:
+            found = plans.get(limit_set.spec_id) or self._plan(limit_set)
+            out.append(found[3])
+            n_limits += found[2]
+        return b"".join(out), n_limits
+
+
+# One RESP bulk string.
+_WORD = b"$%d\r\n%b\r\n"
 
 
 def parse(reply: bytes, n_limits: int) -> Parsed:
@@ -185,12 +219,14 @@ def decision(reply: bytes, items: Items, n_limits: int) -> Decision:
 def merge(items: Items, groups: list[list[int]], parsed: list[Parsed]) -> Decision:
     """One decision from per-slot replies (``groups[i]``: the indexes in ``items`` that reply
     ``parsed[i]`` covers), results back in the order of ``items``."""
-    by_item: dict[int, list[Step]] = {}
-    for group, (_, _, steps, _) in zip(groups, parsed, strict=True):
-        results = iter(steps)
-        for index in group:
+    ordered = [step for p in parsed for step in p[2]]
+    order = [index for group in groups for index in group]
+    if order != sorted(order):
+        by_item: dict[int, list[Step]] = {}
+        results = iter(ordered)
+        for index in order:
             by_item[index] = [next(results) for _ in items[index][0].limits]
-    ordered = [step for index in range(len(items)) for step in by_item[index]]
+        ordered = [step for index in range(len(items)) for step in by_item[index]]
     allowed = all(p[0] for p in parsed)
     retry = 0.0 if allowed else max(p[3] for p in parsed)
     # Groups are numbered by first appearance, so the first one holds the first item.
@@ -207,17 +243,6 @@ def pack(*words: bytes) -> bytes:
 
 _EVALSHA_HEAD = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode() + b"\r\n"
 LOAD_SCRIPT = pack(b"SCRIPT", b"LOAD", SCRIPT.encode())
-
-
-def pack_evalsha(call: Call) -> bytes:
-    """The RESP bytes of ``EVALSHA sha numkeys keys... args...``."""
-    keys, args = call
-    words = [str(len(keys)).encode(), *(k.encode() for k in keys)]
-    words += [a.encode() if isinstance(a, str) else a for a in args]
-    out = [_EVALSHA_HEAD % (len(words) + 2)]
-    for word in words:
-        out.append(b"$%d\r\n%s\r\n" % (len(word), word))
-    return b"".join(out)
 
 
 def is_noscript(reply: object) -> bool:

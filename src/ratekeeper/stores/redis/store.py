@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from redis.crc import key_slot
-
 from ratekeeper.decision import Decision
 from ratekeeper.errors import RedisStoreError, StoreError, StoreURLError
 from ratekeeper.flows import drive, drive_async
 from ratekeeper.stores.redis.cluster import ClusterClient, cross_slot_flow, retry_delay
-from ratekeeper.stores.redis.codec import Codec, Items, decision, pack, pack_evalsha
+from ratekeeper.stores.redis.codec import Codec, Items, decision, pack
 from ratekeeper.stores.redis.url import parse_url
 from ratekeeper.stores.redis.wire import Endpoint, Node
 
@@ -100,7 +98,7 @@ class RedisStore:
         if cluster is None:
             return self.url
         topology = cluster.topology
-        slots = {key_slot(self._codec.key(limit_set, key).encode()) for limit_set, key in items}
+        slots = set(self._codec.placed(items)[1])
         return "+".join(sorted({topology.shard(slot) for slot in slots}))
 
     # -- the synchronous driver -------------------------------------------------------------
@@ -113,9 +111,15 @@ class RedisStore:
                 node = self._node
                 if node is not None:
                     call, n_limits = self._codec.marshal(items, cost, now, peek)
-                    return decision(node.script(pack_evalsha(call)), items, n_limits)
-                flow = cross_slot_flow(self._codec, items, cost, now, peek)
-                return drive(flow, self._cluster.run)  # type: ignore[union-attr]
+                    return decision(node.script(call), items, n_limits)
+                cluster: ClusterClient = self._cluster  # type: ignore[assignment]
+                names, slots = placed = self._codec.placed(items)
+                if slots.count(slots[0]) == len(slots):
+                    call, n_limits = self._codec.marshal(items, cost, now, peek, keys=names)
+                    reply = cluster.script(slots[0], call)
+                    return decision(reply, items, n_limits)
+                flow = cross_slot_flow(self._codec, items, cost, now, peek, placed)
+                return drive(flow, cluster.run)
             except Exception as exc:
                 delay = retry_delay(exc, attempt)
                 if delay is None:
@@ -158,9 +162,15 @@ class RedisStore:
                 node = self._node
                 if node is not None:
                     call, n_limits = self._codec.marshal(items, cost, now, peek)
-                    return decision(await node.script_async(pack_evalsha(call)), items, n_limits)
-                flow = cross_slot_flow(self._codec, items, cost, now, peek)
-                return await drive_async(flow, self._cluster.run_async)  # type: ignore[union-attr]
+                    return decision(await node.script_async(call), items, n_limits)
+                cluster: ClusterClient = self._cluster  # type: ignore[assignment]
+                names, slots = placed = self._codec.placed(items)
+                if slots.count(slots[0]) == len(slots):
+                    call, n_limits = self._codec.marshal(items, cost, now, peek, keys=names)
+                    reply = await cluster.script_async(slots[0], call)
+                    return decision(reply, items, n_limits)
+                flow = cross_slot_flow(self._codec, items, cost, now, peek, placed)
+                return await drive_async(flow, cluster.run_async)
             except Exception as exc:
                 delay = retry_delay(exc, attempt)
                 if delay is None:
