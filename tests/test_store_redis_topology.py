@@ -10,7 +10,7 @@ import hiredis
 import pytest
 
 from ratekeeper.clock import ManualClock
-from ratekeeper.stores.redis.cluster import routed_flow
+from ratekeeper.stores.redis.cluster import retry_delay, routed_flow
 from ratekeeper.stores.redis.topology import DOWN_S, REFRESH_S, Topology
 from ratekeeper.stores.redis.wire import Endpoint
 
@@ -108,3 +108,14 @@ def test_redirections_are_followed_and_bounded() -> None:
     with pytest.raises(StopIteration) as done:
         flow.send(b"reply")
     assert done.value.value == b"reply"
+
+
+def test_only_refusals_that_ran_nothing_are_retried_and_briefly() -> None:
+    migrating = hiredis.ReplyError("TRYAGAIN Multiple keys request during rehashing of slot")
+    down = hiredis.ReplyError("CLUSTERDOWN Hash slot not served")
+    delays = [retry_delay(migrating, attempt) for attempt in range(5)]
+    assert delays[-1] is None and 0.1 <= sum(d for d in delays if d) <= 0.5
+    assert retry_delay(down, 0) == delays[0]
+    # A script error, a lost connection: the script may have run, not tried again.
+    assert retry_delay(hiredis.ReplyError("ERR user_script:1: boom"), 0) is None
+    assert retry_delay(ConnectionError("TRYAGAIN"), 0) is None

@@ -17,7 +17,7 @@ The package, from the inside out:
   all free of I/O;
 - :mod:`.wire`: RESP on connections of our own (hiredis), blocking and asyncio-pipelined;
 - :mod:`.topology`: a cluster's slot map and which masters are down;
-- :mod:`.cluster`: the cross-slot reserve / commit protocol and the cluster's calls (routed by
+- :mod:`.cluster`: the cross-slot decide / undo protocol and the cluster's calls (routed by
   the slot map, ``MOVED`` / ``ASK`` followed, on the same connections as standalone);
 - :mod:`.store`: :class:`RedisStore`, which puts them together;
 - :mod:`.fail_modes`: :class:`~.fail_modes.ShardFallbackStore`, fail modes per cluster master.
