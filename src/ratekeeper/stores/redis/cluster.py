@@ -230,24 +230,26 @@ class ClusterClient:
         topology = self.topology
         if topology.stale and topology.claim_refresh():
             drive(topology.refresh_flow(), self._ask)
-        started: list[tuple[Node | None, Any]] = []
-        for slot, packed in calls:
+        results: list[Any] = [None] * len(calls)
+        # Calls to one master leave in one write on one connection.
+        by_node: dict[Node, list[int]] = {}
+        for index, (slot, _) in enumerate(calls):
             try:
-                node = topology.owner(slot)
+                by_node.setdefault(topology.owner(slot), []).append(index)
             except ConnectionError as exc:
-                started.append((None, exc))
-                continue
-            started.append((node, node.begin(packed)))
-        results: list[Any] = []
-        for owner, exchange in started:
-            if owner is None:
-                results.append(exchange)
-                continue
+                results[index] = exc
+        started = [
+            (node, indexes, node.begin_many(b"".join(calls[i][1] for i in indexes), len(indexes)))
+            for node, indexes in by_node.items()
+        ]
+        for node, indexes, exchange in started:
             try:
-                results.append(owner.finish(exchange))
+                replies = node.finish_many(exchange)
             except WIRE_ERRORS as exc:
-                topology.failed(owner)
-                results.append(exc)
+                topology.failed(node)
+                replies = [exc] * len(indexes)
+            for index, reply in zip(indexes, replies, strict=True):
+                results[index] = reply
         refused = [i for i, reply in enumerate(results) if isinstance(reply, ReplyError)]
         if refused:
             flows = [script_call_flow(topology, *calls[i]) for i in refused]

@@ -340,6 +340,12 @@ class Node:
         if load_first:
             data = LOAD_SCRIPT + data
             replies += 1
+        return self.begin_many(data, replies)
+
+    def begin_many(self, data: bytes, count: int) -> Exchange:
+        """Write ``count`` commands in one write (as :meth:`begin`, pipelined on one
+        connection); :meth:`finish_many` reads their replies."""
+        replies = count
         try:
             connection: SyncConnection | None = self._idle.pop()
             reused = True
@@ -358,10 +364,14 @@ class Node:
 
     def finish(self, exchange: Exchange) -> Any:
         """The reply of a command written by :meth:`begin`."""
+        return self.finish_many(exchange)[-1]
+
+    def finish_many(self, exchange: Exchange) -> list[Any]:
+        """The replies of the commands written by :meth:`begin_many`."""
         connection = exchange.connection
         if connection is not None:
             try:
-                reply = connection.receive(exchange.replies)[-1]
+                reply = connection.receive(exchange.replies)
             except WIRE_BROKEN as exc:
                 connection.close()
                 error: BaseException = exc
@@ -378,7 +388,7 @@ class Node:
         try:
             connection = SyncConnection(self.endpoint, self._timeout_s)
             connection.send(exchange.data)
-            reply = connection.receive(exchange.replies)[-1]
+            reply = connection.receive(exchange.replies)
         except BaseException:
             if connection is not None:
                 connection.close()
