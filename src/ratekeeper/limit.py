@@ -247,6 +247,17 @@ def _flat_decider(steps: tuple[tuple[StepFn, Limit], ...]) -> FlatDecider:
         width = STATE_WIDTHS[limit.algorithm]
         spans.append((at, at + width))
         at += width
+    if len(steps) == 1:
+        ((step0, limit0),) = steps
+
+        # One limit: the flat tuple is its state.
+        def one(
+            flat: tuple[float, ...] | None, now: float, cost: int
+        ) -> tuple[list[Step], tuple[float, ...] | None]:
+            a = step0(flat, now, limit0, cost)
+            return [a], (a[1] if a[0] else None)
+
+        return _fixed_windows(steps, one)
     if len(steps) == 3:
         (step0, limit0), (step1, limit1), (step2, limit2) = steps
         (a0, b0), (a1, b1), (a2, b2) = spans
@@ -266,7 +277,7 @@ def _flat_decider(steps: tuple[tuple[StepFn, Limit], ...]) -> FlatDecider:
                 return [a, b, c], a[1] + b[1] + c[1]  # type: ignore[operator]
             return [a, b, c], None
 
-        return three
+        return _fixed_windows(steps, three)
     decide = _entry_decider(steps)
 
     def any_size(
@@ -279,3 +290,64 @@ def _flat_decider(steps: tuple[tuple[StepFn, Limit], ...]) -> FlatDecider:
         return results, tuple(itertools.chain.from_iterable(new_entry))  # type: ignore[arg-type]
 
     return any_size
+
+
+def _fixed_windows(steps: tuple[tuple[StepFn, Limit], ...], general: FlatDecider) -> FlatDecider:
+    """``general``, or for one or three fixed windows (the default algorithm, and the common
+    sets) a decider that charges an allowed request in one frame: the windows of
+    :func:`~ratekeeper.algorithms.fixed_window` found and charged inline, the same steps and
+    states built. Anything it would not allow goes to ``general``, which has the refusal's
+    waits (tests/test_algorithm_properties.py checks both agree)."""
+    if any(limit.algorithm is not Algorithm.FIXED_WINDOW for _, limit in steps):
+        return general
+    if len(steps) == 1:
+        ((_, limit0),) = steps
+        p0, n0 = limit0.period_s, limit0.amount
+
+        def one(
+            flat: tuple[float, ...] | None, now: float, cost: int
+        ) -> tuple[list[Step], tuple[float, ...] | None]:
+            s0 = now - now % p0
+            c0: float = 0
+            if flat is not None and flat[0] >= s0:
+                s0, c0 = flat
+            c0 += cost
+            if c0 <= n0:
+                return [(True, (s0, c0), n0 - c0, s0 + p0, 0.0)], (s0, c0)
+            return general(flat, now, cost)
+
+        return one
+    (_, limit0), (_, limit1), (_, limit2) = steps
+    p0, n0 = limit0.period_s, limit0.amount
+    p1, n1 = limit1.period_s, limit1.amount
+    p2, n2 = limit2.period_s, limit2.amount
+
+    def three(
+        flat: tuple[float, ...] | None, now: float, cost: int
+    ) -> tuple[list[Step], tuple[float, ...] | None]:
+        s0 = now - now % p0
+        s1 = now - now % p1
+        s2 = now - now % p2
+        c0: float = 0
+        c1: float = 0
+        c2: float = 0
+        if flat is not None:
+            f0, g0, f1, g1, f2, g2 = flat
+            if f0 >= s0:
+                s0, c0 = f0, g0
+            if f1 >= s1:
+                s1, c1 = f1, g1
+            if f2 >= s2:
+                s2, c2 = f2, g2
+        c0 += cost
+        c1 += cost
+        c2 += cost
+        if c0 <= n0 and c1 <= n1 and c2 <= n2:
+            return [
+                (True, (s0, c0), n0 - c0, s0 + p0, 0.0),
+                (True, (s1, c1), n1 - c1, s1 + p1, 0.0),
+                (True, (s2, c2), n2 - c2, s2 + p2, 0.0),
+            ], (s0, c0, s1, c1, s2, c2)
+        return general(flat, now, cost)
+
+    return three

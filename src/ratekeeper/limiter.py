@@ -18,7 +18,7 @@ from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError
 from ratekeeper.limit import LimitSet
 from ratekeeper.stores.base import AsyncStore, Store
-from ratekeeper.stores.over_limit import OverLimitCache
+from ratekeeper.stores.over_limit import OverLimitCache, RecalledRefusal
 from ratekeeper.stores.url import resolve_store
 
 __all__ = ["AsyncLimiter", "Limiter"]
@@ -79,11 +79,13 @@ class Limiter:
         cache = self._cache
         if cache is None:
             return self.store.decide(items, cost, now)
-        # The cache's decide, unrolled: this is the hot call of the library.
+        # The cache's decide and recall, unrolled: this is the hot call of the library.
         if cache.size:
-            known = cache.recall(items, cost, now)
-            if known is not None:
-                return known
+            table = cache.tables.get(limits.spec_id)
+            if table is not None:
+                entry = table.get(key)
+                if entry is not None and now < entry.until and cost >= entry.cost:
+                    return RecalledRefusal(now, (entry,))
         decision = self.store.decide(items, cost, now)
         if not decision.allowed:
             cache.remember(items, cost, now, decision)

@@ -200,8 +200,10 @@ class OverLimitCache:
         self.decides_on_loop = decides_on_loop(store)
         self._sync: Store | None = store if isinstance(store, Store) else None
         self._async: AsyncStore | None = store if isinstance(store, AsyncStore) else None
-        # spec_id -> key -> entry: a lookup hashes two strings whose hashes are cached.
-        self._tables: dict[str, dict[str, _Entry]] = {}
+        # spec_id -> key -> entry: a lookup hashes two strings whose hashes are cached. Read
+        # (never written) by Limiter.hit, whose allowed keys are not in it: a membership test
+        # there costs a fifth of a call to recall.
+        self.tables: dict[str, dict[str, _Entry]] = {}
         # How many refusals are kept (0: recall has nothing to look up).
         self.size = 0
         self._lock = threading.Lock()
@@ -215,7 +217,7 @@ class OverLimitCache:
     def recall(self, items: Items, cost: int, now: float) -> RecalledRefusal | None:
         """The refusal of ``items`` for ``cost`` at ``now`` if one of them is known to be over
         its limit, else ``None`` (then only the store can tell)."""
-        tables = self._tables
+        tables = self.tables
         if len(items) == 1:
             limit_set, key = items[0]
             table = tables.get(limit_set.spec_id)
@@ -252,9 +254,9 @@ class OverLimitCache:
                 fresh.append((limit_set.spec_id, key, entry))
         with self._lock:
             for spec_id, key, entry in fresh:
-                table = self._tables.get(spec_id)
+                table = self.tables.get(spec_id)
                 if table is None:
-                    table = self._tables[spec_id] = {}
+                    table = self.tables[spec_id] = {}
                 if table.pop(key, None) is None:
                     if self.size >= self.max_entries:
                         self._make_room(table)
@@ -268,12 +270,12 @@ class OverLimitCache:
                 # The same state under other numbers too (a policy reloaded since): a reset
                 # is of the stored state, which every spec_id of one id shares.
                 prefix = limit_set.id + ":"
-                for spec_id, table in self._tables.items():
+                for spec_id, table in self.tables.items():
                     if spec_id.startswith(prefix) and table.pop(key, None) is not None:
                         self.size -= 1
 
     def _make_room(self, table: dict[str, _Entry]) -> None:
-        victim = table if table else max(self._tables.values(), key=len)
+        victim = table if table else max(self.tables.values(), key=len)
         # A slice at once: dropping one key per insert would rescan the dict's freed slots.
         for key in list(itertools.islice(victim, max(1, self.max_entries // 100))):
             del victim[key]
@@ -343,5 +345,5 @@ class OverLimitCache:
 
     def _clear(self) -> None:
         with self._lock:
-            self._tables.clear()
+            self.tables.clear()
             self.size = 0
