@@ -17,6 +17,7 @@ from ratekeeper.errors import LimitConfigError, StoreError
 from ratekeeper.stores.fail_mode import FailMode
 from ratekeeper.stores.fallback import FallbackStore
 from ratekeeper.stores.over_limit import OverLimitCache, RecalledRefusal
+from test_http_support import serve
 
 ALGORITHMS = ("fixed_window", "first_hit_window", "sliding_window", "gcra")
 
@@ -233,3 +234,37 @@ def test_a_reset_in_one_process_is_seen_in_another_within_max_age(tmp_path: Path
         finally:
             other.kill()
             other.wait()
+
+
+_TWO_WORKERS_POLICY = """
+store = "sqlite:///{path}"
+body = "aisoule"
+apply = ["api"]
+[identity]
+source = "api_key"
+[limits.api]
+rates = "4/minute; 100/hour"
+"""
+
+
+def test_two_workers_refuse_a_key_known_over_without_touching_sqlite(tmp_path: Path) -> None:
+    """What lets ``serve --workers 2`` scale on refusals: once each worker has been refused a
+    key by the shared file, its later refusals of that key run no SQL statement at all."""
+    policy = _TWO_WORKERS_POLICY.format(path=tmp_path / "shared.db")
+    key = {"Authorization": "Bearer sk_live_flood"}
+    with serve("asgi", policy) as one, serve("asgi", policy) as two:
+        clients = [one.client(), two.client()]
+        codes = [clients[i % 2].get("/a", headers=key).status_code for i in range(6)]
+        assert codes == [200, 200, 200, 200, 429, 429]
+        statements: list[str] = []
+        for srv in (one, two):
+            srv.enforcer.store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        for i in range(40):
+            r = clients[i % 2].get("/a", headers=key)
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert statements == []
+        # Another key still reaches the file.
+        assert clients[0].get("/a", headers={"Authorization": "Bearer other"}).status_code == 200
+        assert statements
+        for client in clients:
+            client.close()
