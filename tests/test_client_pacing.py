@@ -8,7 +8,7 @@ import time
 import httpx
 
 from ratekeeper.client import HostPolicy
-from ratekeeper.client.hints import Hints, Quota
+from ratekeeper.client.hints import NO_HINTS, Hints, Quota
 from ratekeeper.client.state import Pacer
 from ratekeeper.client.transport import _FairLock
 
@@ -68,6 +68,8 @@ def test_late_answers_from_an_earlier_window_are_ignored() -> None:
 
 def test_failures_of_requests_already_in_flight_count_once() -> None:
     state = state_for(HostPolicy(max_in_flight=8))
+    # Past its first window (sent one request at a time): a second with nothing reported.
+    state.on_answer(state.on_send(T0 - 2), T0 - 1, 200, NO_HINTS)
     state.adaptive.window = 8.0
     seqs = [state.on_send(T0) for _ in range(4)]
     hints = Hints(retry_after_s=1.0)
@@ -84,6 +86,8 @@ def test_failures_of_requests_already_in_flight_count_once() -> None:
 
 def test_spent_budget_waits_for_answers_in_flight_before_the_reset() -> None:
     state = state_for(HostPolicy(max_in_flight=8))
+    # Past its first window (sent one request at a time): a second with nothing reported.
+    state.on_answer(state.on_send(T0 - 2), T0 - 1, 200, NO_HINTS)
     state.adaptive.window = 8.0
     seqs = [state.on_send(T0) for _ in range(4)]
     state.on_answer(seqs[3], T0, 200, report(3, 0.9))

@@ -109,6 +109,11 @@ def test_refused_again_while_paced_lengthens_the_window_once_per_proof() -> None
     pacer.refund(T0 + 3.0)
     # Two in any 2-s span, from the answer of the request two back (sent at T0 + 2.0).
     assert pacer.wait_s(T0 + 3.01) == pytest.approx(0.993)
+    # One sent just before that refusal was read, refused with it, proves nothing more: the
+    # window is not lengthened to 3 s by an echo.
+    pacer.record(T0 + 3.001)
+    limits.refused(refusal(2, retry_after=1, reset_in=0.99, zone="z"), T0 + 3.001, T0 + 3.004, [])
+    assert pacer.period_s == 2.0
 
 
 def test_an_allowed_answer_reporting_the_limit_ends_its_memory() -> None:
@@ -253,3 +258,42 @@ def test_eight_in_flight_are_refused_in_the_first_burst_only(aisoule: Process) -
     settled = statuses.index(202, first)
     assert 429 not in statuses[settled:], statuses
     assert elapsed <= 1.10 * (60 - 5) * 0.2, (elapsed, statuses)
+
+
+def test_eight_in_flight_draw_one_musicbrainz_refusal_per_window(musicbrainz: Process) -> None:
+    # The per-IP+User-Agent zone (2 per 2 s) shows only in 503s. With up to 8 in flight, a
+    # learned client used to have 3 to 5 requests out when the first 503 came, all refused;
+    # and a window guessed at 1 s (Retry-After 1 late in a window) refused 2 at once next.
+    # Now its first window goes one request at a time, and the first request of each window
+    # of a limit learned from a refusal goes alone.
+    statuses: list[tuple[int, str]] = []
+
+    class Wire(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            statuses.append((response.status_code, response.headers["x-ratelimit-reset"]))
+            return response
+
+    count = 10
+    headers = {"User-Agent": "eight-in-flight/1.0 ( ops@example.com )"}
+
+    async def run() -> tuple[float, float]:
+        gate = asyncio.Semaphore(8)
+        transport = AsyncRateLimitTransport(Wire())
+        async with httpx.AsyncClient(transport=transport, headers=headers, timeout=30) as client:
+
+            async def get(n: int) -> int:
+                async with gate:
+                    response = await client.get(f"{musicbrainz.url}/ws/2/artist/{n}")
+                    return response.status_code
+
+            started, epoch = time.monotonic(), time.time()
+            assert set(await asyncio.gather(*(get(n) for n in range(count)))) == {200}
+            return time.monotonic() - started, epoch
+
+    elapsed, epoch = asyncio.run(run())
+    # Each answer names its window by its end (the reset, an epoch): one 503 a window at most.
+    refused = [reset for status, reset in statuses if status == 503]
+    assert len(refused) == len(set(refused)) and len(refused) <= 2, statuses
+    minimum = 2 * (math.floor(epoch / 2) + math.ceil(count / 2) - 1) - epoch
+    assert elapsed <= 1.10 * minimum + 0.3, (elapsed, minimum)

@@ -78,6 +78,16 @@ def test_never_before_the_servers_reset() -> None:
     assert plan(429, hints).wait_s == 12.0
 
 
+def test_a_whole_second_reset_does_not_outwait_a_retry_after_it_agrees_with() -> None:
+    # AISoule's burst: a unit back within 0.2 s (Retry-After 1, rounded up), the bucket full
+    # again at a reset written as the next whole second, 1.52 s away: the retry goes at 1 s.
+    bucket = Quota(name="x", limit=5, remaining=0, reset_in_s=1.52, reset_rounding_s=1.0)
+    assert plan(429, Hints(retry_after_s=1.0, quotas=(bucket,))).wait_s == 1.0
+    # A reset more than its rounding past the Retry-After is a real wait.
+    late = Quota(name="x", limit=5, remaining=0, reset_in_s=2.5, reset_rounding_s=1.0)
+    assert plan(429, Hints(retry_after_s=1.0, quotas=(late,))).wait_s == 2.5
+
+
 def test_non_idempotent_not_retried_after_503_unless_asked() -> None:
     assert not plan(503, method="POST").retry
     assert plan(503, method="POST", policy=RetryPolicy(retry_unsafe=True)).retry

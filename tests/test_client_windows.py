@@ -58,6 +58,28 @@ def test_answers_out_of_order_bound_the_span_by_the_nth_latest() -> None:
     assert pacer.wait_s(T0 + 1.02) == 0.0
 
 
+def test_a_probing_pacer_sends_the_first_request_after_a_wait_alone() -> None:
+    pacer = WindowPacer(2, 1.0, 0.025, probe=True)
+    for sent in (T0, T0 + 0.001):
+        pacer.record(sent)
+        pacer.answered(sent, sent + 0.01)
+        assert not pacer.waits_for_answer()
+    assert pacer.wait_s(T0 + 0.02) == pytest.approx(0.991)
+    # The window held it back: the first request after it goes alone, the next waits.
+    pacer.record(T0 + 1.011)
+    assert pacer.waits_for_answer()
+    pacer.answered(T0 + 1.011, T0 + 1.02)
+    assert not pacer.waits_for_answer()
+    pacer.record(T0 + 1.021)
+    assert not pacer.waits_for_answer()
+    # Refused: its place is free and the request after the next wait probes again.
+    assert pacer.wait_s(T0 + 1.03) > 0
+    pacer.record(T0 + 2.03)
+    assert pacer.waits_for_answer()
+    pacer.refund(T0 + 2.03)
+    assert not pacer.waits_for_answer()
+
+
 def test_a_refused_request_frees_its_place() -> None:
     pacer = WindowPacer(1, 1.0, 0.025)
     pacer.record(T0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,35 @@ def test_told_client_refused_once_by_a_burst_is_not_refused_again(aisoule: Proce
             assert client.post(f"{aisoule.url}/v1/messages", json=message).status_code == 202
     # The one the other process caused, and one for a loaded machine's latency.
     assert wire.statuses.count(429) <= 2, wire.statuses
+
+
+def test_a_burst_refusal_is_retried_after_its_retry_after_not_its_whole_second_reset(
+    aisoule: Process,
+) -> None:
+    # The burst's 429 says Retry-After 1 (a unit back within 0.2 s, rounded up) and a reset,
+    # the bucket full again, written as the next whole second: up to 2 s away. The retry
+    # waited for that reset, up to a second late; the Retry-After is what the server promised.
+    headers = {"Authorization": "Bearer burst-retrier"}
+    message = {"to": "+15550100", "text": "hello"}
+    sends: list[tuple[float, float, int, str | None]] = []
+
+    class Wire(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            sent = time.monotonic()
+            response = super().handle_request(request)
+            reset = response.headers.get("x-ratelimit-reset")
+            sends.append((sent, time.monotonic(), response.status_code, reset))
+            return response
+
+    with httpx.Client(transport=RateLimitTransport(Wire()), headers=headers, timeout=30) as c:
+        for _ in range(7):
+            assert c.post(f"{aisoule.url}/v1/messages", json=message).status_code == 202
+    refused = [n for n, (_, _, status, _) in enumerate(sends) if status == 429]
+    assert len(refused) == 1, sends
+    _, answered, _, _ = sends[refused[0]]
+    retried = sends[refused[0] + 1][0]
+    # Retry-After 1, and a loaded machine's latency.
+    assert retried - answered <= 1.0 + 0.3, sends
 
 
 @pytest.mark.parametrize("address", ["nonsense", ":9090", "0.0.0.0:99999"])

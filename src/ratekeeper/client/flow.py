@@ -115,11 +115,17 @@ class Peek:
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """Wait until the host may have another request in flight, or ``recheck_s`` has passed
-    (the flow checks again: a wake-up missed between threads costs a moment, not a hang)."""
+    """Wait until the host may have another request (of ``charge``) in flight, or
+    ``recheck_s`` has passed (the flow checks again: a wake-up missed between threads costs a
+    moment, not a hang)."""
 
     state: HostState
+    charge: Charge | None = None
     recheck_s: float = 1.0
+
+    def ready(self) -> bool:
+        """Whether the request may be in flight now."""
+        return self.state.can_start(self.charge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,18 +183,20 @@ class _HostOps:
     enter: Enter
     answered: Answered
     slot: Slot
-    # Per charge (one, or one per route of a server's policy): its hit and peek.
-    charges: dict[int, tuple[Hit, Peek]]
+    # Per charge (one, or one per route of a server's policy): its hit, peek and slot.
+    charges: dict[int, tuple[Hit, Peek, Slot]]
 
     @classmethod
     def of(cls, state: HostState) -> _HostOps:
         return cls(Enter(state), Answered(state), Slot(state), {})
 
-    def for_charge(self, charge: Charge) -> tuple[Hit, Peek]:
-        """The hit and peek operations of ``charge`` (charges live as long as their plan)."""
+    def for_charge(self, charge: Charge) -> tuple[Hit, Peek, Slot]:
+        """The hit, peek and slot operations of ``charge`` (charges live as long as their
+        plan)."""
         found = self.charges.get(id(charge))
         if found is None:
-            found = (Hit(self.enter.state, charge), Peek(self.enter.state, charge))
+            state = self.enter.state
+            found = (Hit(state, charge), Peek(state, charge), Slot(state, charge))
             self.charges[id(charge)] = found
         return found
 
@@ -250,20 +258,20 @@ class ClientFlow(Generic[Req, Resp]):
         waited = 0.0
         # A refused attempt or one that never reached the server was charged already: its
         # retry is not charged again while that charge holds, i.e. until the soonest of its
-        # windows ends (a GCRA's bucket is full again); after that, the retry is charged.
+        # windows ends; after that, the retry is charged. A bucket or a sliding window lets a
+        # unit fade while the retry's own charge would hold longer: there the retry is charged
+        # (one unit too many for a while, where skipping it is one too few for longer).
+        paid = charge is not None and charge.windowed
         paid_until = -math.inf
         charged_until = -math.inf
         stale_retried = False
         while True:
             yield ops.enter
-            paid = self.clock() < paid_until
-            waited, lapses = yield from self._pace(
-                state, ops, None if paid else charge, url, waited
-            )
-            if not paid:
+            waited, lapses = yield from self._pace(state, ops, charge, paid_until, url, waited)
+            if lapses > -math.inf:
                 charged_until = lapses
             sent_at = self.clock()
-            seq = state.on_send(sent_at)
+            seq = state.on_send(sent_at, charge)
             outcome = yield send
             if type(outcome) is Failed:
                 yield from self._abort(state, ops, seq)
@@ -274,7 +282,7 @@ class ClientFlow(Generic[Req, Resp]):
                 log.info("%s %s: %r, retrying once", method, _loggable(url), outcome.error)
                 state.refund(sent_at)
                 stale_retried = True
-                paid_until = charged_until
+                paid_until = charged_until if paid else -math.inf
                 continue
             response: Resp = outcome
             hints, status = yield from self._answer(state, ops, seq, sent_at, response)
@@ -286,7 +294,7 @@ class ClientFlow(Generic[Req, Resp]):
             if status == 429 or hints.sharp_wait_s is not None:
                 # Refused, not failed: the server did not count it.
                 state.refund(sent_at)
-                paid_until = charged_until
+                paid_until = charged_until if paid else -math.inf
             yield Close(response)
             if verdict.wait_s > 0:
                 yield Sleep(verdict.wait_s)
@@ -393,20 +401,24 @@ class ClientFlow(Generic[Req, Resp]):
         state: HostState,
         ops: _HostOps,
         charge: Charge | None,
+        paid_until: float,
         url: httpx.URL,
         waited: float,
     ) -> Generator[Op, Any, tuple[float, float]]:
         """Wait (holding the host's queue) until this request may go; returns total waited and
-        when the soonest window ``charge`` was charged to ends (``-inf``: nothing charged)."""
+        when the soonest window ``charge`` was charged to ends (``-inf``: nothing charged, or
+        paid already by a refused attempt whose charge holds until ``paid_until``: decided
+        when the request may go, not before its wait, which may outlast that charge)."""
         plan = state.plan
+        slot = ops.for_charge(charge)[2] if charge is not None else ops.slot
         while True:
-            if not state.can_start():
-                yield ops.slot
+            if not state.can_start(charge):
+                yield slot
                 continue
             now = self.clock()
-            wait = state.wait_s(now)
-            if wait <= 0 and charge is not None:
-                hit, peek = ops.for_charge(charge)
+            wait = state.wait_s(now, charge)
+            if wait <= 0 and charge is not None and now >= paid_until:
+                hit, peek, _ = ops.for_charge(charge)
                 if charge.aligned and state.needs_room(charge, now):
                     state.record_room(charge, (yield peek), now)
                 decision: Decision = yield hit

@@ -186,46 +186,67 @@ def _client_set(name: str, limits: Iterable[Limit], margin: float) -> tuple[Limi
 @dataclass(frozen=True, slots=True, eq=False)
 class Charge:
     """What one request costs under a known policy: ``cost`` units of every
-    ``(limit set, key)`` item at once, and where its clock-aligned windows are: ``(index in
-    the decision's states, period, the limit's identity)``."""
+    ``(limit set, key)`` item at once, where its clock-aligned windows are: ``(index in
+    the decision's states, period, the limit's identity)``, which of the plan's ``windows``
+    paced by answers count it (indices; a plan without routes: all of them), and whether
+    every limit is a window (fixed or first-hit: a unit charged holds until the window ends,
+    where a bucket or a sliding window lets it fade)."""
 
     items: tuple[tuple[LimitSet, str], ...]
     cost: int
     aligned: tuple[tuple[int, float, tuple[str, int]], ...]
+    windows: tuple[int, ...] = ()
+    windowed: bool = True
 
     @classmethod
-    def of(cls, items: Iterable[tuple[LimitSet, str]], cost: int = 1) -> Charge:
-        """Charge ``items`` ``cost`` units each."""
+    def of(
+        cls, items: Iterable[tuple[LimitSet, str]], cost: int = 1, windows: Iterable[int] = ()
+    ) -> Charge:
+        """Charge ``items`` ``cost`` units each (and ``cost`` units of ``windows``)."""
         items = tuple(items)
         aligned = []
         flat = 0
+        windowed = True
         for limit_set, _ in items:
             for index, limit in enumerate(limit_set.limits):
                 if limit.algorithm is Algorithm.FIXED_WINDOW:
                     aligned.append((flat, limit.period_s, (limit_set.id, index)))
+                windowed &= limit.algorithm in _WINDOWS
                 flat += 1
-        return cls(items, cost, tuple(aligned))
+        return cls(items, cost, tuple(aligned), tuple(windows), windowed)
+
+
+_WINDOWS = frozenset({Algorithm.FIXED_WINDOW, Algorithm.FIRST_HIT_WINDOW})
 
 
 def _policy_routes(
     policy: Policy, tier: str | None, key: str, margin: float
-) -> tuple[RouteTable[Charge | None], float]:
-    """The charge of each route of a server's policy, as :meth:`HostPolicy.from_policy` says."""
+) -> tuple[RouteTable[Charge | None], float, tuple[tuple[int, float, bool], ...]]:
+    """The charge of each route of a server's policy, as :meth:`HostPolicy.from_policy` says,
+    the clock shift, and the windows paced by answers (those told to start at a first hit,
+    as :func:`told_windows` says; each route's charge names those it is counted in)."""
     overrides = policy.tiers.plans.get(tier, {}) if tier is not None else {}
     shift = 0.0
     client_sets: dict[str, LimitSet] = {}
+    windows: list[tuple[int, float, bool]] = []
+    paced: dict[str, list[int]] = {}
     for name, spec in policy.limits.items():
         limit_set = overrides.get(name, spec.limit_set)
         if limit_set is None or spec.shadow or policy.shadow:
             continue
         client_sets[name], set_shift = _client_set(name, limit_set.limits, margin)
         shift = max(shift, set_shift)
+        for limit in limit_set.limits:
+            if limit.algorithm is Algorithm.FIRST_HIT_WINDOW:
+                paced.setdefault(name, []).append(len(windows))
+                windows.append((limit.amount, limit.period_s, False))
 
     def charge(names: Iterable[str], own: Iterable[str], cost: int, shadow: bool) -> Charge | None:
         skipped = set(own) if shadow else set()
         chosen = [n for n in dict.fromkeys([*policy.apply, *names]) if n not in skipped]
         items = [(client_sets[n], key) for n in chosen if n in client_sets]
-        return Charge.of(items, cost) if items else None
+        counted = [index for n in chosen for index in paced.get(n, ())]
+        return Charge.of(items, cost, counted) if items else None
 
     entries = [
         (
@@ -235,7 +256,7 @@ def _policy_routes(
         )
         for rule in policy.rules
     ]
-    return RouteTable(entries, charge(policy.default, (), 1, False)), shift
+    return RouteTable(entries, charge(policy.default, (), 1, False)), shift, tuple(windows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +276,12 @@ class HostPlan:
     routes: RouteTable[Charge | None] | None = None
     windows: tuple[tuple[int, float, bool], ...] = ()
 
+    def paced_by(self, charge: Charge | None) -> tuple[int, ...] | None:
+        """Which ``windows`` count a request of ``charge`` (``None``: all of them)."""
+        if self.routes is None:
+            return None
+        return charge.windows if charge is not None else ()
+
     def charge_for(self, method: str, path: str) -> Charge | None:
         """What a request costs (``None``: nothing, its route is exempt or the policy unknown)."""
         routes = self.routes
@@ -265,8 +292,10 @@ class HostPlan:
         """The plan of host ``name`` under ``policy``."""
         key = policy.key or urlsplit(name).netloc or name
         if policy.server_policy is not None:
-            routes, shift = _policy_routes(policy.server_policy, policy.tier, key, policy.margin_s)
-            return cls(name, policy, True, shift, key, routes=routes)
+            routes, shift, windows = _policy_routes(
+                policy.server_policy, policy.tier, key, policy.margin_s
+            )
+            return cls(name, policy, True, shift, key, routes=routes, windows=windows)
         windows = told_windows(policy)
         known = client_limit_set(policy)
         if known is None:

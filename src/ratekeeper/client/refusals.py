@@ -85,7 +85,7 @@ class RefusedLimits:
                 return False
             sends = sorted(sent for sent, _ in seen if sent < sent_at)
             period = _period(hints, quota, sent_at, sends, 0.0)
-            pacer = WindowPacer(quota.limit, period, self.margin_s)
+            pacer = WindowPacer(quota.limit, period, self.margin_s, probe=True)
             for sent, answered in sorted(seen):
                 if answered > now - 2 * period:
                     pacer.record(sent)
@@ -96,12 +96,15 @@ class RefusedLimits:
             self.pacers = tuple(self._by_key.values())
         else:
             sends = pacer.sent_before(sent_at)
-            # Refused though the requests it counted were all paced by this window (sent after
-            # it was remembered; one paced before may leave just after): the window is longer.
-            if len(sends) >= quota.limit and sends[-quota.limit] >= self._since[key]:
+            since = self._since[key]
+            # Refused though it and the requests it counted were all paced by this window (sent
+            # after it was remembered or last lengthened; one sent before, in flight meanwhile,
+            # echoes the refusal that taught it): the window is longer.
+            if sent_at >= since and len(sends) >= quota.limit and sends[-quota.limit] >= since:
                 period = _period(hints, quota, sent_at, sends, pacer.period_s)
                 if period > pacer.period_s:
                     pacer.lengthen(period)
+                    self._since[key] = now
         pacer.observe(quota, now)
         # An epoch is a moment, whole seconds and all (a delta's rounding blurs where a
         # window starts): a refusal's reset sooner than the oldest counted send could leave

@@ -123,12 +123,12 @@ def plan_retry(
     else:
         wait, why = hint, f"{status} with a hint of {hint:g}s"
     # Never retry before the server's reset: an exhausted budget stays exhausted until then.
-    if (
-        binding is not None
-        and binding.remaining <= 0
-        and binding.reset_in_s is not None
-        and binding.reset_in_s > wait
-    ):
-        wait, why = binding.reset_in_s, f"{status} with the budget exhausted until its reset"
+    # A reset written in whole seconds that a Retry-After agrees with to within that rounding
+    # says no more than it (a burst's bucket, with a unit back in 0.2 s and full in 1.5 s,
+    # written as the next whole second; Retry-After 1): the Retry-After stands.
+    if binding is not None and binding.remaining <= 0 and binding.reset_in_s is not None:
+        slack = binding.reset_rounding_s if hints.wait_s is not None else 0.0
+        if binding.reset_in_s - slack > wait:
+            wait, why = binding.reset_in_s, f"{status} with the budget exhausted until its reset"
     check_wait(wait, waited_s, policy, url=url, now=now, why=why)
     return RetryVerdict(True, wait, why)

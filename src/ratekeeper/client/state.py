@@ -46,6 +46,9 @@ _FIRST_FLIGHT_S = 0.25
 # Window ends computed from different clock readings agree to within float error.
 _SAME_END_S = 1e-6
 
+# A learned host's first requests go one at a time for this long at least (see HostState).
+_SERIAL_S = 1.0
+
 # Reports whose resets differ by less than this describe the same window: whole-second deltas
 # ("Reset: 3") read at different moments of one window differ by up to a second.
 _SAME_WINDOW_S = 1.0
@@ -124,18 +127,30 @@ class HostState:
         self.warned = False
         # Per aligned limit: (end of the window, its room when its last margin_s began).
         self._room: dict[tuple[str, int], tuple[float, int]] = {}
+        # Learned: one request at a time through the first window (a second after the first
+        # send, or to the first reported reset): a limit the answers do not report (MusicBrainz
+        # shows its global zone, not the per-client one) then refuses one request, not the
+        # several a growing number in flight would have sent before the first refusal came.
+        self._serial = not known
+        self._serial_until = math.inf
 
-    def can_start(self) -> bool:
-        """Whether another request may be in flight now: the congestion window has room, and
-        a learned budget is not spent by the requests in flight. When it is, their answers
-        come first: one counted by the server before the lowest report frees a request, and
-        a new window being probed says its size."""
+    def _paced(self, charge: Charge | None) -> tuple[WindowPacer, ...]:
+        """The windows paced by answers that count a request of ``charge``."""
+        indices = self.plan.paced_by(charge)
+        pacers = self.pacers
+        return pacers if indices is None else tuple(pacers[i] for i in indices)
+
+    def can_start(self, charge: Charge | None = None) -> bool:
+        """Whether another request (of ``charge``, for a policy file's routes) may be in flight
+        now: the congestion window has room, and a learned budget is not spent by the requests
+        in flight. When it is, their answers come first: one counted by the server before the
+        lowest report frees a request, and a new window being probed says its size."""
         in_flight = self.in_flight
         if in_flight >= max(int(self.adaptive.window), 1):
             return False
-        if self._probe_sent and in_flight:
+        if (self._probe_sent or self._serial) and in_flight:
             return False
-        for pacer in self.pacers:
+        for pacer in self._paced(charge):
             if pacer.waits_for_answer():
                 return False
         for pacer in self.refused.pacers:
@@ -158,8 +173,9 @@ class HostState:
             return None
         return budget.remaining - self.in_flight
 
-    def wait_s(self, now: float) -> float:
-        """Seconds until the next request may go, from everything but a known policy."""
+    def wait_s(self, now: float, charge: Charge | None = None) -> float:
+        """Seconds until the next request (of ``charge``) may go, from everything but a known
+        policy's limiter."""
         with self._lock:
             delay = (
                 self.adaptive.delay_s
@@ -167,7 +183,7 @@ class HostState:
                 else self.plan.policy.min_interval_s
             )
             wait = max(self.last_send + delay - now, self.blocked_until - now, 0.0)
-            for pacer in self.pacers:
+            for pacer in self._paced(charge):
                 wait = max(wait, pacer.wait_s(now))
             for pacer in self.refused.pacers:
                 wait = max(wait, pacer.wait_s(now))
@@ -282,18 +298,22 @@ class HostState:
                 wait = max(wait, start - now)
         return wait
 
-    def on_send(self, now: float) -> int:
-        """Record a request leaving; returns its sequence number for :meth:`on_answer`."""
+    def on_send(self, now: float, charge: Charge | None = None) -> int:
+        """Record a request (of ``charge``) leaving; returns its sequence number for
+        :meth:`on_answer`."""
         with self._lock:
             self.last_send = now
             self.in_flight += 1
             self.sent += 1
             if self._track:
                 self._sent_at[self.sent] = now
-                for pacer in self.pacers:
-                    pacer.record(now)
+                cost = charge.cost if charge is not None else 1
+                for pacer in self._paced(charge):
+                    pacer.record(now, cost)
                 for pacer in self.refused.pacers:
                     pacer.record(now)
+            if self._serial and self._serial_until == math.inf:
+                self._serial_until = now + _SERIAL_S
             if not self._window_seq:
                 self._window_seq = self.sent
                 self._window_sent = now
@@ -351,6 +371,8 @@ class HostState:
                 self.shift_s = max(self.plan.clock_shift_s, *self._rtts)
             if hints.zone:
                 self.zone = hints.zone
+            if self._serial:
+                self._end_serial(hints, now)
             failed = status == 429 or status >= 500
             wait = hints.sharp_wait_s
             if failed and wait is not None and status in (429, 503):
@@ -377,7 +399,16 @@ class HostState:
             for pacer in self.pacers:
                 if binding.limit in (None, pacer.amount):
                     pacer.observe(binding, now)
-            return self._learn(binding, now, failed, seq)
+            return self._learn(binding, now, failed, seq, wait)
+
+    def _end_serial(self, hints: Hints, now: float) -> None:
+        """The first window ends at the first reported reset, if later than a second: an
+        answer read after it ends the serial start."""
+        binding = hints.binding
+        if self.sent == 1 and binding is not None and binding.reset_in_s is not None:
+            self._serial_until = max(self._serial_until, now + binding.reset_in_s)
+        if now >= self._serial_until:
+            self._serial = False
 
     def _hidden(self, failed: bool, hints: Hints, now: float, sent_at: float | None) -> bool:
         """Whether a refusal named a limit allowed answers never report (remembered; learned
@@ -418,7 +449,9 @@ class HostState:
         self.pacers = (pacer,)
         self._learned = True
 
-    def _learn(self, binding: Quota, now: float, failed: bool, seq: int) -> Quota | None:
+    def _learn(
+        self, binding: Quota, now: float, failed: bool, seq: int, hint_s: float | None
+    ) -> Quota | None:
         reset_at = now + binding.reset_in_s if binding.reset_in_s is not None else None
         if binding.limit is not None:
             self.window_limit = binding.limit
@@ -441,7 +474,15 @@ class HostState:
             same = False
         self.budget = _Budget(binding.remaining, reset_at, binding.name, seq)
         self._rounded = binding.reset_rounding_s > 0
-        if failed and binding.remaining <= 0 and reset_at is not None:
+        # A spent quota holds the host until its reset, unless the refusal's own wait is shorter
+        # than the reset's rounding explains (a burst's bucket written as the next whole
+        # second, a unit back much sooner: Retry-After says when, as the retry does).
+        if (
+            failed
+            and binding.remaining <= 0
+            and reset_at is not None
+            and (hint_s is None or reset_at - now - binding.reset_rounding_s > hint_s)
+        ):
             self.blocked_until = max(self.blocked_until, reset_at)
         return self._low(binding, reset_at, same, before)
 

@@ -308,7 +308,7 @@ class SyncDriver(_Transport[Limiter, Req, Resp], ABC):
             with slot:
                 op.state.slot_waiters += 1
                 try:
-                    slot.wait_for(op.state.can_start, timeout=op.recheck_s)
+                    slot.wait_for(op.ready, timeout=op.recheck_s)
                 finally:
                     op.state.slot_waiters -= 1
         elif isinstance(op, Read):
@@ -458,7 +458,7 @@ class AsyncRateLimitTransport(
                 op.state.slot_waiters += 1
                 try:
                     async with asyncio.timeout(op.recheck_s):
-                        await slot.wait_for(op.state.can_start)
+                        await slot.wait_for(op.ready)
                 except TimeoutError:
                     pass
                 finally:

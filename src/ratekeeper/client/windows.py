@@ -48,11 +48,15 @@ class WindowPacer:
     server shows it counts in clock-aligned windows; then at most ``amount`` per aligned window,
     a request counted in every window it could reach the server in (``margin_s`` at least, or
     the longest round trip lately). ``learn=False`` keeps the moving window (told first-hit
-    windows, whose server starts them when the first request arrives)."""
+    windows, whose server starts them when the first request arrives). ``probe`` sends the
+    first request after each wait alone, the others after its answer (a window guessed from a
+    refusal may be too short: then one request, not a burst, is refused for it)."""
 
     __slots__ = (
         "_answers",
+        "_held",
         "_open",
+        "_probe",
         "_rtts",
         "_sends",
         "aligned_phase_s",
@@ -60,13 +64,25 @@ class WindowPacer:
         "learn",
         "margin_s",
         "period_s",
+        "probe",
     )
 
     def __init__(
-        self, amount: int, period_s: float, margin_s: float, *, learn: bool = True
+        self,
+        amount: int,
+        period_s: float,
+        margin_s: float,
+        *,
+        learn: bool = True,
+        probe: bool = False,
     ) -> None:
         self.amount = amount
         self.learn = learn
+        self.probe = probe
+        # The first request after the pacer held one back, sent alone while its answer is
+        # awaited (``probe``), and whether the pacer is holding one back.
+        self._probe: float | None = None
+        self._held = False
         self.period_s = period_s
         self.margin_s = margin_s
         self._sends: collections.deque[_Send] = collections.deque()
@@ -85,12 +101,20 @@ class WindowPacer:
     def waits_for_answer(self) -> bool:
         """Whether the next request must wait for an answer in flight before its time is known
         (the request ``amount`` back has not been answered)."""
+        if self._probe is not None:
+            return True
         if self.aligned_phase_s is not None:
             return False  # aligned windows count a request in flight where it may land
         return self._open >= self.amount
 
     def wait_s(self, now: float) -> float:
         """Seconds until one more request may be sent."""
+        wait = self._wait_s(now)
+        if wait > 0:
+            self._held = True
+        return wait
+
+    def _wait_s(self, now: float) -> float:
         if self.aligned_phase_s is None:
             # The N-th latest answer; with N in flight the flow waits for one (waits_for_answer).
             back = self.amount - self._open
@@ -113,11 +137,15 @@ class WindowPacer:
             break
         return max(at - now, 0.0)
 
-    def record(self, at: float) -> None:
-        """A request was sent at ``at``."""
+    def record(self, at: float, cost: int = 1) -> None:
+        """A request costing ``cost`` units was sent at ``at``."""
         sends = self._sends
-        sends.append(_Send(at))
-        self._open += 1
+        if self._held:
+            self._held = False
+            self._probe = at if self.probe else None
+        for _ in range(cost):
+            sends.append(_Send(at))
+        self._open += cost
         horizon = at - 2 * self.period_s - self._flight_s()
         # Requests answered long ago count in no span or window any more.
         while sends and sends[0].answered < horizon:
@@ -128,29 +156,41 @@ class WindowPacer:
 
     def answered(self, sent_at: float, at: float) -> None:
         """The request sent at ``sent_at`` was answered at ``at`` (it reached the server)."""
-        for send in reversed(self._sends):
-            if send.sent == sent_at:
-                if send.answered == math.inf:
-                    send.answered = at
-                    self._open -= 1
-                    bisect.insort(self._answers, at)
-                    self._rtts.append(at - sent_at)
-                return
+        if sent_at == self._probe:
+            self._probe = None
+        found = self._units(sent_at)
+        for send in found:
+            if send.answered == math.inf:
+                send.answered = at
+                self._open -= 1
+                bisect.insort(self._answers, at)
+        if found:
+            self._rtts.append(at - sent_at)
 
     def refund(self, sent_at: float) -> None:
         """The request sent at ``sent_at`` was refused or never reached the server: servers do
         not count it."""
+        if sent_at == self._probe:
+            self._probe = None
+        answers = self._answers
+        for send in self._units(sent_at):
+            self._sends.remove(send)
+            if send.answered == math.inf:
+                self._open -= 1
+                continue
+            index = bisect.bisect_left(answers, send.answered)
+            if index < len(answers) and answers[index] == send.answered:
+                del answers[index]
+
+    def _units(self, sent_at: float) -> list[_Send]:
+        """The units of the request sent at ``sent_at`` (recorded together, newest first)."""
+        found = []
         for send in reversed(self._sends):
             if send.sent == sent_at:
-                self._sends.remove(send)
-                if send.answered == math.inf:
-                    self._open -= 1
-                else:
-                    answers = self._answers
-                    index = bisect.bisect_left(answers, send.answered)
-                    if index < len(answers) and answers[index] == send.answered:
-                        del answers[index]
-                return
+                found.append(send)
+            elif found:
+                break
+        return found
 
     def sent_before(self, at: float) -> list[float]:
         """When the requests still counted and sent before ``at`` left, oldest first."""
