@@ -643,3 +643,16 @@ def test_a_charge_refused_inside_sqlites_update_writes_nothing(tmp_path: Path) -
     watcher.close()
     store.close()
     other.close()
+
+
+def test_a_charge_of_a_known_key_is_one_statement(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "rk.db")
+    limits = LimitSet("api", "100/minute; 1000/hour; 10000/day")
+    now = 1_700_000_000.0
+    assert store.decide(((limits, "k"),), 1, now).allowed
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    for i in range(5):
+        assert store.decide(((limits, "k"),), 1, now + i).remaining == 98 - i
+    assert [s.split()[0] for s in statements] == ["UPDATE"] * 5
+    store.close()
