@@ -42,9 +42,11 @@ from redis.crc import key_slot
 
 from ratekeeper.decision import Decision
 from ratekeeper.flows import drive, drive_async
+from ratekeeper.limit import LimitSet
 from ratekeeper.stores.redis.codec import (
     Codec,
     Items,
+    Parsed,
     decision,
     merge,
     pack,
@@ -89,32 +91,40 @@ def cross_slot_flow(
         call, n_limits = codec.marshal(items, cost, now, peek, keys=names)
         (reply,) = yield [(item_slots[0], call)]
         return decision(_ok(reply), items, n_limits)
-    groups = list(by_slot.values())
-    parts = [([items[i] for i in group], [names[i] for i in group]) for group in groups]
-    marshalled = [
-        codec.marshal(part, cost, now, peek, keys=keys, undoable=not peek) for part, keys in parts
-    ]
-    replies = yield [(slot, call) for slot, (call, _) in zip(by_slot, marshalled, strict=True)]
-    failed = [reply for reply in replies if isinstance(reply, Exception)]
-    parsed = [
-        None if isinstance(reply, Exception) else parse(reply, n)
-        for reply, (_, n) in zip(replies, marshalled, strict=True)
-    ]
-    if not peek and (failed or not all(p[0] for p in parsed if p is not None)):
+    calls: list[SlotCall] = []
+    parts: list[tuple[list[tuple[LimitSet, str]], list[str], int]] = []
+    for slot, group in by_slot.items():
+        part = [items[i] for i in group]
+        keys = [names[i] for i in group]
+        packed, n_limits = codec.marshal(part, cost, now, peek, keys=keys, undoable=not peek)
+        calls.append((slot, packed))
+        parts.append((part, keys, n_limits))
+    replies = yield calls
+    parsed: list[Parsed | None] = []
+    failed: list[Exception] = []
+    allowed = True
+    for reply, (_, _, n_limits) in zip(replies, parts, strict=True):
+        if isinstance(reply, Exception):
+            failed.append(reply)
+            parsed.append(None)
+        else:
+            step = parse(reply, n_limits)
+            allowed = allowed and step[0]
+            parsed.append(step)
+    if not peek and (failed or not allowed):
         # Refused (or failed) somewhere: take back what the other slots charged. An undo that
         # fails leaves its charge: an under-admission, nothing to raise.
         token = uuid.uuid4().hex
-        slots_done = zip(by_slot, parts, replies, marshalled, parsed, strict=True)
-        undos = [
-            (slot, codec.marshal(part, cost, now, False, keys=keys, undo=(token, written(r, n)))[0])
-            for slot, (part, keys), r, (_, n), p in slots_done
-            if p is not None and p[0]
-        ]
+        undos: list[SlotCall] = []
+        for (slot, _), (part, keys, n), reply, p in zip(calls, parts, replies, parsed, strict=True):
+            if p is not None and p[0]:
+                undo = (token, written(reply, n))
+                undos.append((slot, codec.marshal(part, cost, now, False, keys=keys, undo=undo)[0]))
         if undos:
             yield undos
     if failed:
         raise failed[0]
-    return merge(items, groups, parsed)  # type: ignore[arg-type]
+    return merge(items, list(by_slot.values()), parsed)  # type: ignore[arg-type]
 
 
 def retry_delay(error: BaseException, attempt: int) -> float | None:

@@ -58,6 +58,8 @@ _PLAN_HEAD = struct.Struct("<dB")
 _PLAN_LIMIT = struct.Struct("<cddddd")
 # How long an undo's mark says it was done (a replayed undo then gives back nothing twice).
 MARK_MS = 5000
+# Keys whose hashed names a codec keeps (about 150 bytes each).
+_PLACES = 4096
 
 
 class Codec:
@@ -68,7 +70,7 @@ class Codec:
     for the server's.
     """
 
-    __slots__ = ("_hash_key", "_plans", "prefix", "use_server_time")
+    __slots__ = ("_hash_key", "_place", "_plans", "prefix", "use_server_time")
 
     def __init__(self, prefix: str, key_salt: str, *, use_server_time: bool):
         salt = key_salt.encode()
@@ -77,6 +79,8 @@ class Codec:
         self.prefix = prefix
         self.use_server_time = use_server_time
         self._plans: dict[str, tuple[bytes, bytes, int, bytes]] = {}
+        # The keys seen most recently (a global limit's, busy callers') are hashed once.
+        self._place = functools.lru_cache(maxsize=_PLACES)(self._hash_place)
 
     @property
     def salted(self) -> bool:
@@ -86,27 +90,24 @@ class Codec:
     def key(self, limit_set: LimitSet, key: str) -> str:
         """``<prefix>:{<hash of key>}:<limit set>``: the hash is the cluster hash tag, so every
         limit set of one caller lives in one slot."""
-        digest = hashlib.blake2b(key.encode(), digest_size=12, key=self._hash_key).hexdigest()
-        return f"{self.prefix}:{{{digest}}}:{limit_set.id}"
+        return self._place(key)[0] + limit_set.id
 
     def placed(self, items: Items) -> tuple[list[str], list[int]]:
-        """The items' key names and their cluster hash slots; the keys of one caller are hashed
-        once (a caller's limit sets share the hash, and with it the slot)."""
+        """The items' key names and their cluster hash slots."""
+        place = self._place
         names: list[str] = []
         slots: list[int] = []
-        seen: dict[str, tuple[str, int]] = {}
-        prefix = self.prefix
         for limit_set, key in items:
-            found = seen.get(key)
-            if found is None:
-                digest = hashlib.blake2b(
-                    key.encode(), digest_size=12, key=self._hash_key
-                ).hexdigest()
-                # The slot of a name is the CRC16 of its hash tag (the digest), mod 16384.
-                found = seen[key] = (digest, binascii.crc_hqx(digest.encode(), 0) & 16383)
-            names.append(f"{prefix}:{{{found[0]}}}:{limit_set.id}")
-            slots.append(found[1])
+            stem, slot = place(key)
+            names.append(stem + limit_set.id)
+            slots.append(slot)
         return names, slots
+
+    def _hash_place(self, key: str) -> tuple[str, int]:
+        # A key's name up to the limit set, and its slot: the CRC16 of its hash tag (the
+        # digest), mod 16384.
+        digest = hashlib.blake2b(key.encode(), digest_size=12, key=self._hash_key).hexdigest()
+        return f"{self.prefix}:{{{digest}}}:", binascii.crc_hqx(digest.encode(), 0) & 16383
 
     def plan(self, limit_set: LimitSet) -> tuple[bytes, bytes, int]:
         """A limit set's packed plan, its state's struct format and its number of limits."""
@@ -167,11 +168,14 @@ class Codec:
             b"d" if undo is None else b"u", peek, undoable, len(items), cost, MARK_MS, clock
         )
         n_keys = b"%d" % len(keys)
-        out = [
-            _EVALSHA_HEAD % (5 + len(keys) + 2 * len(items)),
-            *[_WORD % (len(word), word) for word in (n_keys, *[k.encode() for k in keys], header)],
-            b"$1\r\n-\r\n" if undo is None else _WORD % (len(undo[1]), undo[1]),
-        ]
+        out = [_EVALSHA_HEAD % (5 + len(keys) + 2 * len(items)), _WORD % (len(n_keys), n_keys)]
+        for key in keys:
+            word = key.encode()
+            out.append(_WORD % (len(word), word))
+        out.append(_HEADER_WORD + header)
+        out.append(
+            b"\r\n$1\r\n-\r\n" if undo is None else b"\r\n" + _WORD % (len(undo[1]), undo[1])
+        )
         n_limits = 0
         plans = self._plans
         for limit_set, _ in items:
@@ -181,8 +185,9 @@ class Codec:
         return b"".join(out), n_limits
 
 
-# One RESP bulk string.
+# One RESP bulk string; the header's start (its length is fixed).
 _WORD = b"$%d\r\n%b\r\n"
+_HEADER_WORD = b"$%d\r\n" % _HEADER.size
 
 
 def parse(reply: bytes, n_limits: int) -> Parsed:
