@@ -14,7 +14,7 @@ pool of 20,000 identities:
 - cluster, same slot: the same two limit sets (one hash tag, one call);
 - cluster, 2 slots: the identity's limit set + a global one (decided and charged on both at
   once: one round while both admit, as here);
-- cluster, 3 slots: the identity's + two global ones;
+- cluster, 3 slots: the identity's + two global ones (under two keys, on two masters);
 - global key only, N processes: every decision touches one key (one slot of one master): how far
   a global limit scales.
 
@@ -68,7 +68,9 @@ def _items(shape: str, key: str) -> Any:
     if shape == "2 slots":
         return (*identity, (GLOBAL, "everyone"))
     if shape == "3 slots":
-        return (*identity, (GLOBAL, "everyone"), (GLOBAL_2, "everyone"))
+        # A second global key under another key: one key's limit sets share its slot. Its
+        # slot (9990) and "everyone"'s (5230) sit on two of the three masters.
+        return (*identity, (GLOBAL, "everyone"), (GLOBAL_2, "everyone else"))
     if shape == "global":
         return ((GLOBAL, "everyone"),)
     return identity
