@@ -168,6 +168,29 @@ def test_each_algorithm_undoes_exactly_or_on_the_safe_side(
     assert peek.remaining == remaining
 
 
+def test_a_gcra_undo_keeps_the_part_of_its_interval_others_may_have_used(
+    store: RedisStore,
+) -> None:
+    own = LimitSet("undo-gcra-shared", [Limit.parse("4/8s", "gcra")])  # one unit every 2 s
+    refusing = LimitSet("undo-gcra-full", [Limit.parse("1/hour")])
+    assert store.decide(((refusing, "x"),), 1, 3000.0).allowed
+    items = ((own, "y"), (refusing, "x"))
+    flow = cross_slot_flow(store._codec, items, 2, 3000.0, False)
+    replies = _round(store, next(flow))  # own: busy until 3004; refusing: refused
+    # Half a second later another caller is admitted on top of the held units (until 3006);
+    # without the charge it would have been busy until 3002.5 only.
+    assert store.decide(((own, "y"),), 1, 3000.5).allowed
+    ((slot, _),) = flow.send(replies)
+    undo = ("t", written(replies[0], 1))
+    packed, _ = store._codec.marshal(items[:1], 2, 3001.0, False, undo=undo)
+    _round(store, [(slot, packed)])
+    # The undo, at 3001, gives back the 3 s of the charge's interval still ahead: busy until
+    # 3003, after 3002.5 (the second that passed may have served the other caller). Giving
+    # back the whole interval (until 3002) would admit more than the limit allows.
+    peek = store.decide(((own, "y"),), 0, 3001.0, peek=True)
+    assert peek.states[0].reset_at == 3003.0
+
+
 def test_async_cross_slot_decisions_never_over_admit(url: str) -> None:
     store = RedisStore(url, prefix="acl")
 
