@@ -18,7 +18,11 @@ Every contender runs under its own key (``X-Client``).
    at all, measured on the same server at the same concurrency), ``vs wait``: against the
    model's waits alone (the previous column of this table), refusals (429/503 answered), the
    windows the run spanned, and requests lost (no success in the end). The aligned server is
-   run from two points of its window: a quarter in and three quarters in.
+   run from two points of its window: a quarter in and three quarters in. A quarter in, a
+   client told only "2 per 2 s" cannot reach the aligned minimum without a refusal: a
+   first-hit server writing its reset rounded down to whole seconds answers exactly the same
+   as the aligned one while its windows start that early, and a moving window refuses the
+   third request before the first one's span has passed: 3 periods instead of 2.75 (1.09x).
 
     .venv/bin/python bench/client.py            # about five minutes on 2 cores
     .venv/bin/python bench/client.py --quick    # about three minutes
