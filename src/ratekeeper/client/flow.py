@@ -258,9 +258,8 @@ class ClientFlow(Generic[Req, Resp]):
         waited = 0.0
         # A refused attempt or one that never reached the server was charged already: its
         # retry is not charged again while that charge holds, i.e. until the soonest of its
-        # windows ends; after that, the retry is charged. A bucket or a sliding window lets a
-        # unit fade while the retry's own charge would hold longer: there the retry is charged
-        # (one unit too many for a while, where skipping it is one too few for longer).
+        # windows ends; after that, the retry is charged. A bucket or sliding window lets a unit
+        # fade while the retry's own charge would hold longer: there the retry is charged.
         paid = charge is not None and charge.windowed
         paid_until = -math.inf
         charged_until = -math.inf
