@@ -1,29 +1,25 @@
 """The SQLite store: state in one file, shared exactly by the processes of one machine.
 
-Each decision is one transaction around the pure core: read the rows of all items, decide,
-write back only what was charged. It starts as a read (``BEGIN``): a rejection writes nothing,
-so it commits the read and never takes the write lock (half the file locks of a locked
-decision, and no wait behind other processes' writers). A charge upgrades the same transaction
-to a writer. WAL grants that only while the snapshot read is still the newest version of the
-file, and otherwise fails at once with ``SQLITE_BUSY`` (never after a wait): then the decision
-starts over under ``BEGIN IMMEDIATE``, which takes the write lock before reading. A decision
-expected to charge (the cached rows below say so, or else the store's previous decision charged)
-starts under ``BEGIN IMMEDIATE`` at once: while other processes charge too, its upgrade would
-often be refused and the work done twice. For one item with a row, that is one statement: an
-``UPDATE`` of the row whose new state SQLite asks of the core through a callback (a refusal
-raises there, aborting the statement: nothing is written). Either way a charge is written only
-over the state it was decided on, so two processes can never both read the same count and both
-charge it; a rejection is exact as of its snapshot, taken during the call. WAL mode with
+Each decision runs the pure core on the rows of its items, read from one snapshot, and writes
+back only what was charged. A decision expected to write nothing (a peek, or a rejection: the
+cached rows below say so, or else the store's previous decision charged nothing) reads with one
+``SELECT`` outside any transaction (a statement reads one snapshot, and takes no write lock nor
+waits behind other processes' writers); if the core charges after all, it goes on as a charge.
+A charge is decided under the write lock on the newest rows. For one item with a row that is
+one statement: an ``UPDATE`` of the row whose new state SQLite asks of the core through a
+callback (a refusal raises there, aborting the statement: nothing is written). Otherwise it is
+a transaction under ``BEGIN IMMEDIATE``: read, decide, write. Either way a charge is written
+only over the state it was decided on, so two processes can never both read the same count and
+both charge it; a rejection is exact as of its snapshot, taken during the call. WAL mode with
 ``synchronous=NORMAL``: what a power cut may lose is in ``docs/stores.md``.
 
 The store also keeps the rows it last read or wrote (a bounded cache) with the file's
-``PRAGMA data_version`` of the transaction that read them. That number changes exactly when
-another connection has committed, so while it is unchanged the cached rows are the file's rows:
-a decision that writes nothing (a rejection, a peek) is then decided on them after one pragma,
-with no transaction and no lock. A charge always runs the transaction (the cached decision is
-reused when the rows read are the same). While other processes keep committing, the cache is
-dropped each time, and is tried again only after a pause that doubles, so a busy shared file
-pays for at most an occasional pragma.
+``PRAGMA data_version`` read with them (before them, or in their transaction), which changes
+exactly when another connection has committed: while it is unchanged the cached rows are the
+file's rows, and a decision that writes nothing is decided on them after that one pragma. A
+charge always reads under the write lock (the cached decision reused if the rows are the same).
+While other processes keep committing, the cache is dropped each time, and tried again only
+after a pause that doubles: a busy shared file pays for at most an occasional pragma.
 
 Rows are keyed by the limit set's ``id`` and a BLAKE2b hash of the key, so API keys never reach
 the file. A row carries ``expires_at`` (last write + the set's TTL, after which its state equals
@@ -48,6 +44,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ratekeeper.core import EntryState, decide
@@ -55,7 +52,6 @@ from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError, StoreError, StoreURLError
 from ratekeeper.limit import LimitSet
 from ratekeeper.stores.sqlite_file import (
-    SQLITE_BUSY,
     BusyWait,
     initialise,
     store_error,
@@ -118,10 +114,6 @@ class _Refused(Exception):
     """Raised in SQLite's callback to abort an in-place charge the limits refused."""
 
 
-class _UpgradeRefused(Exception):
-    """A read transaction could not become a writer: another process wrote meanwhile."""
-
-
 class SQLiteStore:
     """State in an SQLite file: survives restarts, exact across the processes of one machine.
 
@@ -172,16 +164,8 @@ class SQLiteStore:
         self._backoff = 1
         self._charging = False
         # An in-place charge's arguments, and what SQLite's callback made of the row.
-        self._in_place: (
-            tuple[
-                Sequence[tuple[LimitSet, str]],
-                float,
-                int,
-                list[EntryState | None] | None,
-                tuple[list[EntryState] | None, Decision] | None,
-            ]
-            | None
-        ) = None
+        # (items, now, cost, known rows, guess), read by _charge_row.
+        self._in_place: tuple[Any, ...] | None = None
         self._outcome: tuple[EntryState, Decision, bool] | None = None
         self._callback_error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
@@ -277,15 +261,42 @@ class SQLiteStore:
         # A decision that will likely charge takes the write lock from the start: under other
         # processes' writes, a read would often fail to upgrade and start over.
         likely = self._charging if guess is None else guess[0] is not None
-        locked = sweep or (likely and not peek)
-        if locked and not sweep and len(items) == 1 and (known is None or known[0] is not None):
+        if not sweep and (peek or not likely):
+            known = self._read(cursor, items, params)
+            guess = decide(items, known, now, cost)
+            if peek or guess[0] is None:
+                self._charging = False
+                return guess[1]
+        if not sweep and len(items) == 1 and (known is None or known[0] is not None):
             decision = self._charge_in_place(cursor, items, params, cost, now, known, guess)
             if decision is not None:
                 return decision
-        try:
-            return self._decide_in(cursor, items, params, cost, now, peek, locked, known, guess)
-        except _UpgradeRefused:
-            return self._decide_in(cursor, items, params, cost, now, peek, True, known, guess)
+        return self._decide_in(cursor, items, params, cost, now, known, guess)
+
+    def _read(
+        self,
+        cursor: sqlite3.Cursor,
+        items: Sequence[tuple[LimitSet, str]],
+        params: list[str | bytearray],
+    ) -> list[EntryState | None]:
+        """Every item's row, read by one statement (one snapshot, no lock), into the row
+        cache."""
+        version = None
+        if self._version is None:
+            if self._pause:
+                self._pause -= 1
+            else:
+                # Read before the rows, so never newer than they are: a commit in between
+                # only makes the cache look stale.
+                version = cursor.execute(_DATA_VERSION).fetchone()[0]
+        entries: list[EntryState | None] = [None] * len(items)
+        for index, blob in cursor.execute(_select(len(items)), params):
+            entries[index] = self._decode(blob, items[index][0])
+        if version is not None:
+            self._version = version
+        if self._version is not None:
+            self._remember(items, entries)
+        return entries
 
     def _charge_in_place(
         self,
@@ -469,18 +480,15 @@ class SQLiteStore:
         params: list[str | bytearray],
         cost: int,
         now: float,
-        peek: bool,
-        locked: bool,
         known: list[EntryState | None] | None,
         guess: tuple[list[EntryState] | None, Decision] | None,
     ) -> Decision:
-        """One transaction: a read upgraded to a write if charged, or the write lock from the
-        start when ``locked``. Raises :class:`_UpgradeRefused` (nothing written) when the
-        upgrade is refused. ``guess`` is the core's answer for the states ``known``, reused
-        when the rows read are the same. The rows read or written go into the row cache."""
-        cursor.execute("BEGIN IMMEDIATE" if locked else "BEGIN")
+        """One transaction under the write lock: read, decide, write what was charged.
+        ``guess`` is the core's answer for the states ``known``, reused when the rows read are
+        the same. The rows read or written go into the row cache."""
+        cursor.execute("BEGIN IMMEDIATE")
         try:
-            if locked and not peek and now >= self._next_purge:
+            if now >= self._next_purge:
                 self._forget()
                 self._purge(cursor, now)
             version = None
@@ -497,35 +505,26 @@ class SQLiteStore:
                 new_entries, decision = guess
             else:
                 new_entries, decision = decide(items, entries, now, cost)
-            if new_entries is not None and not peek:
-                try:
-                    if len(items) == 1:
-                        limit_set = items[0][0]
-                        blob = self._codec(limit_set).encode(new_entries[0])
-                        cursor.execute(_UPSERT, (*params, blob, now + limit_set.ttl_s))
-                    else:
-                        cursor.executemany(
-                            _UPSERT, self._rows_to_write(items, params, new_entries, now)
-                        )
-                except sqlite3.OperationalError as exc:
-                    # Another process wrote since this snapshot, or is writing now: the upgrade
-                    # fails at once (SQLite calls no busy handler for it); decide again locked.
-                    if locked or exc.sqlite_errorcode & 0xFF != SQLITE_BUSY:
-                        raise
-                    cursor.execute("ROLLBACK")
-                    raise _UpgradeRefused from None
+            if new_entries is not None:
+                if len(items) == 1:
+                    limit_set = items[0][0]
+                    blob = self._codec(limit_set).encode(new_entries[0])
+                    cursor.execute(_UPSERT, (*params, blob, now + limit_set.ttl_s))
+                else:
+                    cursor.executemany(
+                        _UPSERT, self._rows_to_write(items, params, new_entries, now)
+                    )
             cursor.execute("COMMIT")
         except BaseException:
             self._forget()
             if cursor.connection.in_transaction:
                 cursor.execute("ROLLBACK")
             raise
-        charged = new_entries is not None and not peek
-        self._charging = charged
+        self._charging = new_entries is not None
         if version is not None:
             self._version = version
         if self._version is not None:
-            self._remember(items, new_entries if charged and new_entries is not None else entries)
+            self._remember(items, entries if new_entries is None else new_entries)
         return decision
 
     def _rows_to_write(
