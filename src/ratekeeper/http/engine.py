@@ -34,7 +34,7 @@ from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
 from ratekeeper.errors import PolicyError, StoreError
 from ratekeeper.flows import drive, drive_async
-from ratekeeper.http.compiled import CompiledPolicy, CompiledRule, compile_policy
+from ratekeeper.http.compiled import CompiledPolicy, CompiledRule, Pairs, compile_policy
 from ratekeeper.http.flow import (
     Answer,
     Context,
@@ -44,6 +44,7 @@ from ratekeeper.http.flow import (
     StageFactory,
     Ticket,
     admission,
+    same,
 )
 from ratekeeper.http.identity import RequestView
 from ratekeeper.http.metrics import Metrics
@@ -66,6 +67,13 @@ log = logging.getLogger("ratekeeper.http")
 
 After = Generator[Op, Decision, None]
 Observer = Callable[[Context, Ticket], None]
+# Refusals kept for their repeats (see Enforcer.repeated), at most.
+_REPEATS_MAX = 4096
+# A kept refusal: the view, the stages and their tokens' values then, its context, the items
+# and cost charged.
+_Repeat = tuple[
+    RequestView, tuple[Stage, ...], tuple[object, ...], Context, CompiledRule, Pairs, int
+]
 
 
 class Enforcer:
@@ -130,6 +138,10 @@ class Enforcer:
         # (None), so that others can be added next to it.
         self.stages: list[tuple[str, Stage | None]] = []
         self._stages: tuple[Stage, ...] = ()
+        # The tokens of the stages that read outside state (None: a stage is not repeatable),
+        # and the refusals kept for their repeats: id(view) -> what admission found.
+        self._tokens: tuple[Callable[[], object], ...] | None = ()
+        self._repeats: dict[int, _Repeat] = {}
         self._factories: dict[str, StageFactory] = {}
         self._observers: tuple[Observer, ...] = ()
         for name, factory in STAGES:
@@ -163,7 +175,7 @@ class Enforcer:
                 index = names.index(anchor) + shift
         self.stages.insert(index, (name, stage))
         self._factories[name] = factory
-        self._stages = tuple(s for _, s in self.stages if s is not None)
+        self._set_stages()
 
     def replace_stage(self, name: str, factory: StageFactory) -> None:
         """Build the stage ``name`` from ``factory`` from now on, in the same place (the
@@ -173,7 +185,7 @@ class Enforcer:
             raise PolicyError(f"stage {name!r}: no such stage (expected one of {', '.join(names)})")
         self.stages[names.index(name)] = (name, factory(self.kit))
         self._factories[name] = factory
-        self._stages = tuple(s for _, s in self.stages if s is not None)
+        self._set_stages()
 
     def observe(self, observer: Observer) -> None:
         """Call ``observer(ctx, ticket)`` after every admission (logs, samples); an observer
@@ -191,7 +203,14 @@ class Enforcer:
         self.plan, self.kit = policy, kit
         self.header_names = policy.identifier.header_names
         self.stages = stages
-        self._stages = tuple(s for _, s in stages if s is not None)
+        self._set_stages()
+
+    def _set_stages(self) -> None:
+        self._stages = stages = tuple(s for _, s in self.stages if s is not None)
+        found = [getattr(stage, "repeat_token", None) for stage in stages]
+        tokens = tuple(t for t in found if t is not same and t is not None)
+        self._tokens = None if None in found else tokens
+        self._repeats = {}
 
     def _kit(self, plan: CompiledPolicy) -> Kit:
         return Kit(
@@ -202,6 +221,7 @@ class Enforcer:
             self.over_limit,
             self.fallback,
             self.clock,
+            self._remember,
         )
 
     def in_flight(self, name: str) -> int:
@@ -211,9 +231,11 @@ class Enforcer:
     # -- flows (pure apart from in-process counters; store work is yielded) ---------------
 
     def _admit(
-        self, view: RequestView, rule: CompiledRule | None
+        self, view: RequestView, rule: CompiledRule | None, remember: bool = False
     ) -> Generator[Op, Decision, Ticket]:
         ctx = Context(view, rule)
+        if remember:
+            ctx.remember = True
         flow = admission(self._stages, ctx, self.gauge.leave)
         return self._observed(ctx, flow) if self._observers else flow
 
@@ -226,6 +248,58 @@ class Enforcer:
                 observer(ctx, ticket)
             except Exception:
                 log.warning("admission observer %r failed", observer, exc_info=True)
+        return ticket
+
+    def _remember(self, ctx: Context, items: Pairs, cost: int) -> None:
+        """Keep a refusal by the decide stage for :meth:`repeated`, if every stage it passed
+        would pass it again: all repeatable, and none holding anything for it (in-flight
+        slots, a lockout key, shadow limits charged)."""
+        tokens = self._tokens
+        ticket, rule = ctx.ticket, ctx.rule
+        if (
+            tokens is None
+            or rule is None
+            or ticket.lock_key is not None
+            or ticket.held
+            or ctx.shadow
+        ):
+            return
+        repeats = self._repeats
+        if len(repeats) >= _REPEATS_MAX:
+            repeats.clear()
+        view = ctx.view
+        values = tuple(t() for t in tokens)
+        repeats[id(view)] = (view, self._stages, values, ctx, rule, items, cost)
+
+    def repeated(self, view: RequestView) -> Ticket | None:
+        """The refusal of ``view`` again (the same object, admitted before with ``remember``)
+        without running the stages: when it was refused by the decide stage, nothing it passed
+        through has changed since (the stages, the policy, their tokens), the store is healthy
+        and the over-limit cache still knows its key over the limit. Counted, observed and
+        answered as admission would (observers get the context of its first admission, its
+        ``decision`` replaced); ``None`` otherwise (admit it then)."""
+        repeat = self._repeats.get(id(view))
+        if repeat is None or repeat[0] is not view or repeat[1] is not self._stages:
+            return None
+        _, _, values, ctx, rule, items, cost = repeat
+        for token, value in zip(self._tokens or (), values, strict=True):
+            if token() is not value:
+                return None
+        over_limit = self.over_limit
+        if not over_limit.size or self.fallback.degraded:
+            return None
+        known = over_limit.recall(items, cost, self.clock())
+        if known is None:
+            return None
+        ticket = self.kit.answers.rejected(known)
+        self.metrics.count(rule.name, ticket.reason, "rejected")
+        if self._observers:
+            ctx.decision = known
+            for observer in self._observers:
+                try:
+                    observer(ctx, ticket)
+                except Exception:
+                    log.warning("admission observer %r failed", observer, exc_info=True)
         return ticket
 
     def _report(self, view: RequestView, status: int) -> After:
@@ -268,11 +342,15 @@ class Enforcer:
         """Run admission synchronously (WSGI); ``rule`` replaces route matching."""
         return drive(self._admit(view, rule), self._run)
 
-    async def admit_async(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
-        """Run admission on the event loop (ASGI); ``rule`` replaces route matching."""
+    async def admit_async(
+        self, view: RequestView, rule: CompiledRule | None = None, *, remember: bool = False
+    ) -> Ticket:
+        """Run admission on the event loop (ASGI); ``rule`` replaces route matching;
+        ``remember``: keep a refusal of ``view`` for :meth:`repeated` (a caller that gives
+        the same view object for the same request again)."""
         if self._on_loop:
-            return drive(self._admit(view, rule), self._run)
-        return await drive_async(self._admit(view, rule), self._run_async)
+            return drive(self._admit(view, rule, remember), self._run)
+        return await drive_async(self._admit(view, rule, remember), self._run_async)
 
     def complete(self, ticket: Ticket, status: int) -> None:
         """After the app answered: release in-flight slots, count failed authentications."""

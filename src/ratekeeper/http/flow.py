@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from types import GeneratorType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.decision import Decision
@@ -48,6 +48,8 @@ __all__ = [
     "admission",
     "charge",
     "peek",
+    "repeatable",
+    "same",
 ]
 
 # (items, cost, peek): what a stage asks the driver to decide. A peek charges nothing and
@@ -57,6 +59,23 @@ StageFlow: TypeAlias = Generator[Op, Decision, "Ticket | None"]
 Stage: TypeAlias = Callable[["Context"], "Ticket | StageFlow | None"]
 # A factory returns None when its stage has nothing to do under this policy.
 StageFactory: TypeAlias = Callable[["Kit"], "Stage | None"]
+
+
+_S = TypeVar("_S", bound=Callable[..., object])
+
+
+def same() -> None:
+    """The token of a stage that reads nothing but the request and the policy."""
+
+
+def repeatable(stage: _S, token: Callable[[], object] = same) -> _S:
+    """Mark ``stage`` as passing a request it passed before in the same way again, for as long
+    as ``token()`` returns the same object (a stage that reads outside state, such as a key
+    registry, names that state here). Only refusals whose every stage is marked are repeated
+    without the stages (:meth:`~ratekeeper.http.engine.Enforcer.repeated`)."""
+    # A function attribute: stages are plain callables (mypy knows no such attribute).
+    setattr(stage, "repeat_token", token)  # noqa: B010
+    return stage
 
 
 def charge(items: Pairs, cost: int) -> Op:
@@ -117,6 +136,8 @@ class Context:
     cost: int = 0
     decision: Decision | None = None
     ticket: Ticket = field(default_factory=Ticket)
+    # Whether a refusal of this request is worth keeping for its repeats (its view is kept).
+    remember: bool = False
 
     @property
     def matched(self) -> CompiledRule:
@@ -149,6 +170,9 @@ class Kit:
     over_limit: OverLimitCache | None = None
     fallback: Guard | None = None
     clock: Clock = system_clock
+    # Called by the decide stage with a refusal's context, items and cost when the context
+    # asks for it to be remembered (``Context.remember``).
+    refused: Callable[[Context, Pairs, int], None] | None = None
 
 
 def admission(

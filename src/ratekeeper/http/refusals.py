@@ -22,6 +22,8 @@ __all__ = ["RefusalLog"]
 
 log = logging.getLogger("ratekeeper.refusals")
 
+# A refusal's caller (key, address, zone) and the fields of its line.
+Entry = tuple[tuple[str, str, str], dict[str, Any]]
 # The shortest and longest window one line stands for, in seconds.
 _MIN_WINDOW_S = 1.0
 _MAX_WINDOW_S = 60.0
@@ -51,9 +53,29 @@ class RefusalLog:
         retry_after_s: float | None,
     ) -> None:
         """Note one refusal; writes a line unless this caller has one for the current window."""
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        fields: dict[str, Any] = {
+        entry = self.entry(
+            status=status,
+            rule=rule,
+            zone=zone,
+            key=key,
+            address=address,
+            retry_after_s=retry_after_s,
+        )
+        self.again(now, entry)
+
+    @staticmethod
+    def entry(
+        *,
+        status: int,
+        rule: str,
+        zone: str,
+        key: str | None,
+        address: str,
+        retry_after_s: float | None,
+    ) -> Entry:
+        """A refusal's caller and the fields of its line, for :meth:`again` (one entry serves
+        every refusal that is the same; it is not changed)."""
+        fields = {
             "event": "refused",
             "status": status,
             "rule": rule,
@@ -62,7 +84,14 @@ class RefusalLog:
             "address": address,
             "retry_after_s": retry_after_s,
         }
-        who = (key or "", address, zone)
+        return (key or "", address, zone), fields
+
+    def again(self, now: float, entry: Entry) -> None:
+        """Note one refusal described by ``entry`` (from :meth:`entry`), as :meth:`refused`."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        who, fields = entry
+        retry_after_s = fields["retry_after_s"]
         overflow: list[tuple[dict[str, Any], int]] = []
         with self._lock:
             window = self._windows.get(who)

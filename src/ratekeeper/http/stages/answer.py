@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ratekeeper.decision import Decision
 from ratekeeper.http.compiled import CompiledPolicy
-from ratekeeper.http.flow import Answer, Context, Kit, Stage, Ticket
+from ratekeeper.http.flow import Answer, Context, Kit, Stage, Ticket, repeatable
 from ratekeeper.http.headers import PartitionKeys, rate_headers, retry_after_s
 from ratekeeper.http.usage import usage_document
 from ratekeeper.stores.over_limit import RecalledRefusal
@@ -109,4 +109,4 @@ def usage(kit: Kit) -> Stage | None:
         headers = [*ctx.ticket.headers, ("Content-Type", "application/json")]
         return Ticket(answer=Answer(200, headers, usage_document(decision)))
 
-    return stage
+    return repeatable(stage)

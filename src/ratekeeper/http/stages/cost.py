@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from ratekeeper.http.flow import Context, Kit, Stage, Ticket
+from ratekeeper.http.flow import Context, Kit, Stage, Ticket, repeatable
 
 __all__ = ["cost"]
 
@@ -45,4 +45,4 @@ def cost(kit: Kit) -> Stage | None:
         ctx.cost = int(raw)
         return None
 
-    return stage
+    return repeatable(stage)

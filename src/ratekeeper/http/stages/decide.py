@@ -12,7 +12,7 @@ import logging
 
 from ratekeeper.decision import Decision
 from ratekeeper.http.compiled import CompiledRule, Pairs
-from ratekeeper.http.flow import Context, Kit, Stage, StageFlow, Ticket, charge
+from ratekeeper.http.flow import Context, Kit, Stage, StageFlow, Ticket, charge, repeatable
 from ratekeeper.http.headers import retry_after_headers, retry_after_s
 from ratekeeper.stores.fail_mode import FailMode
 from ratekeeper.stores.fallback import DegradedDecision
@@ -60,7 +60,8 @@ def shadow(kit: Kit) -> Stage | None:
             )
         return None
 
-    return stage
+    # Repeatable for requests with nothing to shadow only (no such refusal is kept).
+    return repeatable(stage)
 
 
 def decide(kit: Kit) -> Stage:
@@ -68,7 +69,7 @@ def decide(kit: Kit) -> Stage:
     over-limit cache knows to be over its limit is refused without asking the store (while the
     store is healthy: when it is down, its fail mode decides as for any other request)."""
     metrics, answers = kit.metrics, kit.answers
-    over_limit, fallback, clock = kit.over_limit, kit.fallback, kit.clock
+    over_limit, fallback, clock, refused = kit.over_limit, kit.fallback, kit.clock, kit.refused
 
     def stage(ctx: Context) -> Ticket | StageFlow | None:
         enforced = ctx.enforced
@@ -85,6 +86,8 @@ def decide(kit: Kit) -> Stage:
                 ctx.decision = known
                 ticket = answers.rejected(known)
                 metrics.count(rule.name, ticket.reason, "rejected")
+                if ctx.remember and refused is not None:
+                    refused(ctx, items, cost)
                 return ticket
         return flow(ctx, rule, items, cost)
 
@@ -107,9 +110,12 @@ def decide(kit: Kit) -> Stage:
         if not decision.allowed:
             ticket = answers.rejected(decision)
             metrics.count(rule.name, ticket.reason, "rejected")
+            if ctx.remember and refused is not None:
+                refused(ctx, items, cost)
             return ticket
         ctx.ticket.headers += answers.headers(decision, rule.headers_limit)
         metrics.count(rule.name, decision.binding.limit_set, "allowed")
         return None
 
-    return stage
+    # Its refusals are repeated from the over-limit cache, which it reads each time.
+    return repeatable(stage)

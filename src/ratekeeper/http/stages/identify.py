@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ratekeeper.http.flow import PASS, Context, Kit, Stage, Ticket
+from ratekeeper.http.flow import PASS, Context, Kit, Stage, Ticket, repeatable
 
 __all__ = ["identify", "user_agent"]
 
@@ -56,7 +56,7 @@ def user_agent(kit: Kit) -> Stage | None:
             return None
         return answers.error(403, "user_agent_required", message)
 
-    return stage
+    return repeatable(stage)
 
 
 def identify(kit: Kit) -> Stage:
@@ -96,7 +96,11 @@ def identify(kit: Kit) -> Stage:
         ctx.caller = ctx.ticket.caller = caller
         return None
 
-    return stage
+    identifier = plan.identifier
+    # Hooks may answer otherwise next time (and their answers expire): not repeatable then.
+    if identifier.function or identifier.account_hook or identifier.plan_hook:
+        return stage
+    return repeatable(stage)
 
 
 def in_networks(ip: str, networks: Sequence[Any]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from ratekeeper.http.flow import Context, Kit, Stage, Ticket
+from ratekeeper.http.flow import Context, Kit, Stage, Ticket, repeatable
 
 __all__ = ["InFlightGauge", "in_flight"]
 
@@ -63,4 +63,5 @@ def in_flight(kit: Kit) -> Stage | None:
         ctx.ticket.held = tuple(name for name, _ in rule.in_flight)
         return None
 
-    return stage
+    # Repeatable for rules without in-flight limits only (no refusal holding slots is kept).
+    return repeatable(stage)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from ratekeeper.http.bodies import seconds_words
-from ratekeeper.http.flow import Context, Kit, Stage, StageFactory, Ticket
+from ratekeeper.http.flow import Context, Kit, Stage, StageFactory, Ticket, repeatable
 from ratekeeper.http.identity import Caller, account_key, hash_secret
 from ratekeeper.http.stages.answer import Answers
 from ratekeeper.stores.registry import Registry
@@ -45,7 +45,9 @@ def blocks(registry: Registry, clock: Callable[[], float] = time.time) -> StageF
             metrics.count(ctx.matched.name, "blocked", "refused")
             return _blocked(answers, block, clock())
 
-        return stage
+        # A block only ends by the clock once it holds: a request it let through before is let
+        # through again until the registry's view changes.
+        return repeatable(stage, lambda: registry.view)
 
     return make
 
@@ -118,7 +120,7 @@ def key_registry(registry: Registry | None = None) -> StageFactory:
             ctx.caller = ctx.ticket.caller = by_address(caller, source)
             return None
 
-        return stage
+        return repeatable(stage, lambda: live.view)
 
     return make
 

@@ -12,7 +12,17 @@ from collections.abc import Generator
 from ratekeeper.decision import Decision
 from ratekeeper.http.bodies import seconds_words
 from ratekeeper.http.compiled import CompiledLockout, CompiledPolicy
-from ratekeeper.http.flow import Context, Kit, Op, Stage, StageFlow, Ticket, charge, peek
+from ratekeeper.http.flow import (
+    Context,
+    Kit,
+    Op,
+    Stage,
+    StageFlow,
+    Ticket,
+    charge,
+    peek,
+    repeatable,
+)
 from ratekeeper.http.identity import Caller, RequestView
 from ratekeeper.http.stages.decide import counted
 
@@ -72,7 +82,9 @@ def lockout(kit: Kit) -> Stage | None:
             )
         return None
 
-    return stage
+    # Repeatable for requests its lockout does not watch only (the enforcer keeps no refusal
+    # that carries a lockout key).
+    return repeatable(stage)
 
 
 def count_failure(

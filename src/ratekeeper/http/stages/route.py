@@ -6,7 +6,7 @@ exempt rule lets the request through unlimited and unidentified.
 
 from __future__ import annotations
 
-from ratekeeper.http.flow import PASS, Context, Kit, Stage, Ticket
+from ratekeeper.http.flow import PASS, Context, Kit, Stage, Ticket, repeatable
 
 __all__ = ["route"]
 
@@ -25,4 +25,4 @@ def route(kit: Kit) -> Stage:
         ctx.enforced, ctx.shadow = rule.enforced, rule.shadow
         return PASS if rule.exempt else None
 
-    return stage
+    return repeatable(stage)

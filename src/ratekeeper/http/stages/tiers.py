@@ -3,7 +3,7 @@ stage chose)."""
 
 from __future__ import annotations
 
-from ratekeeper.http.flow import Context, Kit, Stage, Ticket
+from ratekeeper.http.flow import Context, Kit, Stage, Ticket, repeatable
 
 __all__ = ["tiers"]
 
@@ -20,4 +20,4 @@ def tiers(kit: Kit) -> Stage | None:
             ctx.enforced, ctx.shadow = rule.tiers.get(plan, (ctx.enforced, ctx.shadow))
         return None
 
-    return stage
+    return repeatable(stage)
