@@ -656,3 +656,15 @@ def test_a_charge_of_a_known_key_is_one_statement(tmp_path: Path) -> None:
         assert store.decide(((limits, "k"),), 1, now + i).remaining == 98 - i
     assert [s.split()[0] for s in statements] == ["UPDATE"] * 5
     store.close()
+
+
+def test_a_new_keys_first_charge_tries_no_update_before_its_insert(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "rk.db")
+    limits = LimitSet("api", "5/minute")
+    now = 1_700_000_000.0
+    assert store.decide(((limits, "warm"),), 1, now).allowed  # charging: the next is likely to
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    assert store.decide(((limits, "new"),), 1, now).remaining == 4
+    assert [s.split()[0] for s in statements] == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
+    store.close()

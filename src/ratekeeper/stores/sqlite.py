@@ -221,17 +221,20 @@ class SQLiteStore:
             cursor = self._cursor or self._connection()
             hashes = self._hashes
             params: list[str | bytearray] = []
+            # A key not seen lately most likely has no row: no UPDATE is tried for it first.
+            new = False
             for limit_set, key in items:
                 digest = hashes.get(key)
                 if digest is None:
                     if len(hashes) >= _HASHES_CACHED:
                         hashes.clear()
                     digest = hashes[key] = bytearray(_hash_key(key))
+                    new = True
                 params += (limit_set.id, digest)
             wait = None
             while True:
                 try:
-                    return self._decide_once(cursor, items, params, cost, now, peek)
+                    return self._decide_once(cursor, items, params, cost, now, peek, new)
                 except sqlite3.Error as exc:
                     wait = wait or BusyWait(self.busy_timeout_s)
                     if not wait.waited(exc):
@@ -245,6 +248,7 @@ class SQLiteStore:
         cost: int,
         now: float,
         peek: bool,
+        new: bool,
     ) -> Decision:
         """One attempt at a decision (see the module docstring); sqlite3 errors propagate."""
         # A due sweep deletes rows: that decision takes the write lock from the start.
@@ -258,8 +262,7 @@ class SQLiteStore:
             if (peek or guess[0] is None) and self._unchanged(cursor):
                 self._charging = False
                 return guess[1]
-        # A decision that will likely charge takes the write lock from the start: under other
-        # processes' writes, a read would often fail to upgrade and start over.
+        # A decision that will likely charge skips the read: it reads under the write lock.
         likely = self._charging if guess is None else guess[0] is not None
         if not sweep and (peek or not likely):
             known = self._read(cursor, items, params)
@@ -267,7 +270,8 @@ class SQLiteStore:
             if peek or guess[0] is None:
                 self._charging = False
                 return guess[1]
-        if not sweep and len(items) == 1 and (known is None or known[0] is not None):
+        has_row = not new if known is None else known[0] is not None
+        if not sweep and len(items) == 1 and has_row:
             decision = self._charge_in_place(cursor, items, params, cost, now, known, guess)
             if decision is not None:
                 return decision
