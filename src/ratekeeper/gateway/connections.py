@@ -268,8 +268,6 @@ class _Guard:
         waiting = self in self._book.waiting
         if waiting:
             self._head_bytes += len(data)
-            if self._timer is None:
-                self._arm()
         before = self.cycle
         super().data_received(data)  # type: ignore[misc]
         if not waiting:
@@ -281,6 +279,10 @@ class _Guard:
         elif self._head_bytes > self._limits.max_header_bytes and not self.transport.is_closing():
             self.transport.write(_TOO_LARGE_ANSWER)
             self._shed("head_too_large")
+        elif self._timer is None and self in self._book.waiting:
+            # Armed at the first byte of a head that did not come whole: one that did (most
+            # do, in one packet) costs no timer.
+            self._arm()
 
     def on_response_complete(self) -> None:
         before = self.cycle

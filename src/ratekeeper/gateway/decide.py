@@ -86,8 +86,9 @@ _DESCRIBED_MAX = 4096
 # distinct large headers can take: about 4096 x 2 kB).
 _DESCRIBED_BYTES = 1024
 # Refusals answered again as they were (the over-limit cache's): id -> (answer, deny status,
-# status, headers, body), the answer kept alive so that its id is not reused meanwhile.
-_SENT: dict[int, tuple[Answer, int | None, int, list[tuple[bytes, bytes]], bytes]] = {}
+# the two messages), the answer kept alive so that its id is not reused meanwhile. The messages
+# are sent as they are (servers read them, as the report's answer shows).
+_SENT: dict[int, tuple[Answer, int | None, dict[str, Any], dict[str, Any]]] = {}
 _SENT_MAX = 512
 _NO_CONTENT: tuple[dict[str, Any], dict[str, Any]] = (
     {"type": "http.response.start", "status": 204, "headers": []},
@@ -265,9 +266,8 @@ async def decide(
         return
     sent = _SENT.get(id(answer))
     if sent is not None and sent[0] is answer and sent[1] == deny_as:
-        _, _, status, out, body = sent
-        await send({"type": "http.response.start", "status": status, "headers": list(out)})
-        await send({"type": "http.response.body", "body": body})
+        await send(sent[2])
+        await send(sent[3])
         return
     status = answer.status
     out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
@@ -284,9 +284,11 @@ async def decide(
     out.append((b"content-length", str(len(body)).encode()))
     if len(_SENT) >= _SENT_MAX:
         _SENT.clear()
-    _SENT[id(answer)] = (answer, deny_as, status, out, body)
-    await send({"type": "http.response.start", "status": status, "headers": list(out)})
-    await send({"type": "http.response.body", "body": body})
+    start = {"type": "http.response.start", "status": status, "headers": out}
+    end = {"type": "http.response.body", "body": body}
+    _SENT[id(answer)] = (answer, deny_as, start, end)
+    await send(start)
+    await send(end)
 
 
 async def report(

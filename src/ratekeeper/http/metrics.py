@@ -9,6 +9,7 @@ and, read from the enforcer's :class:`~ratekeeper.stores.fallback.FallbackStore`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -56,8 +57,7 @@ class Metrics:
         key = (rule, zone, outcome)
         inc = self._children.get(key)
         if inc is None:
-            # The child's bound inc, looked up once per label set.
-            inc = self._children[key] = self._requests.labels(rule, zone, outcome).inc
+            inc = self._children[key] = _incrementer(self._requests.labels(rule, zone, outcome))
         inc()
 
     def store_latency(self, seconds: float) -> None:
@@ -82,6 +82,17 @@ class Metrics:
         if self.registry is None:
             return b""
         return bytes(prometheus_client.generate_latest(self.registry))
+
+
+def _incrementer(child: Any) -> Callable[[], None]:
+    """A call adding 1 to a counter's child, looked up once per label set: its value's own
+    ``inc`` where prometheus-client keeps one (``Counter.inc`` adds only checks of the amount
+    and exemplar to it, per call), else the child's ``inc``."""
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    if callable(inc):
+        return functools.partial(inc, 1)
+    return child.inc  # type: ignore[no-any-return]
 
 
 class _StoreCollector:
