@@ -28,12 +28,18 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now (cluster bus: port + 10000)."""
+    """A TCP port on 127.0.0.1 that nobody listens on right now, nor on its cluster bus port
+    (port + 10000)."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port: int = sock.getsockname()[1]
         if port < 55000 and port != 6379:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
             return port
 
 
@@ -74,6 +80,9 @@ class RedisServer:
         tls_dir: Path | None = None,
     ):
         self.directory = directory
+        # A port chosen here may be taken before the server binds it (tests run in parallel
+        # processes): the first start then retries on another.
+        self._may_move = port is None
         self.port = port or free_port()
         self.args = args
         self.tls_dir = tls_dir
@@ -97,6 +106,14 @@ class RedisServer:
         ]
 
     def start(self) -> None:
+        for _ in range(4 if self._may_move else 1):
+            if self._start():
+                self._may_move = False  # a restart keeps the port
+                return
+            self.port = free_port()
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def _start(self) -> bool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
@@ -121,16 +138,20 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                client.ping()
+                if client.info("server")["process_id"] != self.process.pid:
+                    self.kill()  # another test's server holds the port
+                    return False
                 break
             except (redis.ResponseError, redis.AuthenticationError):
                 break  # it answers (e.g. NOAUTH with --requirepass): it is up
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                    self.kill()
+                    return False
                 time.sleep(0.02)
             finally:
                 client.close()
+        return True
 
     def kill(self) -> None:
         """Stop at once, like a crash (SIGKILL): nothing is saved on the way out."""
