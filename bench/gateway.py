@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -99,27 +100,45 @@ def role_upstream(port: int) -> None:
     _uvicorn(app, port)
 
 
+_CONSTANT_BODY = (
+    b'{"error":{"code":"rate_limit_exceeded","message":"Rate limit exceeded. Please retry '
+    b'after 3600 seconds.","type":"rate_limit_error","retryAfter":3600}}'
+)
+_CONSTANT_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"x-ratelimit-limit", b"1"),
+    (b"x-ratelimit-remaining", b"0"),
+    (b"x-ratelimit-reset", b"1800000000"),
+    (b"retry-after", b"3600"),
+]
+
+
+async def constant_app(scope: Any, receive: Any, send: Any) -> None:
+    """A constant 429, the same size as ratekeeper's refusal (module-level: workers import it)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 429, "headers": _CONSTANT_HEADERS})
+    await send({"type": "http.response.body", "body": _CONSTANT_BODY})
+
+
 def role_constant(port: int) -> None:
     """A bare uvicorn app answering a constant 429, the same size as ratekeeper's refusal."""
-    body = (
-        b'{"error":{"code":"rate_limit_exceeded","message":"Rate limit exceeded. Please retry '
-        b'after 3600 seconds.","type":"rate_limit_error","retryAfter":3600}}'
+    _uvicorn(constant_app, port)
+
+
+def role_constant2(port: int) -> None:
+    """The constant 429 app on uvicorn with 2 worker processes (the workers ratio's floor)."""
+    import uvicorn
+
+    uvicorn.run(
+        "gateway:constant_app",
+        app_dir=str(Path(__file__).parent),
+        host="127.0.0.1",
+        port=port,
+        workers=2,
+        log_level="warning",
+        access_log=False,
     )
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"x-ratelimit-limit", b"1"),
-        (b"x-ratelimit-remaining", b"0"),
-        (b"x-ratelimit-reset", b"1800000000"),
-        (b"retry-after", b"3600"),
-    ]
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    _uvicorn(app, port)
 
 
 def role_naive_httpx(port: int, upstream: str) -> None:
@@ -182,6 +201,7 @@ def role_naive_aiohttp(port: int, upstream: str) -> None:
 ROLES = {
     "upstream": role_upstream,
     "constant": role_constant,
+    "constant2": role_constant2,
     "naive-httpx": role_naive_httpx,
     "naive-aiohttp": role_naive_aiohttp,
 }
@@ -209,11 +229,33 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, what: str) -> No
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
+# Server URL -> its process id, so that each row can say how much CPU each side took.
+PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children, now (Linux /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 @contextmanager
 def process(args: list[str], port: int, what: str, cwd: Path) -> Iterator[str]:
     proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port, proc, what)
+        PIDS[f"http://127.0.0.1:{port}"] = proc.pid
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -282,18 +324,30 @@ server {{
         yield f"http://127.0.0.1:{with_decide}", f"http://127.0.0.1:{with_limit_req}"
 
 
-def wrk(url: str, seconds: int, connections: int, headers: tuple[str, ...] = ()) -> float:
-    """Requests per second over ``seconds``, after a 1-second warm-up."""
+def wrk(
+    url: str,
+    seconds: int,
+    connections: int,
+    headers: tuple[str, ...] = (),
+    watch: tuple[int, ...] = (),
+) -> tuple[float, float, list[float]]:
+    """Requests per second over ``seconds`` (after a 1-second warm-up), the cores wrk took, and
+    the cores each process of ``watch`` (with its children) took meanwhile."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", f"X-API-Key: {KEY}"]
     for header in headers:
         args += ["-H", header]
     args.append(url)
     subprocess.run([*args[:3], "-d1s", *args[4:]], capture_output=True, check=True)  # warm up
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    served = [cpu_seconds(pid) for pid in watch]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    served = [(cpu_seconds(pid) - was) / seconds for pid, was in zip(watch, served, strict=True)]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if match is None:
         raise RuntimeError(f"cannot read wrk's output: {out}")
-    return float(match[1])
+    used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return float(match[1]), used / seconds, served
 
 
 def main() -> int:
@@ -316,12 +370,26 @@ def main() -> int:
         return 2
     seconds = 1 if args.quick else args.seconds
     use_nginx = not args.no_nginx and (shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
-    rows: list[tuple[str, str, float]] = []
+    rows: list[tuple[str, str, float, str]] = []
+    names: dict[str, str] = {}
 
-    def measure(group: str, label: str, url: str, headers: tuple[str, ...] = ()) -> float:
-        rate = wrk(url, seconds, args.connections, headers)
-        rows.append((group, label, rate))
-        print(f"  {label:<52} {rate:>9.0f} req/s", file=sys.stderr, flush=True)
+    def measure(
+        group: str,
+        label: str,
+        url: str,
+        headers: tuple[str, ...] = (),
+        also: tuple[str, ...] = (),
+    ) -> float:
+        """One row; ``also``: the servers behind the one asked, whose CPU is shown too."""
+        bases = [re.sub(r"^(http://[^/]+).*", r"\1", u) for u in (url, *also)]
+        servers = list(dict.fromkeys(PIDS[b] for b in bases if b in PIDS))
+        rate, by_wrk, cores = wrk(url, seconds, args.connections, headers, tuple(servers))
+        who = {pid: names.get(base, "server") for base, pid in PIDS.items()}
+        pairs = zip(servers, cores, strict=True)
+        shares = ", ".join(f"{who[pid]} {used:.2f}" for pid, used in pairs)
+        cpu = f"wrk {by_wrk:.2f}" + (f", {shares}" if shares else "")
+        rows.append((group, label, rate, cpu))
+        print(f"  {label:<52} {rate:>9.0f} req/s  cores: {cpu}", file=sys.stderr, flush=True)
         return rate
 
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -336,6 +404,9 @@ def main() -> int:
         naive_httpx = stack.enter_context(role("naive-httpx", cwd, upstream))
         naive_aiohttp = stack.enter_context(role("naive-aiohttp", cwd, upstream))
         constant = stack.enter_context(role("constant", cwd))
+        constant2 = stack.enter_context(role("constant2", cwd))
+        names.update({upstream: "upstream", gateway: "ratekeeper", two_workers: "ratekeeper"})
+        names.update({one_worker: "ratekeeper", constant: "app", constant2: "app"})
         print(f"measuring (wrk -t1 -c{args.connections}, {seconds}s per row)", file=sys.stderr)
         direct = measure("proxy", "upstream direct (bare uvicorn, constant JSON)", upstream + "/t")
         proxied = measure("proxy", "ratekeeper serve --upstream (allowed, SQLite)", gateway + "/t")
@@ -359,6 +430,13 @@ def main() -> int:
         two = measure(
             "workers", "ratekeeper serve --workers 2, SQLite, rejected", two_workers + "/reject"
         )
+        bare2 = measure("workers", "bare constant 429 app, uvicorn --workers 2", constant2 + "/t")
+        measure(
+            "reject",
+            "ratekeeper decision endpoint alone, allowed",
+            gateway + "/_ratekeeper/decide",
+            ("X-Original-URI: /t", "X-Original-Method: GET", "X-Ratekeeper-Deny-Status: 403"),
+        )
         ratios = [
             ("ratekeeper proxy / naive httpx proxy", proxied / naive, "target >= 4x"),
             ("ratekeeper proxy / upstream direct", proxied / direct, ""),
@@ -369,22 +447,30 @@ def main() -> int:
                 "target >= 0.6",
             ),
             ("serve --workers 2 / 1 worker, rejected (shared SQLite)", two / one, "target >= 1.7"),
+            ("floor: constant app 2 workers / 1 worker (same run)", bare2 / bare, "ceiling"),
         ]
         if use_nginx:
             with_decide, with_limit_req = stack.enter_context(nginx(cwd, gateway, upstream))
+            PIDS[with_decide] = PIDS[with_limit_req]
+            names.update({with_decide: "nginx", with_limit_req: "nginx"})
+            behind = (gateway, upstream)
             limit_req = measure("nginx", "nginx limit_req, rejected", with_limit_req + "/reject")
             decided = measure(
-                "nginx", "nginx + ratekeeper decide, rejected", with_decide + "/reject"
+                "nginx", "nginx + ratekeeper decide, rejected", with_decide + "/reject", (), behind
             )
-            plain = measure("nginx", "nginx -> upstream, no limiter", with_limit_req + "/t")
-            allowed = measure("nginx", "nginx + ratekeeper decide -> upstream", with_decide + "/t")
+            plain = measure(
+                "nginx", "nginx -> upstream, no limiter", with_limit_req + "/t", (), behind
+            )
+            allowed = measure(
+                "nginx", "nginx + ratekeeper decide -> upstream", with_decide + "/t", (), behind
+            )
             ratios += [
                 ("nginx+decide rejected / nginx limit_req", decided / limit_req, ""),
                 ("nginx+decide allowed / nginx alone", allowed / plain, "target >= 0.5"),
             ]
-    print("\n| row | req/s |\n|---|---:|")
-    for _, label, rate in rows:
-        print(f"| {label} | {rate:,.0f} |")
+    print("\n| row | req/s | cores used (wrk, servers) |\n|---|---:|---|")
+    for _, label, rate, cpu in rows:
+        print(f"| {label} | {rate:,.0f} | {cpu} |")
     print("\n| ratio | value | |\n|---|---:|---|")
     for label, value, note in ratios:
         print(f"| {label} | {value:.2f} | {note} |")
