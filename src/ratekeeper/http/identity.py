@@ -246,6 +246,13 @@ class Identifier:
         self._account_cache = TTLCache(account_ttl_s, clock)
         self._plan_cache = TTLCache(plan_ttl_s, clock)
         self._ip_cache: dict[tuple[str | None, str | None], str] = {}
+        # Callers repeat: without hooks (whose answers may change) a caller is made once per
+        # address, key and (where a scope reads it) User-Agent, and kept (bounded).
+        self._reads_agent = "ip_ua" in self.scopes or source == "ip_ua"
+        hooked = function or account_hook or plan_hook
+        self._callers: dict[tuple[str, str | None, str | None], Caller | None] | None = (
+            None if hooked else {}
+        )
         # X-Forwarded-For is read even without trusted proxies, to warn about servers that
         # rewrite the peer address from it.
         wanted = {"user-agent", "x-forwarded-for"} | set(key_headers)
@@ -340,8 +347,22 @@ class Identifier:
     def identify(self, view: RequestView) -> Caller | None:
         """The caller, or ``None`` when the policy requires an API key and there is none."""
         ip = self._ip(view)
-        scopes = self.scopes
         api_key = self.api_key(view.headers) if self.key_headers else None
+        callers = self._callers
+        if callers is None:
+            return self._identify(view, ip, api_key)
+        agent = view.headers.get("user-agent", "") if self._reads_agent else None
+        probe = (ip, api_key, agent)
+        found = callers.get(probe, _MISSING)
+        if found is _MISSING:
+            found = self._identify(view, ip, api_key)
+            if len(callers) >= 65_536:
+                callers.clear()
+            callers[probe] = found
+        return found  # type: ignore[no-any-return]
+
+    def _identify(self, view: RequestView, ip: str, api_key: str | None) -> Caller | None:
+        scopes = self.scopes
         keys: dict[str, str] = {}
         ip_key = "ip:" + ip
         if "ip" in scopes:
