@@ -545,11 +545,14 @@ def test_processes_opening_one_new_file_together_all_succeed(tmp_path: Path) -> 
 _ONE_KEY_WORKER = """
 import json, sys, time
 from ratekeeper import Limit, Limiter, LimitSet, SQLiteStore, StoreError
-path, start_at = sys.argv[1], float(sys.argv[2])
+path = sys.argv[1]
 limits = LimitSet("one", [Limit.parse("400/hour", "first_hit_window"), Limit.parse("10000/day")])
 # No over-limit cache: every refusal is the store's own, read under contention.
 limiter = Limiter(SQLiteStore(path), over_limit_cache_s=0)
-time.sleep(max(0.0, start_at - time.time()))
+# Imports under load can take seconds: both start charging only when the test says go.
+print("ready", flush=True)
+sys.stdin.readline()
+start_at = time.time()
 admitted = attempts = 0
 errors = []
 while time.time() < start_at + 1.5:
@@ -566,10 +569,10 @@ def test_two_processes_charging_one_key_admit_exactly_its_limit(tmp_path: Path) 
     # One item per decision (the common one-statement write), both processes on one row.
     path = tmp_path / "shared.db"
     SQLiteStore(path).close()
-    start_at = time.time() + 1.0
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _ONE_KEY_WORKER, str(path), str(start_at)],
+            [sys.executable, "-c", _ONE_KEY_WORKER, str(path)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -577,6 +580,12 @@ def test_two_processes_charging_one_key_admit_exactly_its_limit(tmp_path: Path) 
         )
         for _ in range(2)
     ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)
