@@ -115,6 +115,7 @@ def run(base: str, transport: AsyncRateLimitTransport) -> float:
 # N requests at AMOUNT per aligned second, starting as a window opens: the last window opens
 # this long after the start.
 MINIMUM_S = math.ceil(N / AMOUNT) - 1.0
+LAST_BURST_S = 0.3
 
 
 def test_policy_known_from_the_gateways_file_zero_429(gateway: tuple[str, Path]) -> None:
@@ -125,7 +126,8 @@ def test_policy_known_from_the_gateways_file_zero_429(gateway: tuple[str, Path])
     )
     elapsed = run(base, transport)
     assert counting.statuses == {200: N}
-    assert elapsed <= MINIMUM_S * 1.05
+    # The last window's own GETs take time on a loaded box; a whole extra window (1 s) may not.
+    assert elapsed <= MINIMUM_S * 1.05 + LAST_BURST_S
 
 
 def test_policy_unknown_learns_from_the_gateways_headers(gateway: tuple[str, Path]) -> None:
