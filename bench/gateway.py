@@ -12,8 +12,13 @@ every Python one runs on uvicorn with uvloop + httptools when installed, as ``se
 - ratekeeper's decision endpoint asked directly (refusing, as nginx asks it).
 - ``ratekeeper serve --workers 2`` refusing, beside the one worker above: on the same shared
   store (SQLite by default), how the refusal path scales across the two cores.
+- the constant 429 app on uvicorn with 2 workers: the same run's ceiling for the workers ratio
+  (wrk and the workers share the 2 cores).
 - nginx limit_req (rejecting), nginx + ratekeeper's decision endpoint (rejecting), and both
   allowing and forwarding to the upstream, with nginx as the proxy (``examples/nginx``).
+
+Every row also shows the cores (CPU seconds per second) that wrk and each server took, read
+from /proc: what share of the machine the floor rows leave to ratekeeper.
 
 Each target of issue 17 is a ratio of two rows of the same run, printed below the table with its
 floor: the decision endpoint refusing / the constant 429 app (>= 0.6), nginx + the decision
@@ -409,7 +414,10 @@ def main() -> int:
         names.update({one_worker: "ratekeeper", constant: "app", constant2: "app"})
         print(f"measuring (wrk -t1 -c{args.connections}, {seconds}s per row)", file=sys.stderr)
         direct = measure("proxy", "upstream direct (bare uvicorn, constant JSON)", upstream + "/t")
-        proxied = measure("proxy", "ratekeeper serve --upstream (allowed, SQLite)", gateway + "/t")
+        store = "memory" if args.store.startswith("memory") else "SQLite"
+        proxied = measure(
+            "proxy", f"ratekeeper serve --upstream (allowed, {store})", gateway + "/t"
+        )
         naive = measure("proxy", "naive Starlette + httpx.AsyncClient proxy", naive_httpx + "/t")
         measure("proxy", "naive Starlette + aiohttp proxy", naive_aiohttp + "/t")
         bare = measure("reject", "bare uvicorn app answering a constant 429", constant + "/t")
