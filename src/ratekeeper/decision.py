@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ratekeeper.algorithms import Step
-    from ratekeeper.limit import Limit, LimitSet
+    from ratekeeper.limit import Limit, LimitSet, StepsOf
 
-__all__ = ["Decision", "LimitState"]
+__all__ = ["ChargedDecision", "Decision", "LimitState"]
 
 
 class LimitState(NamedTuple):
@@ -143,3 +143,40 @@ class Decision:
             f"<Decision {verdict}; binding {b.limit_set}/{b.limit.name} {b.limit.rate} "
             f"remaining={b.remaining} reset_at={b.reset_at:.3f}>"
         )
+
+
+class ChargedDecision(Decision):
+    """An allowed decision of one limit set whose steps are built from the charged state when
+    first read (the memory store's fixed windows: most requests never read them)."""
+
+    __slots__ = ("_state", "_steps_of")
+
+    def __init__(
+        self,
+        now: float,
+        items: Sequence[tuple[LimitSet, str]],
+        steps_of: StepsOf,
+        state: tuple[float, ...],
+    ) -> None:
+        self.allowed = True
+        self.retry_after_s = 0.0
+        self.now = now
+        self._items = items
+        self._steps_of = steps_of
+        self._state = state
+        self._states = None
+        self._binding = None
+
+    @property
+    def states(self) -> tuple[LimitState, ...]:
+        """Every limit's state, in the order of the limit sets and their limits."""
+        if self._states is None:
+            self._results = self._steps_of(self._state)
+        return super().states
+
+    @property
+    def binding(self) -> LimitState:
+        """The limit that decided: see :class:`Decision`."""
+        if self._binding is None:
+            self._results = self._steps_of(self._state)
+        return super().binding

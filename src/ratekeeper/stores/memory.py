@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.core import EntryState, decide, refusal
-from ratekeeper.decision import Decision
+from ratekeeper.decision import ChargedDecision, Decision
 from ratekeeper.errors import LimitConfigError, StoreURLError
 from ratekeeper.limit import STATE_WIDTHS, LimitSet
 
@@ -154,13 +154,15 @@ class MemoryStore:
                 flat = None if table is None else table.entries.get(key)
                 results, new_flat = limit_set.decide_flat(flat, now, cost)
                 if new_flat is None:
-                    return refusal(items, results, now)
+                    return refusal(items, results, now)  # type: ignore[arg-type]
                 if not peek:
                     if table is None or flat is None:
                         self._insert_flat(limit_set, key, new_flat, now)
                     else:
                         table.entries[key] = new_flat
-                return Decision(True, 0.0, now, items, results)
+                if type(results) is list:
+                    return Decision(True, 0.0, now, items, results)
+                return ChargedDecision(now, items, results, new_flat)  # type: ignore[arg-type]
             states: list[EntryState | None] = []
             for limit_set, key in items:
                 table = tables.get(limit_set.id)
