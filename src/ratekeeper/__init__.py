@@ -16,7 +16,7 @@ from ratekeeper._version import __version__ as __version__
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.clock import Clock, ManualClock, system_clock
 from ratekeeper.core import decide
-from ratekeeper.decision import Decision, LimitState
+from ratekeeper.decision import ChargedDecision, Decision, LimitState
 from ratekeeper.errors import (
     ClientConfigError,
     GatewayConfigError,
@@ -127,6 +127,7 @@ __all__ = [
     "AsyncLimiter",
     "AsyncRateLimitTransport",
     "AsyncStore",
+    "ChargedDecision",
     "ClientConfigError",
     "Clock",
     "CompiledPolicy",
