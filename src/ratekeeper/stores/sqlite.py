@@ -35,7 +35,6 @@ follow SQLAlchemy's spelling: ``sqlite:///relative/file.db``, ``sqlite:////absol
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import os
 import sqlite3
@@ -57,13 +56,12 @@ from ratekeeper.stores.sqlite_file import (
     store_error,
     switch_to_wal,
 )
-from ratekeeper.stores.sqlite_rows import RowCodec
+from ratekeeper.stores.sqlite_rows import RowCodec, hash_key, select_rows
 
 __all__ = ["SQLiteStore"]
 
 _SWEEP_SLICE = 500
 
-_SELECT_ONE = "SELECT {}, state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
 _UPSERT = "INSERT OR REPLACE INTO ratekeeper_state VALUES (?, ?, ?, ?)"
 _DELETE = "DELETE FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
 # A charge of one item in one statement: SQLite takes the write lock, reads the row and calls
@@ -92,22 +90,6 @@ _MAX_PAUSE = 1024
 # "How To Corrupt", 2.6): the child drops its stores' connections here and opens its own.
 _OPEN_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
-
-
-def _hash_key(key: str) -> bytes:
-    return hashlib.blake2b(key.encode(), digest_size=16, person=b"ratekeeper.key").digest()
-
-
-# One statement reads every item's row (tagged with the item's index): a single statement is
-# cheaper than one per item, and its rows come from one snapshot.
-_SELECTS: dict[int, str] = {}
-
-
-def _select(size: int) -> str:
-    sql = _SELECTS.get(size)
-    if sql is None:
-        sql = _SELECTS[size] = " UNION ALL ".join(_SELECT_ONE.format(i) for i in range(size))
-    return sql
 
 
 class _Refused(Exception):
@@ -228,7 +210,7 @@ class SQLiteStore:
                 if digest is None:
                     if len(hashes) >= _HASHES_CACHED:
                         hashes.clear()
-                    digest = hashes[key] = bytearray(_hash_key(key))
+                    digest = hashes[key] = bytearray(hash_key(key))
                     new = True
                 params += (limit_set.id, digest)
             wait = None
@@ -285,22 +267,32 @@ class SQLiteStore:
     ) -> list[EntryState | None]:
         """Every item's row, read by one statement (one snapshot, no lock), into the row
         cache."""
-        version = None
-        if self._version is None:
-            if self._pause:
-                self._pause -= 1
-            else:
-                # Read before the rows, so never newer than they are: a commit in between
-                # only makes the cache look stale.
-                version = cursor.execute(_DATA_VERSION).fetchone()[0]
-        entries: list[EntryState | None] = [None] * len(items)
-        for index, blob in cursor.execute(_select(len(items)), params):
-            entries[index] = self._decode(blob, items[index][0])
+        version, entries = self._read_rows(cursor, items, params)
         if version is not None:
             self._version = version
         if self._version is not None:
             self._remember(items, entries)
         return entries
+
+    def _read_rows(
+        self,
+        cursor: sqlite3.Cursor,
+        items: Sequence[tuple[LimitSet, str]],
+        params: list[str | bytearray],
+    ) -> tuple[int | None, list[EntryState | None]]:
+        """Every item's row by one statement, and the file's data version when the row cache
+        is to be refreshed: read first, so never newer than the rows (a commit in between only
+        makes the cache look stale)."""
+        version = None
+        if self._version is None:
+            if self._pause:
+                self._pause -= 1
+            else:
+                version = cursor.execute(_DATA_VERSION).fetchone()[0]
+        entries: list[EntryState | None] = [None] * len(items)
+        for index, blob in cursor.execute(select_rows(len(items)), params):
+            entries[index] = self._decode(blob, items[index][0])
+        return version, entries
 
     def _charge_in_place(
         self,
@@ -370,7 +362,7 @@ class SQLiteStore:
 
     def reset(self, items: Sequence[tuple[LimitSet, str]]) -> None:
         """Forget the state of these keys."""
-        rows = [(limit_set.id, bytearray(_hash_key(key))) for limit_set, key in items]
+        rows = [(limit_set.id, bytearray(hash_key(key))) for limit_set, key in items]
         with self._lock:
             cursor = self._connection()
             wait = BusyWait(self.busy_timeout_s)
@@ -495,16 +487,7 @@ class SQLiteStore:
             if now >= self._next_purge:
                 self._forget()
                 self._purge(cursor, now)
-            version = None
-            if self._version is None:
-                if self._pause:
-                    self._pause -= 1
-                else:
-                    # Read in this transaction: the version of the snapshot the rows come from.
-                    version = cursor.execute(_DATA_VERSION).fetchone()[0]
-            entries: list[EntryState | None] = [None] * len(items)
-            for index, blob in cursor.execute(_select(len(items)), params):
-                entries[index] = self._decode(blob, items[index][0])
+            version, entries = self._read_rows(cursor, items, params)
             if guess is not None and entries == known:
                 new_entries, decision = guess
             else:

@@ -6,13 +6,33 @@ as little-endian doubles.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import struct
 
 from ratekeeper.core import EntryState
 from ratekeeper.limit import STATE_WIDTHS, LimitSet
 
-__all__ = ["RowCodec"]
+__all__ = ["RowCodec", "hash_key", "select_rows"]
+
+_SELECT_ONE = "SELECT {}, state FROM ratekeeper_state WHERE limit_set = ? AND key_hash = ?"
+# One statement reads every item's row (tagged with the item's index): a single statement is
+# cheaper than one per item, and its rows come from one snapshot.
+_SELECTS: dict[int, str] = {}
+
+
+def hash_key(key: str) -> bytes:
+    """The row's key: a digest, so that API keys are never stored."""
+    return hashlib.blake2b(key.encode(), digest_size=16, person=b"ratekeeper.key").digest()
+
+
+def select_rows(size: int) -> str:
+    """The statement that reads ``size`` items' rows, each tagged with its index."""
+    sql = _SELECTS.get(size)
+    if sql is None:
+        sql = _SELECTS[size] = " UNION ALL ".join(_SELECT_ONE.format(i) for i in range(size))
+    return sql
+
 
 # Values are bound as bytearrays: the sqlite3 module binds
 # those directly, while every bytes value first goes through its adapter lookup, which raises
