@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 from ratekeeper.gateway.paths import PATH_REFUSAL, normal_path
 from ratekeeper.gateway.proxy import error_answer
-from ratekeeper.http.asgi import Send
+from ratekeeper.http.asgi_scope import Descriptions, Send
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.flow import Answer
 from ratekeeper.http.identity import RequestView
@@ -72,19 +72,6 @@ _ORIGINAL = {
 }
 _ORIGINAL_BYTES = {name.encode(): slot for name, slot in _ORIGINAL.items()}
 _WANTED_BYTES: dict[frozenset[str], frozenset[bytes]] = {}
-# Decision requests repeat: what a request describes (the view and the deny status) is kept by
-# the values it is made of, per set of wanted headers (a new policy may want others).
-_DESCRIBED: dict[
-    frozenset[str],
-    tuple[
-        tuple[bytes, ...],
-        dict[tuple[Any, ...], tuple[RequestView | tuple[str, str], int | None, bool]],
-    ],
-] = {}
-_DESCRIBED_MAX = 4096
-# Requests whose described values are longer are not kept (bounds the memory a flood of
-# distinct large headers can take: about 4096 x 2 kB).
-_DESCRIBED_BYTES = 1024
 # Refusals answered again as they were (the over-limit cache's): id -> (answer, deny status,
 # the two messages), the answer kept alive so that its id is not reused meanwhile. The messages
 # are sent as they are (servers read them, as the report's answer shows).
@@ -177,46 +164,16 @@ def _view(
     return view, found
 
 
-def _described(
+def _description(
     scope: MutableMapping[str, Any], wanted: frozenset[str] | None
-) -> tuple[RequestView | tuple[str, str], int | None, bool]:
-    """``_view`` and the deny status asked for, kept for requests that describe the same (and
-    whether they are: the same view object then comes back for each of them).
+) -> tuple[RequestView | tuple[str, str], int | None]:
+    """``_view`` and the deny status asked for."""
+    view, found = _view(scope, wanted)
+    return view, _status(found[4], 400)
 
-    Kept only when every header name is lower-case and none repeats (what uvicorn sends): the
-    values of the named headers are then all that ``_view`` reads of them.
-    """
-    headers = scope["headers"]
-    table = dict(headers)
-    if wanted is None or len(table) != len(headers) or not b"".join(table).islower():
-        view, found = _view(scope, wanted)
-        return view, _status(found[4], 400), False
-    memo = _DESCRIBED.get(wanted)
-    if memo is None:
-        if len(_DESCRIBED) >= 8:
-            _DESCRIBED.clear()
-        names = (*_ORIGINAL_BYTES, *sorted(n.encode("latin-1") for n in wanted))
-        memo = _DESCRIBED[wanted] = (names, {})
-    names, known = memo
-    client = scope.get("client")
-    key = (
-        scope["method"],
-        scope["path"],
-        scope.get("raw_path"),
-        scope.get("query_string"),
-        client[0] if client else None,
-        *map(table.get, names),
-    )
-    described = known.get(key)
-    if described is None:
-        view, found = _view(scope, wanted)
-        kept = sum(len(v) for v in key[5:] if v is not None) <= _DESCRIBED_BYTES
-        described = (view, _status(found[4], 400), kept)
-        if kept:
-            if len(known) >= _DESCRIBED_MAX:
-                known.clear()
-            known[key] = described
-    return described
+
+# Decision requests repeat: what a request describes is kept by the values it is made of.
+_described = Descriptions(_description, also=_ORIGINAL_BYTES)
 
 
 def _differ(first: str | None, second: str | None, key: Any = str) -> bool:
@@ -241,7 +198,7 @@ async def decide(
     wanted: frozenset[str] | None,
 ) -> None:
     """Answer one decision request (see the module docstring)."""
-    view, deny_as, kept = _described(scope, wanted)
+    (view, deny_as), kept = _described(scope, wanted)
     if not isinstance(view, RequestView):
         await _refuse(send, view, deny_as)
         return

@@ -22,6 +22,7 @@ from pathlib import Path
 from ratekeeper.clock import Clock, system_clock
 from ratekeeper.http.asgi_scope import (
     ASGIApp,
+    Descriptions,
     Message,
     Receive,
     Scope,
@@ -78,16 +79,21 @@ class RateLimitMiddleware:
             )
         self._wanted = enforcer.header_names
         self._warned = False
+        # Requests repeat (a client retrying while refused): one view per distinct request, so
+        # that a refusal whose key the over-limit cache still knows is answered again at once.
+        self._described = Descriptions(view_from_scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         enforcer = self.enforcer
-        view = view_from_scope(scope, self._wanted)
+        view, kept = self._described(scope, self._wanted)
         if not self._warned and "x-forwarded-for" in view.headers:
             self._check_rewritten(view)
-        ticket = await enforcer.admit_async(view)
+        ticket = enforcer.repeated(view) if kept else None
+        if ticket is None:
+            ticket = await enforcer.admit_async(view, remember=kept)
         answer = ticket.answer
         if answer is not None:
             await send_answer(send, answer)

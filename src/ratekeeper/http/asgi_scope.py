@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Generic, TypeVar
 
 from ratekeeper.http.flow import Answer
 from ratekeeper.http.identity import RequestView
 
-__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "send_answer", "view_from_scope"]
+__all__ = [
+    "ASGIApp",
+    "Descriptions",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "send_answer",
+    "view_from_scope",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+T = TypeVar("T")
 
 
 # The wanted header names as bytes, per set of names (a policy has one): ASGI servers send
@@ -55,6 +65,63 @@ def view_from_scope(scope: Scope, wanted: frozenset[str] | None) -> RequestView:
         client[0] if client else None,
         query.decode("latin-1") if query else "",
     )
+
+
+class Descriptions(Generic[T]):
+    """What ``make(scope, wanted)`` describes of a request, kept by the values it is made of:
+    requests that repeat (a client retrying, a proxy asking again) get the same object back,
+    with ``True`` (kept), so that the enforcer can know them again (``Enforcer.repeated``).
+
+    The values are the method, path, raw path, query, client address and those of the headers
+    ``make`` reads (``wanted`` and ``also``), kept per set of wanted names (a new policy may want
+    others). Kept only when every header name is lower-case and none repeats (what uvicorn
+    sends): the values of the named headers are then all that ``make`` reads of them.
+    """
+
+    # Entries per set of wanted names, and the most values a kept request may carry: a flood
+    # of distinct large headers takes about 4096 x 2 kB at most.
+    MAX = 4096
+    MAX_BYTES = 1024
+
+    def __init__(
+        self, make: Callable[[Scope, frozenset[str] | None], T], also: Iterable[bytes] = ()
+    ) -> None:
+        self._make = make
+        self._also = tuple(also)
+        self._known: dict[frozenset[str], tuple[tuple[bytes, ...], dict[tuple[Any, ...], T]]] = {}
+
+    def __call__(self, scope: Scope, wanted: frozenset[str] | None) -> tuple[T, bool]:
+        """The description of ``scope``, and whether it is kept (the same object each time)."""
+        headers = scope["headers"]
+        table = dict(headers)
+        if wanted is None or len(table) != len(headers) or not b"".join(table).islower():
+            return self._make(scope, wanted), False
+        memo = self._known.get(wanted)
+        if memo is None:
+            if len(self._known) >= 8:
+                self._known.clear()
+            names = (*self._also, *sorted(n.encode("latin-1") for n in wanted))
+            memo = self._known[wanted] = (names, {})
+        names, known = memo
+        client = scope.get("client")
+        key = (
+            scope["method"],
+            scope["path"],
+            scope.get("raw_path"),
+            scope.get("query_string"),
+            client[0] if client else None,
+            *map(table.get, names),
+        )
+        described = known.get(key)
+        if described is not None:
+            return described, True
+        described = self._make(scope, wanted)
+        if sum(len(v) for v in key[5:] if v is not None) > self.MAX_BYTES:
+            return described, False
+        if len(known) >= self.MAX:
+            known.clear()
+        known[key] = described
+        return described, True
 
 
 # Answers sent again as they were (the over-limit cache's refusals): id -> (answer, headers),
