@@ -89,6 +89,17 @@ _TWICE = (
 )
 
 
+# The names of the headers an allowed decision passes on, encoded once (None: not passed on).
+_PASSED: dict[str, bytes | None] = {}
+
+
+def _passed(name: str) -> bytes | None:
+    encoded = None if name.lower() in ("content-type", "content-length") else name.encode("latin-1")
+    if len(_PASSED) < 256:
+        _PASSED[name] = encoded
+    return encoded
+
+
 def _wanted_bytes(wanted: frozenset[str] | None) -> frozenset[bytes] | None:
     if wanted is None:
         return None
@@ -212,11 +223,14 @@ async def decide(
     answer = ticket.answer
     if answer is None or answer.status < 300:
         headers = ticket.headers if answer is None else answer.headers
-        out = [
-            (n.encode("latin-1"), v.encode("latin-1"))
-            for n, v in headers
-            if n.lower() not in ("content-type", "content-length")
-        ]
+        names = _PASSED
+        out = []
+        for n, v in headers:
+            name = names.get(n, b"")
+            if name == b"":
+                name = _passed(n)
+            if name is not None:
+                out.append((name, v.encode("latin-1")))
         out.append((b"content-length", b"0"))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": b""})

@@ -232,17 +232,15 @@ class Enforcer:
 
     def _admit(
         self, view: RequestView, rule: CompiledRule | None, remember: bool = False
-    ) -> Generator[Op, Decision, Ticket]:
+    ) -> tuple[Context, Generator[Op, Decision, Ticket]]:
         ctx = Context(view, rule)
         if remember:
             ctx.remember = True
-        flow = admission(self._stages, ctx, self.gauge.leave)
-        return self._observed(ctx, flow) if self._observers else flow
+        return ctx, admission(self._stages, ctx, self.gauge.leave)
 
-    def _observed(
-        self, ctx: Context, flow: Generator[Op, Decision, Ticket]
-    ) -> Generator[Op, Decision, Ticket]:
-        ticket = yield from flow
+    def _observe(self, ctx: Context, ticket: Ticket) -> Ticket:
+        # Called after the flow is driven, not from a generator wrapped around it: every
+        # request then passes one frame less on its way through.
         for observer in self._observers:
             try:
                 observer(ctx, ticket)
@@ -295,11 +293,7 @@ class Enforcer:
         self.metrics.count(rule.name, ticket.reason, "rejected")
         if self._observers:
             ctx.decision = known
-            for observer in self._observers:
-                try:
-                    observer(ctx, ticket)
-                except Exception:
-                    log.warning("admission observer %r failed", observer, exc_info=True)
+            self._observe(ctx, ticket)
         return ticket
 
     def _report(self, view: RequestView, status: int) -> After:
@@ -340,7 +334,9 @@ class Enforcer:
 
     def admit(self, view: RequestView, rule: CompiledRule | None = None) -> Ticket:
         """Run admission synchronously (WSGI); ``rule`` replaces route matching."""
-        return drive(self._admit(view, rule), self._run)
+        ctx, flow = self._admit(view, rule)
+        ticket = drive(flow, self._run)
+        return self._observe(ctx, ticket) if self._observers else ticket
 
     async def admit_async(
         self, view: RequestView, rule: CompiledRule | None = None, *, remember: bool = False
@@ -348,9 +344,12 @@ class Enforcer:
         """Run admission on the event loop (ASGI); ``rule`` replaces route matching;
         ``remember``: keep a refusal of ``view`` for :meth:`repeated` (a caller that gives
         the same view object for the same request again)."""
+        ctx, flow = self._admit(view, rule, remember)
         if self._on_loop:
-            return drive(self._admit(view, rule, remember), self._run)
-        return await drive_async(self._admit(view, rule, remember), self._run_async)
+            ticket = drive(flow, self._run)
+        else:
+            ticket = await drive_async(flow, self._run_async)
+        return self._observe(ctx, ticket) if self._observers else ticket
 
     def complete(self, ticket: Ticket, status: int) -> None:
         """After the app answered: release in-flight slots, count failed authentications."""
