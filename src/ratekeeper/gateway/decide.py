@@ -184,7 +184,7 @@ def _description(
 
 
 # Decision requests repeat: what a request describes is kept by the values it is made of.
-_described = Descriptions(_description, also=_ORIGINAL_BYTES)
+_described = Descriptions(_description, also=_ORIGINAL_BYTES).describe
 
 
 def _differ(first: str | None, second: str | None, key: Any = str) -> bool:

@@ -81,7 +81,7 @@ class RateLimitMiddleware:
         self._warned = False
         # Requests repeat (a client retrying while refused): one view per distinct request, so
         # that a refusal whose key the over-limit cache still knows is answered again at once.
-        self._described = Descriptions(view_from_scope)
+        self._described = Descriptions(view_from_scope).describe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

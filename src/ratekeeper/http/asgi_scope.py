@@ -88,9 +88,12 @@ class Descriptions(Generic[T]):
     ) -> None:
         self._make = make
         self._also = tuple(also)
-        self._known: dict[frozenset[str], tuple[tuple[bytes, ...], dict[tuple[Any, ...], T]]] = {}
+        # Per set of wanted names: the header names read, and the kept (description, True).
+        self._known: dict[
+            frozenset[str], tuple[tuple[bytes, ...], dict[tuple[Any, ...], tuple[T, bool]]]
+        ] = {}
 
-    def __call__(self, scope: Scope, wanted: frozenset[str] | None) -> tuple[T, bool]:
+    def describe(self, scope: Scope, wanted: frozenset[str] | None) -> tuple[T, bool]:
         """The description of ``scope``, and whether it is kept (the same object each time)."""
         headers = scope["headers"]
         table = dict(headers)
@@ -112,16 +115,16 @@ class Descriptions(Generic[T]):
             client[0] if client else None,
             *map(table.get, names),
         )
-        described = known.get(key)
-        if described is not None:
-            return described, True
+        found = known.get(key)
+        if found is not None:
+            return found
         described = self._make(scope, wanted)
         if sum(len(v) for v in key[5:] if v is not None) > self.MAX_BYTES:
             return described, False
         if len(known) >= self.MAX:
             known.clear()
-        known[key] = described
-        return described, True
+        found = known[key] = (described, True)
+        return found
 
 
 # Answers sent again as they were (the over-limit cache's refusals): id -> (answer, headers),

@@ -293,7 +293,11 @@ class Enforcer:
         self.metrics.count(rule.name, ticket.reason, "rejected")
         if self._observers:
             ctx.decision = known
-            self._observe(ctx, ticket)
+            for observer in self._observers:
+                try:
+                    observer(ctx, ticket)
+                except Exception:
+                    log.warning("admission observer %r failed", observer, exc_info=True)
         return ticket
 
     def _report(self, view: RequestView, status: int) -> After:
