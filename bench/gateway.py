@@ -131,6 +131,27 @@ def role_constant(port: int) -> None:
     _uvicorn(constant_app, port)
 
 
+_ALLOW_HEADERS = [
+    (b"x-ratelimit-limit", b"1000000000"),
+    (b"x-ratelimit-remaining", b"999999999"),
+    (b"x-ratelimit-reset", b"1800000000"),
+    (b"content-length", b"0"),
+]
+
+
+def role_allow(port: int) -> None:
+    """A bare uvicorn app that allows every decision (200, the headers /decide sends): behind
+    nginx, the ceiling of any Python decision endpoint on this machine."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _ALLOW_HEADERS})
+        await send({"type": "http.response.body", "body": b""})
+
+    _uvicorn(app, port)
+
+
 def role_constant2(port: int) -> None:
     """The constant 429 app on uvicorn with 2 worker processes (the workers ratio's floor)."""
     import uvicorn
@@ -207,6 +228,7 @@ ROLES = {
     "upstream": role_upstream,
     "constant": role_constant,
     "constant2": role_constant2,
+    "allow": role_allow,
     "naive-httpx": role_naive_httpx,
     "naive-aiohttp": role_naive_aiohttp,
 }
@@ -472,9 +494,23 @@ def main() -> int:
             allowed = measure(
                 "nginx", "nginx + ratekeeper decide -> upstream", with_decide + "/t", (), behind
             )
+            allow = stack.enter_context(role("allow", cwd))
+            (cwd / "floor").mkdir()
+            with_allow, other = stack.enter_context(nginx(cwd / "floor", allow, upstream))
+            PIDS[with_allow] = PIDS[other]
+            names.update({with_allow: "nginx", allow: "app"})
+            floor = measure(
+                "nginx",
+                "nginx + constant-200 decision app -> upstream",
+                with_allow + "/t",
+                (),
+                (allow, upstream),
+            )
             ratios += [
                 ("nginx+decide rejected / nginx limit_req", decided / limit_req, ""),
                 ("nginx+decide allowed / nginx alone", allowed / plain, "target >= 0.5"),
+                ("floor: nginx+constant-200 app / nginx alone", floor / plain, "ceiling"),
+                ("nginx+decide allowed / nginx+constant-200 app", allowed / floor, ""),
             ]
     print("\n| row | req/s | cores used (wrk, servers) |\n|---|---:|---|")
     for _, label, rate, cpu in rows:
