@@ -16,6 +16,8 @@ every Python one runs on uvicorn with uvloop + httptools when installed, as ``se
   (wrk and the workers share the 2 cores).
 - nginx limit_req (rejecting), nginx + ratekeeper's decision endpoint (rejecting), and both
   allowing and forwarding to the upstream, with nginx as the proxy (``examples/nginx``).
+- nginx + a bare uvicorn app that allows every decision -> upstream: the same run's ceiling
+  for any Python decision endpoint behind nginx (the nginx allowed ratio's floor).
 
 Every row also shows the cores (CPU seconds per second) that wrk and each server took, read
 from /proc: what share of the machine the floor rows leave to ratekeeper.
