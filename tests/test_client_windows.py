@@ -6,8 +6,11 @@ import email.utils
 
 import pytest
 
-from ratekeeper.client.hints import Quota
+from ratekeeper.client import HostPolicy
+from ratekeeper.client.hints import Hints, Quota
+from ratekeeper.client.pacing import HostPlan
 from ratekeeper.client.skew import SkewEstimate
+from ratekeeper.client.state import HostState
 from ratekeeper.client.windows import WindowPacer
 
 T0 = 1_700_000_000.0  # a multiple of 2: aligned windows of 1 s and 2 s start here
@@ -138,3 +141,47 @@ def test_skew_acted_on_only_when_rounding_cannot_explain_it() -> None:
     # The server's clock jumped back: only the newest answers describe it.
     assert ahead.observe(http_date(int(T0 + 10)), T0 + 10) == 0.0
     assert ahead.observe("not a date", T0 + 10) == 0.0
+
+
+def _window(state: HostState, first_sent: float, first_answer: float, reset_at: float) -> float:
+    """Ten requests of a learned 10-per-period window, the first answered slowly; returns
+    when the last answer came."""
+    now = first_answer
+    for remaining in range(9, -1, -1):
+        sent = first_sent if remaining == 9 else now
+        assert state.wait_s(sent) == 0.0
+        quota = Quota(
+            name="x",
+            limit=10,
+            remaining=remaining,
+            reset_in_s=reset_at - now,
+            reset_rounding_s=1.0,
+            reset_epoch=True,
+        )
+        state.on_answer(state.on_send(sent), now, 200, Hints(quotas=(quota,)), sent_at=sent)
+        now += 0.003
+    return now
+
+
+def test_a_slow_first_answer_probes_the_shorter_period_first() -> None:
+    """A first answer 0.8 s late leaves a 1 s and a 2 s period possible behind a reset rounded
+    up to whole seconds: the shorter is probed (it was believed from the send, a whole period
+    lost); a refusal rules it out for the next window without believing every later reset."""
+    state = HostState(HostPlan.build("api.test", HostPolicy()))
+    # The server counted the first request at T0 + 0.7: true reset T0 + 1.7, written T0 + 2.
+    now = _window(state, T0, T0 + 0.8, T0 + 2.0)
+    probe_at = T0 + 0.8 + 1.0 + state.plan.policy.margin_s
+    assert now + state.wait_s(now) - T0 == pytest.approx(probe_at - T0)
+    # The probe is refused (the server's window was 2 s after all).
+    state.wait_s(probe_at)
+    seq = state.on_send(probe_at)
+    refused = Quota(name="x", limit=10, remaining=0, reset_in_s=0.2, reset_epoch=True)
+    state.on_answer(seq, probe_at + 0.003, 429, Hints(quotas=(refused,)), sent_at=probe_at)
+    assert state.period_s is None
+    # The next window, again with a slow first answer: the 1 s guess is not tried again, and
+    # its reset (written 3 s after the first send) is not simply believed either: the 2 s
+    # guess is probed before it.
+    start = T0 + 2.1
+    now = _window(state, start, start + 0.8, start + 3.0)
+    expected = start + 0.8 + 2.0 + state.plan.policy.margin_s
+    assert now + state.wait_s(now) - T0 == pytest.approx(expected - T0)

@@ -121,6 +121,10 @@ class HostState:
         self._probe_sent = 0
         self._probe_refused = False
         self._guessed_period: float | None = None
+        # A guess taken from a slow first answer may be a period short: its refusal rules it
+        # out (the next guess is longer) rather than making every later reset believed.
+        self._shortest_period = 1
+        self._short_guess = False
         self._rounded = False
         # The reset of the window last warned about (warn once per window at most).
         self._warned_reset: float | None = None
@@ -224,12 +228,15 @@ class HostState:
             return reset_at
         period = self.period_s
         if period is None:
-            # Late by up to a second: rounded up, or "1 +" a precise reset. Guessed from the
-            # first send (an answer slow to come back must not shorten the guess), probed
-            # from the first answer (the server's window began before it).
+            # Late by up to a second: rounded up, or "1 +" a precise reset. The server's
+            # window began between the first send and its answer: when a slow answer leaves
+            # two periods possible, the shorter is probed first (a refusal, the one a window
+            # may have, rules it out), from the first answer (the window began before it).
             late = 0.0 if self._rounded else 0.5
-            period = math.floor(reset_at - self._window_sent - late)
-            self._guessed_period = period
+            longest = math.floor(reset_at - self._window_sent - late)
+            period = max(math.floor(reset_at - start - late), self._shortest_period)
+            self._short_guess = period < longest
+            self._guessed_period = period = min(period, longest)
             if period < 1:
                 return reset_at
         at = start + period + self.plan.policy.margin_s
@@ -426,7 +433,9 @@ class HostState:
     def _probed(self, failed: bool, now: float) -> None:
         """The answer to the first send of a window refilled before its written reset."""
         self._probe_sent = 0
-        if failed:
+        if failed and self._short_guess and self._guessed_period is not None:
+            self._shortest_period = int(self._guessed_period) + 1
+        elif failed:
             self._probe_refused = True
         elif self.period_s is None:
             self.period_s = self._guessed_period
