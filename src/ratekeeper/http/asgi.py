@@ -30,13 +30,12 @@ from ratekeeper.http.asgi_scope import (
     send_answer,
     view_from_scope,
 )
-from ratekeeper.http.cache import TICKET, ResponseStore, caches
+from ratekeeper.http.cache import TICKET, ResponseStore
 from ratekeeper.http.cache_asgi import ResponseCacheMiddleware
-from ratekeeper.http.cache_shared import response_cache_beside
+from ratekeeper.http.cache_shared import middleware_enforcer
 from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.identity import RequestView
-from ratekeeper.http.workers import warn_if_split
 from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
 
@@ -67,13 +66,12 @@ class RateLimitMiddleware:
         response_cache: ResponseStore | None = None,
     ) -> None:
         self.app = app
-        self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
-        warn_if_split(enforcer.store, enforcer.plan.policy.source)
+        self.enforcer, cache = middleware_enforcer(
+            policy, store=store, clock=clock, response_cache=response_cache
+        )
+        enforcer = self.enforcer
         self._inner: ASGIApp = app
-        if caches(enforcer.plan):
-            cache = response_cache or response_cache_beside(
-                enforcer.store, enforcer.store_url or "", enforcer.plan, enforcer.clock
-            )
+        if cache is not None:
             self._inner = ResponseCacheMiddleware(
                 app, enforcer.plan, cache=cache, clock=enforcer.clock
             )

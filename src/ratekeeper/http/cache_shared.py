@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from ratekeeper.clock import Clock
 from ratekeeper.errors import StoreError
-from ratekeeper.http.cache import CachedResponse, ResponseCache, ResponseStore
+from ratekeeper.http.cache import CachedResponse, ResponseCache, ResponseStore, caches
 from ratekeeper.http.compiled import CompiledPolicy
+from ratekeeper.http.engine import Enforcer
+from ratekeeper.http.workers import warn_if_split
+from ratekeeper.policy.schema import Policy
 from ratekeeper.stores.base import AsyncStore, Store
 from ratekeeper.stores.expiring import ExpiringValues, RedisValues, SQLiteValues
 
-__all__ = ["SharedResponseCache", "response_cache_beside"]
+__all__ = ["SharedResponseCache", "middleware_enforcer", "response_cache_beside"]
 
 log = logging.getLogger("ratekeeper.http")
 
@@ -124,3 +128,21 @@ def response_cache_beside(
     if url.split("://", 1)[0].lower().startswith(("redis", "valkey")):
         return SharedResponseCache(RedisValues(url), max_body_bytes=max_body, clock=clock)
     return ResponseCache.for_plan(plan, clock)
+
+
+def middleware_enforcer(
+    policy: Enforcer | CompiledPolicy | Policy | str | Path,
+    *,
+    store: Store | AsyncStore | str | None,
+    clock: Clock,
+    response_cache: ResponseStore | None,
+) -> tuple[Enforcer, ResponseStore | None]:
+    """What a middleware (ASGI or WSGI) runs ``policy`` with: its enforcer (a warning when the
+    store would split the limits across workers), and its response cache when a rule caches."""
+    enforcer = Enforcer.of(policy, store=store, clock=clock)
+    warn_if_split(enforcer.store, enforcer.plan.policy.source)
+    if not caches(enforcer.plan):
+        return enforcer, None
+    url = enforcer.store_url or ""
+    cache = response_cache or response_cache_beside(enforcer.store, url, enforcer.plan, clock)
+    return enforcer, cache

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ratekeeper.clock import Clock, system_clock
-from ratekeeper.http.cache import TICKET, ResponseStore, caches
-from ratekeeper.http.cache_shared import response_cache_beside
+from ratekeeper.http.cache import TICKET, ResponseStore
+from ratekeeper.http.cache_shared import middleware_enforcer
 from ratekeeper.http.cache_wsgi import ResponseCacheWSGIMiddleware
 from ratekeeper.http.compiled import CompiledPolicy
 from ratekeeper.http.engine import Enforcer, Ticket
-from ratekeeper.http.workers import warn_if_split
 from ratekeeper.http.wsgi_environ import (
     Environ,
     StartResponse,
@@ -74,13 +73,12 @@ class RateLimitWSGIMiddleware:
         response_cache: ResponseStore | None = None,
     ) -> None:
         self.app = app
-        self.enforcer = enforcer = Enforcer.of(policy, store=store, clock=clock)
-        warn_if_split(enforcer.store, enforcer.plan.policy.source)
+        self.enforcer, cache = middleware_enforcer(
+            policy, store=store, clock=clock, response_cache=response_cache
+        )
+        enforcer = self.enforcer
         self._inner: WSGIApp = app
-        if caches(enforcer.plan):
-            cache = response_cache or response_cache_beside(
-                enforcer.store, enforcer.store_url or "", enforcer.plan, enforcer.clock
-            )
+        if cache is not None:
             self._inner = ResponseCacheWSGIMiddleware(
                 app, enforcer.plan, cache=cache, clock=enforcer.clock
             )
