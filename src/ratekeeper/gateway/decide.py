@@ -56,7 +56,7 @@ from ratekeeper.http.engine import Enforcer
 from ratekeeper.http.flow import Answer
 from ratekeeper.http.identity import RequestView
 
-__all__ = ["DECIDE_PATH", "REPORT_PATH", "decide", "report"]
+__all__ = ["DECIDE_PATH", "REPORT_PATH", "Verdict", "decide", "report", "report_verdict", "verdict"]
 
 DECIDE_PATH = "/_ratekeeper/decide"
 REPORT_PATH = "/_ratekeeper/report"
@@ -72,15 +72,16 @@ _ORIGINAL = {
 }
 _ORIGINAL_BYTES = {name.encode(): slot for name, slot in _ORIGINAL.items()}
 _WANTED_BYTES: dict[frozenset[str], frozenset[bytes]] = {}
+# What a decision request is answered: status, headers (its length among them) and body, the
+# same for every front end (the ASGI endpoint here, the lean listener of ``decide_listener``).
+Verdict = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
 # Refusals answered again as they were (the over-limit cache's): id -> (answer, deny status,
-# the two messages), the answer kept alive so that its id is not reused meanwhile. The messages
-# are sent as they are (servers read them, as the report's answer shows).
-_SENT: dict[int, tuple[Answer, int | None, dict[str, Any], dict[str, Any]]] = {}
+# the verdict), the answer kept alive so that its id is not reused meanwhile; the verdict is the
+# same object each time, so that a front end can keep its encoding (servers only read it).
+_SENT: dict[int, tuple[Answer, int | None, Verdict]] = {}
 _SENT_MAX = 512
-_NO_CONTENT: tuple[dict[str, Any], dict[str, Any]] = (
-    {"type": "http.response.start", "status": 204, "headers": []},
-    {"type": "http.response.body", "body": b""},
-)
 _PRINTABLE = bytes(range(0x20, 0x7F))
 _TWICE = (
     "ambiguous_request",
@@ -191,28 +192,25 @@ def _differ(first: str | None, second: str | None, key: Any = str) -> bool:
     return first is not None and second is not None and key(first) != key(second)
 
 
-async def _refuse(send: Send, refusal: tuple[str, str], deny_as: int | None) -> None:
+def _refusal(refusal: tuple[str, str], deny_as: int | None) -> Verdict:
     headers, body = error_answer(400, *refusal)
     status = 400
     if deny_as is not None:
         headers += [(b"x-ratekeeper-status", b"400"), (b"x-ratekeeper-body", body)]
         headers = [(n, b"0" if n == b"content-length" else v) for n, v in headers]
         status, body = deny_as, b""
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return status, headers, body
 
 
-async def decide(
-    enforcer: Enforcer,
-    scope: MutableMapping[str, Any],
-    send: Send,
-    wanted: frozenset[str] | None,
-) -> None:
-    """Answer one decision request (see the module docstring)."""
+async def verdict(
+    enforcer: Enforcer, scope: MutableMapping[str, Any], wanted: frozenset[str] | None
+) -> Verdict:
+    """What one decision request is answered (see the module docstring). ``scope`` is the
+    request as ASGI describes it (header names lower-case). With an enforcer that decides on
+    the event loop (``Enforcer.decides_on_loop``) the coroutine never suspends."""
     (view, deny_as), kept = _described(scope, wanted)
     if not isinstance(view, RequestView):
-        await _refuse(send, view, deny_as)
-        return
+        return _refusal(view, deny_as)
     # A request seen before whose key is still over its limit: refused again at once.
     ticket = enforcer.repeated(view) if kept else None
     if ticket is None:
@@ -232,14 +230,10 @@ async def decide(
             if name is not None:
                 out.append((name, v.encode("latin-1")))
         out.append((b"content-length", b"0"))
-        await send({"type": "http.response.start", "status": 200, "headers": out})
-        await send({"type": "http.response.body", "body": b""})
-        return
+        return 200, out, b""
     sent = _SENT.get(id(answer))
     if sent is not None and sent[0] is answer and sent[1] == deny_as:
-        await send(sent[2])
-        await send(sent[3])
-        return
+        return sent[2]
     status = answer.status
     out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
     body = answer.body
@@ -255,11 +249,42 @@ async def decide(
     out.append((b"content-length", str(len(body)).encode()))
     if len(_SENT) >= _SENT_MAX:
         _SENT.clear()
-    start = {"type": "http.response.start", "status": status, "headers": out}
-    end = {"type": "http.response.body", "body": body}
-    _SENT[id(answer)] = (answer, deny_as, start, end)
-    await send(start)
-    await send(end)
+    found = _SENT[id(answer)] = (answer, deny_as, (status, out, body))
+    return found[2]
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def decide(
+    enforcer: Enforcer,
+    scope: MutableMapping[str, Any],
+    send: Send,
+    wanted: frozenset[str] | None,
+) -> None:
+    """Answer one decision request on ASGI (see the module docstring)."""
+    status, headers, body = await verdict(enforcer, scope, wanted)
+    await _send(send, status, headers, body)
+
+
+async def report_verdict(
+    enforcer: Enforcer, scope: MutableMapping[str, Any], wanted: frozenset[str] | None
+) -> Verdict:
+    """Count a finished answer's status against the policy's lockout: 204, or 400 when
+    ``X-Original-Status`` is missing (see the module docstring)."""
+    view, found = _view(scope, wanted)
+    status = _status(found[5], 100)
+    if status is None:
+        body = b"X-Original-Status: expected the status of the answer, 100 to 599, such as 401\n"
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        return 400, headers, body
+    # A refusal of ratekeeper's own (X-Ratekeeper-Status set) never reached the API: as in serve
+    # mode, it is not an answer that counts; nor does a path the decision refused.
+    if isinstance(view, RequestView) and not found[6]:
+        await enforcer.report_async(view, status)
+    return 204, [], b""
 
 
 async def report(
@@ -268,20 +293,6 @@ async def report(
     send: Send,
     wanted: frozenset[str] | None,
 ) -> None:
-    """Count a finished answer's status against the policy's lockout; answers 204, or 400 when
-    ``X-Original-Status`` is missing (see the module docstring)."""
-    view, found = _view(scope, wanted)
-    status = _status(found[5], 100)
-    if status is None:
-        body = b"X-Original-Status: expected the status of the answer, 100 to 599, such as 401\n"
-        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 400, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return
-    # A refusal of ratekeeper's own (X-Ratekeeper-Status set) never reached the API: as in serve
-    # mode, it is not an answer that counts; nor does a path the decision refused.
-    if isinstance(view, RequestView) and not found[6]:
-        await enforcer.report_async(view, status)
-    start, end = _NO_CONTENT
-    await send(start)
-    await send(end)
+    """``report_verdict`` answered on ASGI."""
+    status, headers, body = await report_verdict(enforcer, scope, wanted)
+    await _send(send, status, headers, body)

@@ -224,6 +224,12 @@ class Enforcer:
             self._remember,
         )
 
+    @property
+    def decides_on_loop(self) -> bool:
+        """Whether ``admit_async``, ``complete_async`` and ``report_async`` finish without
+        suspending (the store answers in microseconds on the event loop: memory, SQLite)."""
+        return self._on_loop
+
     def in_flight(self, name: str) -> int:
         """Requests currently inside the app under the in-flight limit ``name``."""
         return self.gauge.count(name)
