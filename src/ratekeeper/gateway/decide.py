@@ -95,7 +95,9 @@ _PASSED: dict[str, bytes | None] = {}
 
 
 def _passed(name: str) -> bytes | None:
-    encoded = None if name.lower() in ("content-type", "content-length") else name.encode("latin-1")
+    # Lower-case, as uvicorn sends them: every front end's answer is then the same bytes.
+    lowered = name.lower()
+    encoded = None if lowered in ("content-type", "content-length") else lowered.encode("latin-1")
     if len(_PASSED) < 256:
         _PASSED[name] = encoded
     return encoded
@@ -235,7 +237,7 @@ async def verdict(
     if sent is not None and sent[0] is answer and sent[1] == deny_as:
         return sent[2]
     status = answer.status
-    out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
+    out = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
     body = answer.body
     if deny_as is not None:
         out.append((b"x-ratekeeper-status", str(status).encode()))

@@ -37,6 +37,7 @@ from ratekeeper.gateway.admin.origin import SameOrigin
 from ratekeeper.gateway.admin.page import live_page
 from ratekeeper.gateway.app import ENVIRONMENT_VARIABLE, Gateway, ServeSettings
 from ratekeeper.gateway.app import app_from_environment as gateway_from_environment
+from ratekeeper.gateway.decide_listener import DecideListener, listener_from_environment
 from ratekeeper.gateway.logs import AccessLog
 from ratekeeper.gateway.reload import PolicyChannel, PolicyFollower, PolicyReloader
 from ratekeeper.http.asgi import ASGIApp, Receive, Scope, Send
@@ -153,6 +154,8 @@ class OperatedGateway:
         )
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        # ``--decide-listen``'s listener and socket: served from the lifespan's start to its end.
+        self.decide_listener: tuple[DecideListener, socket.socket] | None = None
 
     def __repr__(self) -> str:
         return f"<OperatedGateway {self.gateway!r} admin={self.settings.admin}>"
@@ -188,7 +191,13 @@ class OperatedGateway:
         # the store when uvicorn shuts down (atexit does not run when a worker ends by SIGTERM).
         async def wrapped() -> Any:
             message = await receive()
-            if message.get("type") == "lifespan.shutdown":
+            kind = message.get("type")
+            lean = self.decide_listener
+            if kind == "lifespan.startup" and lean is not None:
+                await lean[0].start(lean[1])
+            elif kind == "lifespan.shutdown":
+                if lean is not None:
+                    await lean[0].stop()
                 self.stop()
             return message
 
@@ -306,6 +315,7 @@ def app_from_environment() -> OperatedGateway:
     text = os.environ.get(OPERATOR_VARIABLE)
     operator = OperatorSettings.from_json(text) if text else OperatorSettings()
     app = OperatedGateway(gateway, settings, operator, token=os.environ.get(TOKEN_VARIABLE) or None)
+    app.decide_listener = listener_from_environment(gateway.enforcer)
     app.start()
     atexit.register(app.stop)
     return app

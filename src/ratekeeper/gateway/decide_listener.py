@@ -1,0 +1,597 @@
+"""A lean listener for proxies' decision requests (``serve --decide-listen``).
+
+Behind nginx every allowed request costs a decision besides the upstream's answer, and a decision
+served through uvicorn + ASGI costs as much as the upstream itself (bench/gateway.py's ceiling
+row). This listener answers ``/_ratekeeper/decide`` (and ``/decide/...``, ``/report``) on its
+own TCP or Unix socket with an ``asyncio.Protocol`` and httptools, on the same event loop and
+with the same enforcer as the traffic port: reset, block, reload, the over-limit cache and the
+metrics apply alike, and the answers are ``ratekeeper.gateway.decide``'s, byte for byte in
+status, headers and body (``verdict``, one logic for both front ends).
+
+It speaks the HTTP/1.1 a proxy speaks: keep-alive, pipelining (answers in order), requests
+without bodies (a body is read and dropped). What a hostile client can do is bounded:
+
+- a request that does not parse is answered 400, an upgrade 400, a head over
+  ``max_header_bytes`` or with more than ``_MAX_HEADERS`` headers 431; each closes the
+  connection, and only that one;
+- a request must arrive whole within ``header_timeout_s`` of its first byte (slowloris); a
+  kept-alive connection idle for ``_IDLE_S`` is closed;
+- above ``max_connections`` a newcomer closes the connection idle the longest, or is closed
+  itself when none is idle;
+- a client that sends requests without reading the answers is no longer read (the transport's
+  write buffer and the queue of pipelined requests are both bounded);
+- a client that disconnects mid-request leaves nothing behind: a decision under way ends,
+  its answer is dropped.
+
+With several workers each binds the same TCP port (``SO_REUSEPORT``; the supervisor holds the
+port without listening); a Unix socket is served by one worker (``--workers 1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+from ratekeeper.errors import GatewayConfigError
+from ratekeeper.gateway.connections import ConnectionLimits
+from ratekeeper.gateway.decide import DECIDE_PATH, REPORT_PATH, Verdict, report_verdict, verdict
+from ratekeeper.gateway.proxy import error_answer
+from ratekeeper.http.engine import Enforcer
+
+__all__ = [
+    "DECIDE_VARIABLE",
+    "DecideListener",
+    "ListenAddress",
+    "bind_decide_listener",
+    "listener_from_environment",
+]
+
+log = logging.getLogger("ratekeeper.gateway")
+
+DECIDE_VARIABLE = "RATEKEEPER_DECIDE_LISTEN"
+_MAX_HEADERS = 100
+# Longer than nginx's upstream keepalive_timeout (60 s), so that nginx closes first and never
+# sends a request on a connection this side is closing.
+_IDLE_S = 75.0
+# Pipelined requests waiting for an answer before the connection is no longer read.
+_MAX_QUEUED = 32
+_SWEEP_S = 0.5
+_LOG_EVERY_S = 10.0
+_DECIDE_URL = DECIDE_PATH.encode()
+_PREFIX = DECIDE_PATH + "/"
+_ENCODED_MAX = 512
+_NOT_FOUND = (
+    "not_found",
+    f"this listener answers {DECIDE_PATH} (and {DECIDE_PATH}/...) and {REPORT_PATH}",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """Where the listener listens: ``host`` and ``port``, or a Unix socket's ``path``."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """``HOST:PORT`` or ``unix:PATH``; anything else is a :class:`GatewayConfigError`."""
+        if text.startswith("unix:"):
+            if not text[len("unix:") :]:
+                raise GatewayConfigError("--decide-listen unix: expected a socket path after unix:")
+            return cls(path=text[len("unix:") :])
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise GatewayConfigError(
+                f"--decide-listen: expected HOST:PORT (e.g. 127.0.0.1:9001) or unix:PATH, "
+                f"got {text!r}"
+            )
+        return cls(host=host, port=int(port))
+
+    def words(self) -> str:
+        """The address as the start-up line and nginx's ``server`` name it."""
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return (
+            f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
+        )
+
+
+def _tcp_socket(address: ListenAddress, shared: bool) -> socket.socket:
+    host = address.host or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, address.port or 0))
+    except OSError as exc:
+        sock.close()
+        raise GatewayConfigError(
+            f"--decide-listen {address.words()}: cannot listen: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+def _unix_socket(path: str) -> socket.socket:
+    where = Path(path)
+    if where.exists() and stat.S_ISSOCK(where.stat().st_mode):
+        where.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise GatewayConfigError(
+            f"--decide-listen unix:{path}: cannot listen: {exc.strerror}"
+        ) from None
+    # nginx runs as another user: it needs write access to connect (0o666, as with php-fpm's
+    # socket); the directory the socket is in decides who may reach it.
+    os.chmod(path, 0o666)
+    return sock
+
+
+# The socket bound by ``bind_decide_listener`` in this process: a single-worker serve's worker
+# runs in the same process and takes it from here.
+_BOUND: list[socket.socket] = []
+
+
+def bind_decide_listener(
+    text: str, workers: int, limits: ConnectionLimits
+) -> tuple[socket.socket, ListenAddress]:
+    """Bind the listener's socket in ``serve``'s supervisor and tell the workers where it is
+    and its ``limits`` (in the environment); returns the socket and its address (the port
+    ``:0`` got)."""
+    address = ListenAddress.parse(text)
+    if address.path is not None:
+        if workers > 1:
+            raise GatewayConfigError(
+                "--decide-listen unix:PATH is served by one worker: use --workers 1, or "
+                "HOST:PORT, which every worker serves"
+            )
+        sock = _unix_socket(address.path)
+    else:
+        sock = _tcp_socket(address, shared=workers > 1)
+        host, port = sock.getsockname()[:2]
+        address = ListenAddress(host=str(host), port=int(port))
+    if workers == 1:
+        sock.listen(1024)
+    # With several workers the supervisor holds the port without listening: connections go only
+    # to the workers' sockets, each bound to the same port.
+    _BOUND[:] = [sock]
+    os.environ[DECIDE_VARIABLE] = json.dumps(
+        {
+            "host": address.host,
+            "port": address.port,
+            "path": address.path,
+            "pid": os.getpid(),
+            "limits": [limits.max_connections, limits.header_timeout_s, limits.max_header_bytes],
+        }
+    )
+    return sock, address
+
+
+def listener_from_environment(enforcer: Enforcer) -> tuple[DecideListener, socket.socket] | None:
+    """In a ``serve`` worker: the listener and the socket to serve, when ``--decide-listen``
+    was given."""
+    text = os.environ.get(DECIDE_VARIABLE)
+    if not text:
+        return None
+    data = json.loads(text)
+    if data["pid"] == os.getpid() and _BOUND:
+        sock = _BOUND[0]
+    else:
+        address = ListenAddress(host=data["host"], port=data["port"], path=data["path"])
+        sock = _tcp_socket(address, shared=True)
+        sock.listen(1024)
+    return DecideListener(enforcer, ConnectionLimits(*data["limits"])), sock
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Status"
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _encode(found: Verdict, close: bool = False) -> bytes:
+    status, headers, body = found
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = _status_line(status)
+    parts = [line]
+    for name, value in headers:
+        # Never a header split in two, whatever a policy's answer holds.
+        if b"\r" in value or b"\n" in value:
+            continue
+        parts.append(b"%s: %s\r\n" % (name, value))
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+def _error(status: int, code: str, message: str) -> Verdict:
+    headers, body = error_answer(status, code, message)
+    return status, headers, body
+
+
+_MALFORMED = _error(400, "malformed_request", "The request is not HTTP/1.1 this listener reads.")
+_UPGRADE = _error(400, "upgrade_refused", "This listener does not switch protocols.")
+_TOO_LARGE = _error(
+    431, "request_header_fields_too_large", "The request head is larger than this listener reads."
+)
+_SHUTTING_DOWN = _error(503, "shutting_down", "The gateway is shutting down; retry in a moment.")
+_FAILED = _error(500, "decision_failed", "The decision could not be made; see the gateway's log.")
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop reading a request that has to be refused."""
+
+
+class DecideListener:
+    """Serves decision requests with ``enforcer`` within ``limits`` (see the module docstring)."""
+
+    def __init__(self, enforcer: Enforcer, limits: ConnectionLimits | None = None) -> None:
+        self.enforcer = enforcer
+        self.limits = limits or ConnectionLimits()
+        self.open: dict[_Connection, None] = {}
+        # Connections waiting for a request, longest-idle first (re-inserted when idle again).
+        self.idle: dict[_Connection, None] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        # Refusals encoded once: id(verdict) -> (verdict, bytes) (decide keeps each refusal's
+        # verdict as one object while its answer lives).
+        self._encoded: dict[int, tuple[Verdict, bytes]] = {}
+        self._shed: dict[str, int] = {}
+        self._logged = 0.0
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve ``sock`` (bound and listening) on the running event loop."""
+        loop = asyncio.get_running_loop()
+        if sock.family == socket.AF_UNIX:
+            self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+
+    async def stop(self) -> None:
+        """Stop accepting; close idle connections now and the others after their answers."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.open):
+            connection.finish()
+
+    def decide(self, scope: dict[str, Any]) -> Coroutine[Any, Any, Verdict]:
+        """The coroutine answering one parsed request."""
+        path: str = scope["path"]
+        wanted = self.enforcer.header_names
+        if path == DECIDE_PATH or path.startswith(_PREFIX):
+            return verdict(self.enforcer, scope, wanted)
+        if path == REPORT_PATH:
+            return report_verdict(self.enforcer, scope, wanted)
+        return _constant(_error(404, *_NOT_FOUND))
+
+    def encoded(self, found: Verdict) -> bytes:
+        """``found`` as bytes on the wire; refusals (answered again as the same object) once."""
+        status = found[0]
+        if status == 200:
+            return _encode(found)
+        kept = self._encoded.get(id(found))
+        if kept is not None and kept[0] is found:
+            return kept[1]
+        data = _encode(found)
+        if len(self._encoded) >= _ENCODED_MAX:
+            self._encoded.clear()
+        self._encoded[id(found)] = (found, data)
+        return data
+
+    def opened(self, connection: _Connection) -> bool:
+        """Count a new connection; ``False`` when there is no room for it."""
+        if len(self.open) >= self.limits.max_connections:
+            oldest = next(iter(self.idle), None)
+            if oldest is None:
+                self.shed("refused")
+                return False
+            self.shed("evicted")
+            oldest.finish()
+        self.open[connection] = None
+        self.idle[connection] = None
+        return True
+
+    def closed(self, connection: _Connection) -> None:
+        """Forget a closed connection."""
+        self.open.pop(connection, None)
+        self.idle.pop(connection, None)
+
+    def shed(self, what: str) -> None:
+        """Count what was refused or closed, and say so at most once per ``_LOG_EVERY_S``."""
+        self._shed[what] = self._shed.get(what, 0) + 1
+        now = time.monotonic()
+        if now - self._logged >= _LOG_EVERY_S:
+            self._logged = now
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(self._shed.items()))
+            self._shed.clear()
+            log.warning("decide listener: shed %s", counts)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        head_s = self.limits.header_timeout_s
+        for connection in list(self.open):
+            connection.expire(now, head_s)
+        self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+
+
+async def _constant(found: Verdict) -> Verdict:
+    return found
+
+
+async def _resume(coro: Coroutine[Any, Any, Verdict], waiting: Any) -> Verdict:
+    """Finish, in a task, a coroutine that was started inline and unexpectedly suspended on
+    ``waiting`` (a future, or ``None`` for a bare yield)."""
+    while True:
+        if waiting is None:
+            await asyncio.sleep(0)
+        else:
+            await waiting
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: httptools parses, answers are written in request order."""
+
+    def __init__(self, listener: DecideListener) -> None:
+        self._listener = listener
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
+        self._inline = listener.enforcer.decides_on_loop
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_size = 0
+        self._max_head = listener.limits.max_header_bytes
+        # When the request being read began, or the connection became idle (loop time).
+        self._since = self._loop.time()
+        self._reading = False
+        self._queue: deque[tuple[dict[str, Any] | Verdict, bool]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        # Reading stops while the client does not read its answers, while too many pipelined
+        # requests wait, and for good once a request was refused (``_stopped``).
+        self._paused = False
+        self._write_paused = False
+        self._stopped = False
+        self._closing = False
+
+    # -- asyncio -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._client = (str(peer[0]), int(peer[1]))
+        if not self._listener.opened(self):
+            self._closing = True
+            transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._queue.clear()
+        self._listener.closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped or self._closing:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(_UPGRADE, "upgrades")
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._refuse(_TOO_LARGE if isinstance(cause, _Stop) else _MALFORMED, "malformed")
+            return
+        except httptools.HttpParserError:
+            self._refuse(_MALFORMED, "malformed")
+            return
+        if self._in_head and self._head_bytes > self._max_head:
+            self._refuse(_TOO_LARGE, "oversized")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._reading_state()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._reading_state()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._reading = True
+        self._since = self._loop.time()
+        self._listener.idle.pop(self, None)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # A head that came in one piece is measured here (``data_received`` measures one that
+        # is still arriving, before httptools has gathered it).
+        self._head_size += len(name) + len(value)
+        if len(self._headers) >= _MAX_HEADERS or self._head_size > self._max_head:
+            raise _Stop
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if len(self._url) + self._head_size > self._max_head:
+            raise _Stop
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._reading = False
+        parser = self._parser
+        keep = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+        scope = self._scope(parser.get_method())
+        self._submit(scope if scope is not None else _MALFORMED, keep and scope is not None)
+
+    # -- requests and answers -------------------------------------------------------------------
+
+    def _scope(self, method: bytes) -> dict[str, Any] | None:
+        url = self._url
+        if url == _DECIDE_URL:
+            path, raw, query = DECIDE_PATH, url, b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+                raw = parsed.path or b""
+                path = raw.decode("ascii")
+            except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+                return None
+            if "%" in path:
+                path = unquote(path)
+            query = parsed.query or b""
+        # What uvicorn puts in a scope, and all that ``decide`` reads of one.
+        return {
+            "method": method.decode("ascii"),
+            "path": path,
+            "raw_path": raw,
+            "query_string": query,
+            "headers": self._headers,
+            "client": self._client,
+        }
+
+    def _submit(self, item: dict[str, Any] | Verdict, keep: bool) -> None:
+        if self._task is not None or self._queue:
+            self._queue.append((item, keep))
+            self._reading_state()
+            return
+        if isinstance(item, tuple):
+            self._answer(item, keep)
+            return
+        coro = self._listener.decide(item)
+        if not self._inline:
+            self._task = self._loop.create_task(self._finish(coro, keep))
+            return
+        # The enforcer decides on the loop: the coroutine ends at its first step, with no task.
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            self._answer(done.value, keep)
+        except Exception:
+            log.exception("decide listener: the decision failed")
+            self._answer(_FAILED, False)
+        else:
+            self._task = self._loop.create_task(self._finish(_resume(coro, waiting), keep))
+
+    async def _finish(self, coro: Coroutine[Any, Any, Verdict], keep: bool) -> None:
+        try:
+            found = await coro
+        except Exception:
+            log.exception("decide listener: the decision failed")
+            found, keep = _FAILED, False
+        self._task = None
+        self._answer(found, keep)
+        while self._queue and self._task is None and not self._closing:
+            item, keep = self._queue.popleft()
+            self._submit(item, keep)
+        self._reading_state()
+
+    def _answer(self, found: Verdict, keep: bool) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        if keep:
+            transport.write(self._listener.encoded(found))
+            if not self._reading and not self._queue and self._task is None:
+                self._since = self._loop.time()
+                self._listener.idle[self] = None
+            return
+        transport.write(_encode(found, close=True))
+        self._closing = True
+        transport.close()
+
+    def _refuse(self, found: Verdict, what: str) -> None:
+        """Answer ``found`` after what is already queued, then close; nothing more is read."""
+        self._listener.shed(what)
+        self._reading = False
+        self._stopped = True
+        self._submit(found, False)
+        self._reading_state()
+
+    def _reading_state(self) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        pause = self._write_paused or self._stopped or len(self._queue) >= _MAX_QUEUED
+        if pause and not self._paused:
+            self._paused = True
+            transport.pause_reading()
+        elif self._paused and not pause:
+            self._paused = False
+            transport.resume_reading()
+
+    # -- the listener's sweeps ---------------------------------------------------------------
+
+    def expire(self, now: float, head_s: float) -> None:
+        """Close the connection if its request is late (``head_s``) or it idled too long."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._reading and now - self._since > head_s:
+            self._listener.shed("slow requests")
+            self._close()
+        elif self in self._listener.idle and now - self._since > _IDLE_S:
+            self._close()
+
+    def finish(self) -> None:
+        """Close now if idle, else after the answers under way."""
+        if self in self._listener.idle and not self._reading:
+            self._close()
+        else:
+            self._reading = False
+            self._stopped = True
+            self._submit(_SHUTTING_DOWN, False)
+
+    def _close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
