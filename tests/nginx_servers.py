@@ -36,7 +36,13 @@ def nginx_example(root: Path, ratekeeper_url: str, upstream_url: str) -> Iterato
     site = EXAMPLE.read_text()
     for default, actual in (
         ("127.0.0.1:8000", f"127.0.0.1:{port}"),
-        ("127.0.0.1:8080", f"127.0.0.1:{_port(ratekeeper_url)}"),
+        # A Unix socket (``unix:PATH``) as nginx names it, else a loopback port.
+        (
+            "127.0.0.1:8080",
+            ratekeeper_url
+            if ratekeeper_url.startswith("unix:")
+            else f"127.0.0.1:{_port(ratekeeper_url)}",
+        ),
         ("127.0.0.1:9000", f"127.0.0.1:{_port(upstream_url)}"),
     ):
         assert default in site

@@ -262,6 +262,7 @@ class DecideListener:
         self.idle: dict[_Connection, None] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._path: str | None = None
         # Refusals encoded once: id(verdict) -> (verdict, bytes) (decide keeps each refusal's
         # verdict as one object while its answer lives).
         self._encoded: dict[int, tuple[Verdict, bytes]] = {}
@@ -272,6 +273,7 @@ class DecideListener:
         """Serve ``sock`` (bound and listening) on the running event loop."""
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
+            self._path = sock.getsockname()
             self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
         else:
             self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
@@ -283,6 +285,10 @@ class DecideListener:
             self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
+        if self._path:
+            # Here, not in serve's supervisor: uvicorn ends the process by the signal it got
+            # once the lifespan has shut down.
+            Path(self._path).unlink(missing_ok=True)
         for connection in list(self.open):
             connection.finish()
 

@@ -428,7 +428,5 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         if lean is not None:
             lean_socket.close()
             os.environ.pop(DECIDE_VARIABLE, None)
-            if lean.startswith("unix:"):
-                Path(lean[len("unix:") :]).unlink(missing_ok=True)
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
