@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ratekeeper.algorithms import Step
-    from ratekeeper.limit import Limit, LimitSet, StepsOf
+    from ratekeeper.limit import Limit, LimitSet
 
-__all__ = ["ChargedDecision", "Decision", "LimitState"]
+__all__ = ["ChargedDecision", "Decision", "LimitState", "charged"]
 
 
 class LimitState(NamedTuple):
@@ -146,37 +146,56 @@ class Decision:
 
 
 class ChargedDecision(Decision):
-    """An allowed decision of one limit set whose steps are built from the charged state when
-    first read (the memory store's fixed windows: most requests never read them)."""
+    """An allowed decision of one limit set, charged by the set's fast path
+    (:attr:`~ratekeeper.limit.LimitSet.charge_flat`). Its steps are the set's general decision
+    on the state before the charge, worked out when first read: most requests never read them.
+    Built by :func:`charged`."""
 
-    __slots__ = ("_state", "_steps_of")
+    __slots__ = ("_before", "_cost", "_key", "_limit_set")
 
-    def __init__(
-        self,
-        now: float,
-        items: Sequence[tuple[LimitSet, str]],
-        steps_of: StepsOf,
-        state: tuple[float, ...],
-    ) -> None:
-        self.allowed = True
-        self.retry_after_s = 0.0
-        self.now = now
-        self._items = items
-        self._steps_of = steps_of
-        self._state = state
-        self._states = None
-        self._binding = None
+    _before: tuple[float, ...] | None
+    _cost: int
+    _key: str
+    _limit_set: LimitSet
+
+    def _charge(self) -> None:
+        limit_set = self._limit_set
+        self._items = ((limit_set, self._key),)
+        self._results = limit_set.decide_flat(self._before, self.now, self._cost)[0]
 
     @property
     def states(self) -> tuple[LimitState, ...]:
         """Every limit's state, in the order of the limit sets and their limits."""
-        if self._states is None:
-            self._results = self._steps_of(self._state)
+        if self._states is None and self._binding is None:
+            self._charge()
         return super().states
 
     @property
     def binding(self) -> LimitState:
         """The limit that decided: see :class:`Decision`."""
-        if self._binding is None:
-            self._results = self._steps_of(self._state)
+        if self._binding is None and self._states is None:
+            self._charge()
         return super().binding
+
+
+_new = object.__new__
+
+
+def charged(
+    now: float, limit_set: LimitSet, key: str, before: tuple[float, ...] | None, cost: int
+) -> ChargedDecision:
+    """The :class:`ChargedDecision` of ``cost`` charged to ``key`` at ``now``, whose state was
+    ``before`` (the memory store's flat layout, ``None`` when fresh)."""
+    # Slots set here rather than by __init__: a class call runs __init__ in a nested
+    # interpreter frame, which costs more than the decision it builds.
+    decision: ChargedDecision = _new(ChargedDecision)
+    decision.allowed = True
+    decision.retry_after_s = 0.0
+    decision.now = now
+    decision._states = None
+    decision._binding = None
+    decision._before = before
+    decision._cost = cost
+    decision._key = key
+    decision._limit_set = limit_set
+    return decision

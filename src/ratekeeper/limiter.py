@@ -10,7 +10,7 @@ it off).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ratekeeper.clock import Clock, system_clock
@@ -18,6 +18,7 @@ from ratekeeper.decision import Decision
 from ratekeeper.errors import LimitConfigError
 from ratekeeper.limit import LimitSet
 from ratekeeper.stores.base import AsyncStore, Store
+from ratekeeper.stores.memory import MemoryStore
 from ratekeeper.stores.over_limit import OverLimitCache, RecalledRefusal
 from ratekeeper.stores.url import resolve_store
 
@@ -50,10 +51,22 @@ def _behind_cache(store: Any, over_limit_cache_s: float) -> Any:
     return OverLimitCache(store, max_age_s=over_limit_cache_s)
 
 
+def _one_item(store: Store) -> Callable[[LimitSet, str, int, float], Decision]:
+    """``store``'s decision of one ``(limit_set, key)`` item: the memory store's own one-item
+    face (no items tuple built), else ``decide`` on a one-item tuple."""
+    if isinstance(store, MemoryStore):
+        return store.decide_one
+
+    def decide_one(limit_set: LimitSet, key: str, cost: int, now: float) -> Decision:
+        return store.decide(((limit_set, key),), cost, now)
+
+    return decide_one
+
+
 class Limiter:
     """Synchronous limiter over a :class:`~ratekeeper.stores.base.Store` (memory by default)."""
 
-    __slots__ = ("_cache", "_decider", "clock", "store")
+    __slots__ = ("_cache", "_decide_one", "_decider", "clock", "store")
 
     def __init__(
         self,
@@ -66,19 +79,19 @@ class Limiter:
         self.clock = clock
         self._decider: Store = _behind_cache(self.store, over_limit_cache_s)
         self._cache = self._decider if isinstance(self._decider, OverLimitCache) else None
+        self._decide_one = _one_item(self.store)
 
     def __repr__(self) -> str:
         return f"<Limiter store={self.store!r}>"
 
     def hit(self, limits: LimitSet, key: str, cost: int = 1) -> Decision:
         """Charge ``cost`` to ``key`` under every limit of ``limits`` if all allow it."""
-        items = ((limits, key),)
         if cost != 1 or type(key) is not str or type(limits) is not LimitSet:
-            _check(items, cost)
+            _check(((limits, key),), cost)
         now = self.clock()
         cache = self._cache
         if cache is None:
-            return self.store.decide(items, cost, now)
+            return self._decide_one(limits, key, cost, now)
         # The cache's decide and recall, unrolled: this is the hot call of the library.
         if cache.size:
             table = cache.tables.get(limits.spec_id)
@@ -86,9 +99,9 @@ class Limiter:
                 entry = table.get(key)
                 if entry is not None and now < entry.until and cost >= entry.cost:
                     return RecalledRefusal(now, (entry,))
-        decision = self.store.decide(items, cost, now)
+        decision = self._decide_one(limits, key, cost, now)
         if not decision.allowed:
-            cache.remember(items, cost, now, decision)
+            cache.remember(((limits, key),), cost, now, decision)
         return decision
 
     def hit_many(self, items: Sequence[tuple[LimitSet, str]], cost: int = 1) -> Decision:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ratekeeper.algorithms import Algorithm
 from ratekeeper.core import EntryState, decide, refusal
-from ratekeeper.decision import ChargedDecision, Decision
+from ratekeeper.decision import Decision, charged
 from ratekeeper.errors import LimitConfigError, StoreURLError
 from ratekeeper.limit import STATE_WIDTHS, LimitSet
 
@@ -112,6 +112,8 @@ class MemoryStore:
             raise LimitConfigError(f"max_entries must be a whole number >= 1, got {max_entries!r}")
         self.max_entries = max_entries
         self._lock = threading.Lock()
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
         self._tables: dict[str, _Table] = {}
         self._size = 0
         self._next_sweep = 0.0
@@ -143,26 +145,13 @@ class MemoryStore:
         peek: bool = False,
     ) -> Decision:
         """Decide and charge (unless ``peek``) atomically, under the store's lock."""
+        if len(items) == 1:
+            limit_set, key = items[0]
+            return self.decide_one(limit_set, key, cost, now, peek)
         with self._lock:
             if now >= self._next_sweep:
                 self._sweep(now)
             tables = self._tables
-            if len(items) == 1:
-                # One item (most decisions): the set's own decider, without core.decide's lists.
-                limit_set, key = items[0]
-                table = tables.get(limit_set.id)
-                flat = None if table is None else table.entries.get(key)
-                results, new_flat = limit_set.decide_flat(flat, now, cost)
-                if new_flat is None:
-                    return refusal(items, results, now)  # type: ignore[arg-type]
-                if not peek:
-                    if table is None or flat is None:
-                        self._insert_flat(limit_set, key, new_flat, now)
-                    else:
-                        table.entries[key] = new_flat
-                if type(results) is list:
-                    return Decision(True, 0.0, now, items, results)
-                return ChargedDecision(now, items, results, new_flat)  # type: ignore[arg-type]
             states: list[EntryState | None] = []
             for limit_set, key in items:
                 table = tables.get(limit_set.id)
@@ -177,6 +166,42 @@ class MemoryStore:
                     else:
                         table.entries[key] = table.pack(entry)
             return decision
+
+    def decide_one(
+        self, limit_set: LimitSet, key: str, cost: int, now: float, peek: bool = False
+    ) -> Decision:
+        """:meth:`decide` for one ``(limit_set, key)`` item (most decisions; the Limiter's)."""
+        # The lock's bound methods, not ``with``: a with-statement looks both up and calls its
+        # exit with three arguments, which costs a tenth of this whole decision.
+        self._acquire()
+        try:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            table = self._tables.get(limit_set.id)
+            flat = None if table is None else table.entries.get(key)
+            charge = limit_set.charge_flat
+            if charge is not None:
+                new_flat = charge(flat, now, cost)
+                if new_flat is not None:
+                    if peek:
+                        pass
+                    elif flat is None:
+                        self._insert_flat(limit_set, key, new_flat, now)
+                    else:
+                        table.entries[key] = new_flat  # type: ignore[union-attr]
+                    return charged(now, limit_set, key, flat, cost)
+            results, new_flat = limit_set.decide_flat(flat, now, cost)
+            items = ((limit_set, key),)
+            if new_flat is None:
+                return refusal(items, results, now)
+            if not peek:
+                if flat is None:
+                    self._insert_flat(limit_set, key, new_flat, now)
+                else:
+                    table.entries[key] = new_flat  # type: ignore[union-attr]
+            return Decision(True, 0.0, now, items, results)
+        finally:
+            self._release()
 
     async def decide_async(
         self,
