@@ -18,6 +18,9 @@ every Python one runs on uvicorn with uvloop + httptools when installed, as ``se
   allowing and forwarding to the upstream, with nginx as the proxy (``examples/nginx``).
 - nginx + a bare uvicorn app that allows every decision -> upstream: the same run's ceiling
   for any Python decision endpoint behind nginx (the nginx allowed ratio's floor).
+- the lean decision listener (``serve --decide-listen``, asyncio + httptools without uvicorn or
+  ASGI): asked directly while refusing (beside the constant 429 app), and behind nginx allowing
+  and forwarding to the upstream (beside nginx alone and the constant-200 ceiling).
 
 Every row also shows the cores (CPU seconds per second) that wrk and each server took, read
 from /proc: what share of the machine the floor rows leave to ratekeeper.
@@ -300,11 +303,16 @@ def role(name: str, cwd: Path, *extra: str) -> Any:
     return process([PYTHON, __file__, "--role", name, str(port), *extra], port, name, cwd)
 
 
-def ratekeeper(cwd: Path, upstream: str, workers: int = 1, store: str = "") -> Any:
+def ratekeeper(
+    cwd: Path, upstream: str, workers: int = 1, store: str = "", lean: int | None = None
+) -> Any:
+    """``ratekeeper serve``; ``lean``: also its lean decision listener on that port."""
     port = free_port()
     args = [PYTHON, "-m", "ratekeeper.cli", "serve", "--config", str(cwd / "policy.toml")]
     args += ["--upstream", upstream, "--port", str(port), "--trust-proxy", "127.0.0.1"]
     args += ["--store", store or f"sqlite:///{cwd / 'bench.db'}", "--workers", str(workers)]
+    if lean is not None:
+        args += ["--decide-listen", f"127.0.0.1:{lean}"]
     return process(args, port, "ratekeeper serve", cwd)
 
 
@@ -425,7 +433,11 @@ def main() -> int:
         cwd = Path(tmp)
         (cwd / "policy.toml").write_text(POLICY)
         upstream = stack.enter_context(role("upstream", cwd))
-        gateway = stack.enter_context(ratekeeper(cwd, upstream, store=args.store))
+        lean_port = free_port()
+        gateway = stack.enter_context(ratekeeper(cwd, upstream, store=args.store, lean=lean_port))
+        # The lean listener (serve --decide-listen) of the same process: its CPU is gateway's.
+        lean = f"http://127.0.0.1:{lean_port}"
+        PIDS[lean] = PIDS[gateway]
         two_workers = stack.enter_context(ratekeeper(cwd, upstream, workers=2))
         one_worker = (
             stack.enter_context(ratekeeper(cwd, upstream, workers=1)) if args.store else gateway
@@ -435,6 +447,7 @@ def main() -> int:
         constant = stack.enter_context(role("constant", cwd))
         constant2 = stack.enter_context(role("constant2", cwd))
         names.update({upstream: "upstream", gateway: "ratekeeper", two_workers: "ratekeeper"})
+        names[lean] = "ratekeeper"
         names.update({one_worker: "ratekeeper", constant: "app", constant2: "app"})
         print(f"measuring (wrk -t1 -c{args.connections}, {seconds}s per row)", file=sys.stderr)
         direct = measure("proxy", "upstream direct (bare uvicorn, constant JSON)", upstream + "/t")
@@ -452,6 +465,12 @@ def main() -> int:
             "reject",
             "ratekeeper decision endpoint alone, rejected (as nginx asks)",
             gateway + "/_ratekeeper/decide",
+            ("X-Original-URI: /reject", "X-Original-Method: GET", "X-Ratekeeper-Deny-Status: 403"),
+        )
+        lean_refused = measure(
+            "reject",
+            "ratekeeper lean listener (--decide-listen) alone, rejected",
+            lean + "/_ratekeeper/decide",
             ("X-Original-URI: /reject", "X-Original-Method: GET", "X-Ratekeeper-Deny-Status: 403"),
         )
         one = rejected
@@ -478,6 +497,7 @@ def main() -> int:
                 endpoint / bare,
                 "target >= 0.6",
             ),
+            ("lean listener rejected / bare constant 429 app", lean_refused / bare, ""),
             ("serve --workers 2 / 1 worker, rejected (shared SQLite)", two / one, "target >= 1.7"),
             ("floor: constant app 2 workers / 1 worker (same run)", bare2 / bare, "ceiling"),
         ]
@@ -496,6 +516,17 @@ def main() -> int:
             allowed = measure(
                 "nginx", "nginx + ratekeeper decide -> upstream", with_decide + "/t", (), behind
             )
+            (cwd / "lean").mkdir()
+            with_lean, other = stack.enter_context(nginx(cwd / "lean", lean, upstream))
+            PIDS[with_lean] = PIDS[other]
+            names.update({with_lean: "nginx"})
+            lean_allowed = measure(
+                "nginx",
+                "nginx + ratekeeper lean listener -> upstream",
+                with_lean + "/t",
+                (),
+                behind,
+            )
             allow = stack.enter_context(role("allow", cwd))
             (cwd / "floor").mkdir()
             with_allow, other = stack.enter_context(nginx(cwd / "floor", allow, upstream))
@@ -513,6 +544,12 @@ def main() -> int:
                 ("nginx+decide allowed / nginx alone", allowed / plain, "target >= 0.5"),
                 ("floor: nginx+constant-200 app / nginx alone", floor / plain, "ceiling"),
                 ("nginx+decide allowed / nginx+constant-200 app", allowed / floor, ""),
+                (
+                    "nginx+lean listener allowed / nginx alone",
+                    lean_allowed / plain,
+                    "target >= 0.5",
+                ),
+                ("nginx+lean listener allowed / nginx+constant-200 app", lean_allowed / floor, ""),
             ]
     print("\n| row | req/s | cores used (wrk, servers) |\n|---|---:|---|")
     for _, label, rate, cpu in rows:

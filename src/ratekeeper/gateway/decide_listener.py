@@ -74,10 +74,6 @@ _LOG_EVERY_S = 10.0
 _DECIDE_URL = DECIDE_PATH.encode()
 _PREFIX = DECIDE_PATH + "/"
 _ENCODED_MAX = 512
-_NOT_FOUND = (
-    "not_found",
-    f"this listener answers {DECIDE_PATH} (and {DECIDE_PATH}/...) and {REPORT_PATH}",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,17 +216,18 @@ def _encode(found: Verdict, close: bool = False) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is None:
         line = _STATUS_LINES[status] = _status_line(status)
-    parts = [line]
-    for name, value in headers:
-        # Never a header split in two, whatever a policy's answer holds.
-        if b"\r" in value or b"\n" in value:
-            continue
-        parts.append(b"%s: %s\r\n" % (name, value))
     if close:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    parts.append(body)
-    return b"".join(parts)
+        headers = [*headers, (b"connection", b"close")]
+    if not headers:
+        return line + b"\r\n" + body
+    fields = b"\r\n".join([b": ".join(pair) for pair in headers])
+    if fields.count(b"\n") >= len(headers) or fields.count(b"\r") >= len(headers):
+        # Never a header split in two, whatever a policy's answer holds: such values are left out.
+        kept = [(n, v) for n, v in headers if b"\r" not in n + v and b"\n" not in n + v]
+        if not kept:
+            return line + b"\r\n" + body
+        fields = b"\r\n".join([b": ".join(pair) for pair in kept])
+    return b"%s%s\r\n\r\n%s" % (line, fields, body)
 
 
 def _error(status: int, code: str, message: str) -> Verdict:
@@ -238,6 +235,11 @@ def _error(status: int, code: str, message: str) -> Verdict:
     return status, headers, body
 
 
+_NOT_FOUND = _error(
+    404,
+    "not_found",
+    f"this listener answers {DECIDE_PATH} (and {DECIDE_PATH}/...) and {REPORT_PATH}",
+)
 _MALFORMED = _error(400, "malformed_request", "The request is not HTTP/1.1 this listener reads.")
 _UPGRADE = _error(400, "upgrade_refused", "This listener does not switch protocols.")
 _TOO_LARGE = _error(
@@ -300,7 +302,7 @@ class DecideListener:
             return verdict(self.enforcer, scope, wanted)
         if path == REPORT_PATH:
             return report_verdict(self.enforcer, scope, wanted)
-        return _constant(_error(404, *_NOT_FOUND))
+        return _constant(_NOT_FOUND)
 
     def encoded(self, found: Verdict) -> bytes:
         """``found`` as bytes on the wire; refusals (answered again as the same object) once."""
