@@ -143,6 +143,20 @@ def test_skew_acted_on_only_when_rounding_cannot_explain_it() -> None:
     assert ahead.observe("not a date", T0 + 10) == 0.0
 
 
+def test_a_slow_answer_is_no_skew() -> None:
+    # The same clocks; a Date cached a second and read 0.9 s into its second, whose answer
+    # then took 0.8 s (CI: a server warming up). Read at the answer alone, the Date looked
+    # 2.7 s stale, a skew of -0.7 s rounding cannot explain: every epoch reset read late.
+    estimate = SkewEstimate()
+    assert estimate.observe(http_date(T0 - 1), T0 + 1.7, sent=T0 + 0.85) == 0.0
+    # A real skew is still found through slow answers: the round trip only widens each one.
+    ahead = SkewEstimate()
+    for step in range(10):
+        sent = T0 + step * 0.37
+        skew = ahead.observe(http_date(int(sent + 30.1)), sent + 0.5, sent=sent)
+    assert 28.5 <= skew <= 30.1
+
+
 def _window(state: HostState, first_sent: float, first_answer: float, reset_at: float) -> float:
     """Ten requests of a learned 10-per-period window, the first answered slowly; returns
     when the last answer came."""

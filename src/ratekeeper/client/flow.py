@@ -320,7 +320,7 @@ class ClientFlow(Generic[Req, Resp]):
                     raise read.error
                 body = wire.body(response)[:_MAX_HINT_BODY]
         date = found.get("date")
-        skew = state.observe_date(date, now) if date is not None else state.skew.skew_s
+        skew = state.observe_date(date, now, sent_at) if date is not None else state.skew.skew_s
         useful = len(found) > (date is not None) or body
         hints = read_hints(found, body, now, skew) if useful else NO_HINTS
         low = state.on_answer(seq, now, status, hints, sent_at)

@@ -2,8 +2,10 @@
 
 ``Date`` has one-second resolution and common servers cache it (uvicorn renews it once a
 second), so one answer only says the server's clock was somewhere in ``[date, date + 2)`` when
-it was read. Each answer narrows the interval; a skew is acted on only when the interval
-excludes 0, i.e. when whole-second rounding cannot explain it.
+it was read, at some moment between the request leaving and its answer arriving: a slow answer
+(a server warming up, a loaded machine) widens the interval by its round trip, it does not shift
+it. Each answer narrows the interval; a skew is acted on only when the interval excludes 0,
+i.e. when neither whole-second rounding nor the round trip can explain it.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ class SkewEstimate:
     __slots__ = ("_last_text", "_last_value", "_samples", "skew_s")
 
     def __init__(self) -> None:
-        self._samples: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
+        # Per answer: the lowest and the highest skew it allows (Date read at its answer, at
+        # its send).
+        self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=_SAMPLES)
         self._last_text = ""
         self._last_value: float | None = None
         self.skew_s = 0.0
 
-    def observe(self, date: str | None, now: float) -> float:
-        """Take one answer's ``Date`` read at local time ``now``; returns the skew to act on."""
+    def observe(self, date: str | None, now: float, sent: float | None = None) -> float:
+        """Take one answer's ``Date``, arrived at local time ``now`` for a request sent at
+        ``sent`` (default ``now``); returns the skew to act on."""
         if not date:
             return self.skew_s
         if date != self._last_text:
@@ -43,15 +48,16 @@ class SkewEstimate:
         value = self._last_value
         if value is None:
             return self.skew_s
+        sample = (value - now, value - (now if sent is None else min(sent, now)) + _DATE_SPAN_S)
         samples = self._samples
-        samples.append(value - now)
-        low = max(samples)
-        high = min(samples) + _DATE_SPAN_S
+        samples.append(sample)
+        low = max(lowest for lowest, _ in samples)
+        high = min(highest for _, highest in samples)
         if low > high:
             # The server's clock jumped: only the newest answer describes it.
             samples.clear()
-            samples.append(value - now)
-            low, high = value - now, value - now + _DATE_SPAN_S
+            samples.append(sample)
+            low, high = sample
         self.skew_s = min(max(0.0, low), high)
         return self.skew_s
 

@@ -328,10 +328,11 @@ class HostState:
                 self._probe_sent = self.sent
             return self.sent
 
-    def observe_date(self, date: str, now: float) -> float:
-        """Take an answer's ``Date``; returns the server's clock skew to act on."""
+    def observe_date(self, date: str, now: float, sent: float | None = None) -> float:
+        """Take an answer's ``Date`` (its request sent at ``sent``); returns the server's clock
+        skew to act on."""
         with self._lock:
-            return self.skew.observe(date, now)
+            return self.skew.observe(date, now, sent)
 
     def refund(self, sent_at: float) -> None:
         """The request sent at ``sent_at`` was refused or never reached the server: it is not
