@@ -10,10 +10,13 @@ can never pass (cost above the limit, or above the burst for GCRA).
 
 A clock that goes backwards never admits more: a ``now`` older than the stored window is treated
 as the stored window's time.
+
+:func:`charger` compiles the allowed path of a set of limits into one function (below the steps).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from enum import StrEnum
@@ -26,9 +29,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Algorithm",
+    "FlatCharger",
     "State",
     "Step",
     "StepFn",
+    "charger",
     "first_hit_window",
     "fixed_window",
     "gcra",
@@ -38,6 +43,8 @@ __all__ = [
 State: TypeAlias = tuple[float, ...]
 Step: TypeAlias = tuple[bool, State | None, float, float, float]
 StepFn: TypeAlias = Callable[[State | None, float, "Limit", int], Step]
+# (flat state or None, now, cost) -> the new flat state, or None when a limit would refuse.
+FlatCharger: TypeAlias = Callable[[tuple[float, ...] | None, float, int], tuple[float, ...] | None]
 
 _INF = math.inf
 # Float slack so that exact edges (5 x 0.2 s == 1 s) are not lost to rounding. Epoch-scale
@@ -218,3 +225,163 @@ STEPS: dict[Algorithm, StepFn] = {
     Algorithm.SLIDING_WINDOW: sliding_window,
     Algorithm.GCRA: gcra,
 }
+
+
+# ---------------------------------------------------------------- the allowed path, compiled
+# A limit set's charger takes the stored flat state (the memory store's layout: every limit's
+# numbers in one tuple, None for a fresh key), now and the cost. It returns the new flat state
+# when every limit allows the charge, else None, and then the set's per-limit steps above
+# decide, with the refusal's waits. It does the steps' arithmetic for the allowed case,
+# operation for operation (kept beside them for that reason), so its states are theirs bit for
+# bit (tests/test_core_fast_paths.py checks it on random traffic).
+#
+# Why generated: a Python call per limit costs as much as the limit's arithmetic, and a set's
+# limits differ in kind and number. So, as dataclasses does for __init__, the body is written
+# out once per shape (the algorithms in order), compiled, and bound to each set's numbers; a
+# fresh key is a state every limit treats as long gone (-inf starts, 0 counts).
+
+# Window starts and ends up to here are whole numbers of seconds held exactly by a float.
+_EXACT_S = 2.0**53
+_WINDOWED = (Algorithm.FIXED_WINDOW, Algorithm.SLIDING_WINDOW)
+_FRESH = {
+    Algorithm.FIXED_WINDOW: (-math.inf, 0),
+    Algorithm.FIRST_HIT_WINDOW: (-math.inf, 0),
+    Algorithm.SLIDING_WINDOW: (-math.inf, 0, 0),
+    Algorithm.GCRA: (-math.inf,),
+}
+
+# One limit's code: {i} its index, {a}.. its numbers in the flat state (x{a} ...), S{i} its
+# aligned window start. Each ends with a refusal test written as the step's allow test, negated,
+# so that NaN refuses here as it does there.
+_CODE = {
+    Algorithm.FIXED_WINDOW: """
+    if x{a} >= S{i}:
+        s{i} = x{a}
+        c{i} = x{b} + cost
+    else:
+        s{i} = S{i}
+        c{i} = cost
+    if not c{i} <= n{i}:
+        return None""",
+    Algorithm.FIRST_HIT_WINDOW: """
+    if now < x{a} + p{i}:
+        s{i} = x{a}
+        c{i} = x{b} + cost
+    else:
+        s{i} = now
+        c{i} = cost
+    if not c{i} <= n{i}:
+        return None""",
+    Algorithm.SLIDING_WINDOW: """
+    if x{a} >= S{i}:
+        s{i} = x{a}
+        v{i} = x{b}
+        u{i} = x{c}
+        t{i} = s{i} if now < s{i} else now
+    else:
+        s{i} = S{i}
+        v{i} = x{c} if S{i} - x{a} < h{i} else 0
+        u{i} = 0
+        t{i} = now
+    if not v{i} * (p{i} - (t{i} - s{i})) / p{i} + u{i} + cost <= m{i}:
+        return None""",
+    Algorithm.GCRA: """
+    g{i} = x{a}
+    if g{i} < now:
+        g{i} = now
+    g{i} = g{i} + cost * T{i}
+    if not g{i} - now <= C{i}:
+        return None""",
+}
+_STATE = {
+    Algorithm.FIXED_WINDOW: "s{i}, c{i}",
+    Algorithm.FIRST_HIT_WINDOW: "s{i}, c{i}",
+    Algorithm.SLIDING_WINDOW: "s{i}, v{i}, u{i} + cost",
+    Algorithm.GCRA: "g{i}",
+}
+
+
+def charger(limits: tuple[Limit, ...]) -> FlatCharger:
+    """The :data:`FlatCharger` of a set of ``limits`` (see the comment above)."""
+    windowed = tuple(limit for limit in limits if limit.algorithm in _WINDOWED)
+    fresh = tuple(x for limit in limits for x in _FRESH[limit.algorithm])
+    numbers: list[object] = [fresh, _WindowStarts(windowed)]
+    for limit in limits:
+        numbers += (
+            limit.period_s,
+            limit.amount,
+            limit.amount + _EPS,
+            1.5 * limit.period_s,
+            limit.interval_s,
+            limit.capacity_s + _EPS,
+        )
+    bind: Callable[..., FlatCharger] = _compiled(tuple(limit.algorithm for limit in limits))
+    return bind(*numbers)
+
+
+@functools.cache
+def _compiled(shape: tuple[Algorithm, ...]) -> Callable[..., FlatCharger]:
+    """A function binding a set's numbers to the charger of ``shape``, compiled once."""
+    names = ["fresh", "windows"]
+    body = []
+    state = []
+    width = 0
+    starts = []
+    for i, algorithm in enumerate(shape):
+        names += [f"p{i}", f"n{i}", f"m{i}", f"h{i}", f"T{i}", f"C{i}"]
+        if algorithm in _WINDOWED:
+            starts.append(f"S{i}")
+        a = width
+        body.append(_CODE[algorithm].format(i=i, a=a, b=a + 1, c=a + 2))
+        state.append(_STATE[algorithm].format(i=i))
+        width += len(_FRESH[algorithm])
+    head = ""
+    if starts:
+        span = ", ".join(["lo", "hi", *starts])
+        head = f"""
+    {span}, = windows.starts
+    if not lo <= now < hi:
+        {span}, = windows.at(now)"""
+    flat = ", ".join(f"x{k}" for k in range(width))
+    source = f"""
+def bind({", ".join(names)}):
+  def charge(flat, now, cost):{head}
+    {flat}, = fresh if flat is None else flat{"".join(body)}
+    return ({", ".join(state)},)
+  return charge
+"""
+    namespace: dict[str, Callable[..., FlatCharger]] = {}
+    exec(compile(source, f"<ratekeeper charger {'/'.join(shape)}>", "exec"), namespace)
+    return namespace["bind"]
+
+
+class _WindowStarts:
+    """The aligned window starts (``now - now % period``) of some limits, and the span of time
+    ``[lo, hi)`` in which they hold, kept so that most decisions skip the float modulo.
+
+    Kept only for whole-second float periods and starts in ``(0, 2**53)``: there a start is a
+    whole number held exactly, and for any ``now`` in ``[start, start + period)`` the modulo
+    gives that same start, bit for bit. Any other time (or period) is computed afresh on every
+    call. The span is one tuple, replaced whole, so threads deciding at once never see a mixed
+    one.
+    """
+
+    __slots__ = ("limits", "starts", "whole")
+
+    def __init__(self, limits: tuple[Limit, ...]) -> None:
+        self.limits = limits
+        self.whole = all(
+            type(lim.period_s) is float and lim.period_s.is_integer() for lim in limits
+        )
+        # An empty span: the first call computes the starts.
+        self.starts: tuple[float, ...] = (1.0, 0.0) + (0.0,) * len(limits)
+
+    def at(self, now: float) -> tuple[float, ...]:
+        """``(lo, hi, start, ...)`` at ``now``, kept for the next calls when exact."""
+        starts = [now - now % lim.period_s for lim in self.limits]
+        lo = max(starts)
+        hi = min([start + lim.period_s for start, lim in zip(starts, self.limits, strict=True)])
+        span = (lo, hi, *starts)
+        if self.whole and min(starts) > 0.0 and hi <= _EXACT_S:
+            self.starts = span
+        return span

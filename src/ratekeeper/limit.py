@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from ratekeeper.algorithms import STEPS, Algorithm, State, Step, StepFn
+from ratekeeper.algorithms import STEPS, Algorithm, FlatCharger, State, Step, StepFn, charger
 from ratekeeper.errors import LimitConfigError
 from ratekeeper.rates import Rate, parse_rate, parse_rates
 
@@ -27,12 +27,6 @@ FlatDecider: TypeAlias = Callable[
     [tuple[float, ...] | None, float, int],
     tuple[list[Step], tuple[float, ...] | None],
 ]
-
-# The allowed path alone, for the sets that have one: (flat state or None, now, cost) -> the new
-# flat state when every limit allows the charge, else None (then only the set's FlatDecider can
-# tell, with the refusal's waits). It builds no steps: an allowed decision's are the FlatDecider's
-# on the state before the charge, when a caller reads them.
-FlatCharger: TypeAlias = Callable[[tuple[float, ...] | None, float, int], tuple[float, ...] | None]
 
 # How many numbers each algorithm's state holds: (start, count), (start, previous, current),
 # (theoretical arrival time,).
@@ -143,7 +137,7 @@ class LimitSet:
     steps: tuple[tuple[StepFn, Limit], ...] = field(init=False, repr=False, compare=False)
     decide_entry: EntryDecider = field(init=False, repr=False, compare=False)
     decide_flat: FlatDecider = field(init=False, repr=False, compare=False)
-    charge_flat: FlatCharger | None = field(init=False, repr=False, compare=False)
+    charge_flat: FlatCharger = field(init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -187,7 +181,7 @@ class LimitSet:
         object.__setattr__(self, "steps", tuple((lim.step, lim) for lim in items))
         object.__setattr__(self, "decide_entry", _entry_decider(self.steps))
         object.__setattr__(self, "decide_flat", _flat_decider(self.steps))
-        object.__setattr__(self, "charge_flat", _fixed_windows(items))
+        object.__setattr__(self, "charge_flat", charger(items))
 
     def __len__(self) -> int:
         return len(self.limits)
@@ -299,103 +293,3 @@ def _flat_decider(steps: tuple[tuple[StepFn, Limit], ...]) -> FlatDecider:
         return results, tuple(itertools.chain.from_iterable(new_entry))  # type: ignore[arg-type]
 
     return any_size
-
-
-def _fixed_windows(limits: tuple[Limit, ...]) -> FlatCharger | None:
-    """The :data:`FlatCharger` of one or three fixed windows (the default algorithm, and the
-    common sets), else None: the windows of :func:`~ratekeeper.algorithms.fixed_window` found
-    and charged inline, in one frame (tests/test_algorithm_properties.py checks it against the
-    per-limit steps)."""
-    if len(limits) not in (1, 3) or any(
-        limit.algorithm is not Algorithm.FIXED_WINDOW for limit in limits
-    ):
-        return None
-    if len(limits) == 1:
-        (limit0,) = limits
-        n0 = limit0.amount
-        current0 = _WindowStarts(limits)
-
-        def one(flat: tuple[float, ...] | None, now: float, cost: int) -> tuple[float, ...] | None:
-            lo, hi, s0 = current0.starts
-            if not lo <= now < hi:
-                lo, hi, s0 = current0.at(now)
-            c0: float
-            if flat is None:
-                c0 = cost
-            else:
-                f0, c0 = flat
-                if f0 >= s0:
-                    s0 = f0
-                    c0 += cost
-                else:
-                    c0 = cost
-            return (s0, c0) if c0 <= n0 else None
-
-        return one
-    n0, n1, n2 = (limit.amount for limit in limits)
-    current = _WindowStarts(limits)
-
-    def three(flat: tuple[float, ...] | None, now: float, cost: int) -> tuple[float, ...] | None:
-        lo, hi, s0, s1, s2 = current.starts
-        if not lo <= now < hi:
-            lo, hi, s0, s1, s2 = current.at(now)
-        c0: float
-        c1: float
-        c2: float
-        if flat is None:
-            c0 = c1 = c2 = cost
-        else:
-            f0, c0, f1, c1, f2, c2 = flat
-            if f0 >= s0:
-                s0 = f0
-                c0 += cost
-            else:
-                c0 = cost
-            if f1 >= s1:
-                s1 = f1
-                c1 += cost
-            else:
-                c1 = cost
-            if f2 >= s2:
-                s2 = f2
-                c2 += cost
-            else:
-                c2 = cost
-        if c0 <= n0 and c1 <= n1 and c2 <= n2:
-            return (s0, c0, s1, c1, s2, c2)
-        return None
-
-    return three
-
-
-# Window starts and ends up to here are whole numbers of seconds held exactly by a float.
-_EXACT_S = 2.0**53
-
-
-class _WindowStarts:
-    """The aligned window starts (``now - now % period``) of some limits, and the span of time
-    ``[lo, hi)`` in which they hold, kept so that most decisions skip the float modulo.
-
-    Kept only for whole-second periods and starts in ``(0, 2**53)``: there a start is a whole
-    number held exactly, and for any ``now`` in ``[start, start + period)`` the modulo gives that
-    same start, bit for bit. Any other time (or period) is computed afresh on every call. The
-    span is one tuple, replaced whole, so threads deciding at once never see a mixed one.
-    """
-
-    __slots__ = ("limits", "starts", "whole")
-
-    def __init__(self, limits: tuple[Limit, ...]) -> None:
-        self.limits = limits
-        self.whole = all(lim.period_s.is_integer() for lim in limits)
-        # An empty span: the first call computes the starts.
-        self.starts: tuple[float, ...] = (1.0, 0.0) + (0.0,) * len(limits)
-
-    def at(self, now: float) -> tuple[float, ...]:
-        """``(lo, hi, start, ...)`` at ``now``, kept for the next calls when exact."""
-        starts = [now - now % lim.period_s for lim in self.limits]
-        lo = max(starts)
-        hi = min([start + lim.period_s for start, lim in zip(starts, self.limits, strict=True)])
-        span = (lo, hi, *starts)
-        if self.whole and min(starts) > 0.0 and hi <= _EXACT_S:
-            self.starts = span
-        return span

@@ -179,17 +179,15 @@ class MemoryStore:
                 self._sweep(now)
             table = self._tables.get(limit_set.id)
             flat = None if table is None else table.entries.get(key)
-            charge = limit_set.charge_flat
-            if charge is not None:
-                new_flat = charge(flat, now, cost)
-                if new_flat is not None:
-                    if peek:
-                        pass
-                    elif flat is None:
-                        self._insert_flat(limit_set, key, new_flat, now)
-                    else:
-                        table.entries[key] = new_flat  # type: ignore[union-attr]
-                    return charged(now, limit_set, key, flat, cost)
+            new_flat = limit_set.charge_flat(flat, now, cost)
+            if new_flat is not None:
+                if peek:
+                    pass
+                elif flat is None:
+                    self._insert_flat(limit_set, key, new_flat, now)
+                else:
+                    table.entries[key] = new_flat  # type: ignore[union-attr]
+                return charged(now, limit_set, key, flat, cost)
             results, new_flat = limit_set.decide_flat(flat, now, cost)
             items = ((limit_set, key),)
             if new_flat is None:
