@@ -19,7 +19,7 @@ from ratekeeper.errors import LimitConfigError
 from ratekeeper.limit import LimitSet
 from ratekeeper.stores.base import AsyncStore, Store
 from ratekeeper.stores.memory import MemoryStore
-from ratekeeper.stores.over_limit import OverLimitCache, RecalledRefusal
+from ratekeeper.stores.over_limit import OverLimitCache, recalled
 from ratekeeper.stores.url import resolve_store
 
 __all__ = ["AsyncLimiter", "Limiter"]
@@ -98,7 +98,7 @@ class Limiter:
             if table is not None:
                 entry = table.get(key)
                 if entry is not None and now < entry.until and cost >= entry.cost:
-                    return RecalledRefusal(now, (entry,))
+                    return recalled(now, entry)
         decision = self._decide_one(limits, key, cost, now)
         if not decision.allowed:
             cache.remember(((limits, key),), cost, now, decision)
