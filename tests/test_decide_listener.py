@@ -20,6 +20,7 @@ import pytest
 
 from gateway_servers import Process, demo_upstream, serve
 from nginx_servers import nginx_example
+from redis_servers import redis_server
 from test_operator_gateway import _cli
 
 # Fixed windows end at the same instant for every key, so two keys asked the same things get
@@ -295,6 +296,14 @@ def test_hostile_requests_get_400_or_431_and_the_listener_keeps_serving(
     again.close()
 
 
+def test_a_request_to_switch_protocols_is_decided_then_closed(gateway: Process) -> None:
+    raw = Raw(_lean_address(gateway))
+    upgrade = _decide("/many/u", "upgrader", "Connection: upgrade", "Upgrade: websocket")
+    assert raw.ask(upgrade)[0] == 200
+    assert raw.closed(5)
+    raw.close()
+
+
 def test_an_endless_head_is_cut_and_memory_stays_bounded(gateway: Process) -> None:
     # A head that never ends, sent in pieces: answered 431 past the bound (32 kB) and closed;
     # the client may see the close as a reset rather than read the 431.
@@ -417,3 +426,49 @@ def test_a_unix_listener_with_several_workers_is_refused(root: Path) -> None:
         ),
     ):
         pass
+
+
+def test_on_redis_decisions_wait_in_tasks_and_answers_keep_their_order(root: Path) -> None:
+    # Redis answers over the network: each decision is a task, pipelined requests queue.
+    where = root / "redis"
+    where.mkdir()
+    with (
+        redis_server(where / "redis") as redis,
+        serve(
+            "--config",
+            str(_policy(where / "policy.toml")),
+            "--store",
+            redis.url,
+            "--decide-listen",
+            "127.0.0.1:0",
+            cwd=where,
+        ) as process,
+    ):
+        address = _lean_address(process)
+        raw = Raw(address)
+        raw.send(b"".join(_decide(f"/many/{i}", "queued") for i in range(50)))
+        remaining = [int(raw.read()[1]["x-ratelimit-remaining"]) for _ in range(50)]
+        assert remaining == list(range(99999, 99999 - 50, -1))
+        # The fifth request of eight connections at once is the last one admitted.
+        results: list[int] = []
+
+        def ask() -> None:
+            one = Raw(address)
+            results.extend(
+                one.ask(_decide("/api/integration/tracks", "redis-crowd"))[0] for _ in range(2)
+            )
+            one.close()
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(results) == [200] * 5 + [429] * 11
+        # A client gone while its decision waits on Redis leaves the listener serving.
+        gone = Raw(address)
+        gone.send(b"".join(_decide(f"/many/g{i}", "gone") for i in range(20)))
+        gone.close()
+        assert raw.ask(_decide("/many/after", "queued"))[0] == 200
+        raw.close()
+    assert "Traceback" not in process.output()

@@ -11,9 +11,10 @@ status, headers and body (``verdict``, one logic for both front ends).
 It speaks the HTTP/1.1 a proxy speaks: keep-alive, pipelining (answers in order), requests
 without bodies (a body is read and dropped). What a hostile client can do is bounded:
 
-- a request that does not parse is answered 400, an upgrade 400, a head over
-  ``max_header_bytes`` or with more than ``_MAX_HEADERS`` headers 431; each closes the
-  connection, and only that one;
+- a request that does not parse is answered 400, a head over ``max_header_bytes`` or with
+  more than ``_MAX_HEADERS`` headers 431; each closes the connection, and only that one; a
+  request asking to switch protocols (``Upgrade``, ``CONNECT``) is decided like any other, and
+  its connection closed after the answer;
 - a request must arrive whole within ``header_timeout_s`` of its first byte (slowloris); a
   kept-alive connection idle for ``_IDLE_S`` is closed;
 - above ``max_connections`` a newcomer closes the connection idle the longest, or is closed
@@ -30,15 +31,11 @@ port without listening); a Unix socket is served by one worker (``--workers 1``)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import socket
-import stat
 import time
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
@@ -46,23 +43,16 @@ from urllib.parse import unquote
 
 import httptools
 
-from ratekeeper.errors import GatewayConfigError
 from ratekeeper.gateway.connections import ConnectionLimits
 from ratekeeper.gateway.decide import DECIDE_PATH, REPORT_PATH, Verdict, report_verdict, verdict
+from ratekeeper.gateway.decide_socket import bound_socket
 from ratekeeper.gateway.proxy import error_answer
 from ratekeeper.http.engine import Enforcer
 
-__all__ = [
-    "DECIDE_VARIABLE",
-    "DecideListener",
-    "ListenAddress",
-    "bind_decide_listener",
-    "listener_from_environment",
-]
+__all__ = ["DecideListener", "listener_from_environment"]
 
 log = logging.getLogger("ratekeeper.gateway")
 
-DECIDE_VARIABLE = "RATEKEEPER_DECIDE_LISTEN"
 _MAX_HEADERS = 100
 # Longer than nginx's upstream keepalive_timeout (60 s), so that nginx closes first and never
 # sends a request on a connection this side is closing.
@@ -76,128 +66,14 @@ _PREFIX = DECIDE_PATH + "/"
 _ENCODED_MAX = 512
 
 
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """Where the listener listens: ``host`` and ``port``, or a Unix socket's ``path``."""
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ListenAddress:
-        """``HOST:PORT`` or ``unix:PATH``; anything else is a :class:`GatewayConfigError`."""
-        if text.startswith("unix:"):
-            if not text[len("unix:") :]:
-                raise GatewayConfigError("--decide-listen unix: expected a socket path after unix:")
-            return cls(path=text[len("unix:") :])
-        host, _, port = text.rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise GatewayConfigError(
-                f"--decide-listen: expected HOST:PORT (e.g. 127.0.0.1:9001) or unix:PATH, "
-                f"got {text!r}"
-            )
-        return cls(host=host, port=int(port))
-
-    def words(self) -> str:
-        """The address as the start-up line and nginx's ``server`` name it."""
-        if self.path is not None:
-            return f"unix:{self.path}"
-        return (
-            f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
-        )
-
-
-def _tcp_socket(address: ListenAddress, shared: bool) -> socket.socket:
-    host = address.host or "127.0.0.1"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if shared:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, address.port or 0))
-    except OSError as exc:
-        sock.close()
-        raise GatewayConfigError(
-            f"--decide-listen {address.words()}: cannot listen: {exc.strerror or exc}"
-        ) from None
-    return sock
-
-
-def _unix_socket(path: str) -> socket.socket:
-    where = Path(path)
-    if where.exists() and stat.S_ISSOCK(where.stat().st_mode):
-        where.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        raise GatewayConfigError(
-            f"--decide-listen unix:{path}: cannot listen: {exc.strerror}"
-        ) from None
-    # nginx runs as another user: it needs write access to connect (0o666, as with php-fpm's
-    # socket); the directory the socket is in decides who may reach it.
-    os.chmod(path, 0o666)
-    return sock
-
-
-# The socket bound by ``bind_decide_listener`` in this process: a single-worker serve's worker
-# runs in the same process and takes it from here.
-_BOUND: list[socket.socket] = []
-
-
-def bind_decide_listener(
-    text: str, workers: int, limits: ConnectionLimits
-) -> tuple[socket.socket, ListenAddress]:
-    """Bind the listener's socket in ``serve``'s supervisor and tell the workers where it is
-    and its ``limits`` (in the environment); returns the socket and its address (the port
-    ``:0`` got)."""
-    address = ListenAddress.parse(text)
-    if address.path is not None:
-        if workers > 1:
-            raise GatewayConfigError(
-                "--decide-listen unix:PATH is served by one worker: use --workers 1, or "
-                "HOST:PORT, which every worker serves"
-            )
-        sock = _unix_socket(address.path)
-    else:
-        sock = _tcp_socket(address, shared=workers > 1)
-        host, port = sock.getsockname()[:2]
-        address = ListenAddress(host=str(host), port=int(port))
-    if workers == 1:
-        sock.listen(1024)
-    # With several workers the supervisor holds the port without listening: connections go only
-    # to the workers' sockets, each bound to the same port.
-    _BOUND[:] = [sock]
-    os.environ[DECIDE_VARIABLE] = json.dumps(
-        {
-            "host": address.host,
-            "port": address.port,
-            "path": address.path,
-            "pid": os.getpid(),
-            "limits": [limits.max_connections, limits.header_timeout_s, limits.max_header_bytes],
-        }
-    )
-    return sock, address
-
-
 def listener_from_environment(enforcer: Enforcer) -> tuple[DecideListener, socket.socket] | None:
     """In a ``serve`` worker: the listener and the socket to serve, when ``--decide-listen``
-    was given."""
-    text = os.environ.get(DECIDE_VARIABLE)
-    if not text:
+    was given (``ratekeeper.gateway.decide_socket``)."""
+    found = bound_socket()
+    if found is None:
         return None
-    data = json.loads(text)
-    if data["pid"] == os.getpid() and _BOUND:
-        sock = _BOUND[0]
-    else:
-        address = ListenAddress(host=data["host"], port=data["port"], path=data["path"])
-        sock = _tcp_socket(address, shared=True)
-        sock.listen(1024)
-    return DecideListener(enforcer, ConnectionLimits(*data["limits"])), sock
+    sock, limits = found
+    return DecideListener(enforcer, limits), sock
 
 
 def _status_line(status: int) -> bytes:
@@ -241,7 +117,8 @@ _NOT_FOUND = _error(
     f"this listener answers {DECIDE_PATH} (and {DECIDE_PATH}/...) and {REPORT_PATH}",
 )
 _MALFORMED = _error(400, "malformed_request", "The request is not HTTP/1.1 this listener reads.")
-_UPGRADE = _error(400, "upgrade_refused", "This listener does not switch protocols.")
+# Not an answer: the connection is closed once the answers before it are out.
+_CLOSE: Verdict = (0, [], b"")
 _TOO_LARGE = _error(
     431, "request_header_fields_too_large", "The request head is larger than this listener reads."
 )
@@ -427,7 +304,9 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(_UPGRADE, "upgrades")
+            # The request itself was read whole and is answered; no other protocol follows.
+            self._stopped = True
+            self._submit(_CLOSE, False)
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -509,10 +388,14 @@ class _Connection(asyncio.Protocol):
         }
 
     def _submit(self, item: dict[str, Any] | Verdict, keep: bool) -> None:
+        """Answer ``item`` now, or after the answers before it (kept in order)."""
         if self._task is not None or self._queue:
             self._queue.append((item, keep))
             self._reading_state()
             return
+        self._dispatch(item, keep)
+
+    def _dispatch(self, item: dict[str, Any] | Verdict, keep: bool) -> None:
         if isinstance(item, tuple):
             self._answer(item, keep)
             return
@@ -541,12 +424,15 @@ class _Connection(asyncio.Protocol):
         self._answer(found, keep)
         while self._queue and self._task is None and not self._closing:
             item, keep = self._queue.popleft()
-            self._submit(item, keep)
+            self._dispatch(item, keep)
         self._reading_state()
 
     def _answer(self, found: Verdict, keep: bool) -> None:
         transport = self._transport
         if transport is None or self._closing:
+            return
+        if found is _CLOSE:
+            self._close()
             return
         if keep:
             transport.write(self._listener.encoded(found))

@@ -43,7 +43,7 @@ from ratekeeper.gateway.connections import (
     connection_cap,
 )
 from ratekeeper.gateway.decide import DECIDE_PATH
-from ratekeeper.gateway.decide_listener import DECIDE_VARIABLE, bind_decide_listener
+from ratekeeper.gateway.decide_socket import DECIDE_VARIABLE, bind_decide_listener
 from ratekeeper.gateway.demo import try_paths
 from ratekeeper.gateway.logs import configure_logging
 from ratekeeper.gateway.metrics import MULTIPROCESS_VARIABLE, multiprocess_dir
