@@ -243,6 +243,8 @@ async def _resume(coro: Coroutine[Any, Any, Verdict], waiting: Any) -> Verdict:
         if waiting is None:
             await asyncio.sleep(0)
         else:
+            # What a task does with a future it is handed: marked not yet awaited, then awaited.
+            waiting._asyncio_future_blocking = False
             await waiting
         try:
             waiting = coro.send(None)
@@ -356,9 +358,14 @@ class _Connection(asyncio.Protocol):
         self._in_head = True
         self._head_bytes = 0
         self._reading = False
+        if self._stopped:
+            # Requests pipelined after one that ends the connection are not decided.
+            return
         parser = self._parser
         keep = parser.should_keep_alive() and parser.get_http_version() == "1.1"
         scope = self._scope(parser.get_method())
+        if scope is None or not keep:
+            self._stopped = True
         self._submit(scope if scope is not None else _MALFORMED, keep and scope is not None)
 
     # -- requests and answers -------------------------------------------------------------------
