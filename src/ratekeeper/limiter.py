@@ -88,10 +88,14 @@ class Limiter:
         """Charge ``cost`` to ``key`` under every limit of ``limits`` if all allow it."""
         if cost != 1 or type(key) is not str or type(limits) is not LimitSet:
             _check(((limits, key),), cost)
-        now = self.clock()
+        # Callables read into locals before the call: a method-style call of a callable kept
+        # in an attribute takes CPython's slow generic lookup.
+        clock = self.clock
+        now = clock()
+        decide_one = self._decide_one
         cache = self._cache
         if cache is None:
-            return self._decide_one(limits, key, cost, now)
+            return decide_one(limits, key, cost, now)
         # The cache's decide and recall, unrolled: this is the hot call of the library.
         if cache.size:
             table = cache.tables.get(limits.spec_id)
@@ -99,7 +103,7 @@ class Limiter:
                 entry = table.get(key)
                 if entry is not None and now < entry.until and cost >= entry.cost:
                     return recalled(now, entry)
-        decision = self._decide_one(limits, key, cost, now)
+        decision = decide_one(limits, key, cost, now)
         if not decision.allowed:
             cache.remember(((limits, key),), cost, now, decision)
         return decision
