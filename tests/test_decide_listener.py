@@ -398,9 +398,9 @@ def test_several_workers_share_a_tcp_listener(root: Path) -> None:
         f"sqlite:///{where / 'w.db'}",
         "--workers",
         "2",
-        "--decide-listen",
-        "127.0.0.1:0",
         cwd=where,
+        # As every option, from the environment too.
+        env={"RATEKEEPER_DECIDE_LISTEN": "127.0.0.1:0"},
     ) as process:
         address = _lean_address(process)
         codes = []

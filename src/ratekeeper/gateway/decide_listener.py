@@ -137,8 +137,6 @@ class DecideListener:
         self.enforcer = enforcer
         self.limits = limits or ConnectionLimits()
         self.open: dict[_Connection, None] = {}
-        # Connections waiting for a request, longest-idle first (re-inserted when idle again).
-        self.idle: dict[_Connection, None] = {}
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._path: str | None = None
@@ -198,20 +196,19 @@ class DecideListener:
     def opened(self, connection: _Connection) -> bool:
         """Count a new connection; ``False`` when there is no room for it."""
         if len(self.open) >= self.limits.max_connections:
-            oldest = next(iter(self.idle), None)
+            idle = [c for c in self.open if c.idle]
+            oldest = min(idle, key=lambda c: c.since, default=None)
             if oldest is None:
                 self.shed("refused")
                 return False
             self.shed("evicted")
             oldest.finish()
         self.open[connection] = None
-        self.idle[connection] = None
         return True
 
     def closed(self, connection: _Connection) -> None:
         """Forget a closed connection."""
         self.open.pop(connection, None)
-        self.idle.pop(connection, None)
 
     def shed(self, what: str) -> None:
         """Count what was refused or closed, and say so at most once per ``_LOG_EVERY_S``."""
@@ -268,8 +265,9 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._head_size = 0
         self._max_head = listener.limits.max_header_bytes
-        # When the request being read began, or the connection became idle (loop time).
-        self._since = self._loop.time()
+        # When the connection opened or its last request began (loop time): the start of a
+        # request being read, or about when an idle connection last asked.
+        self.since = self._loop.time()
         self._reading = False
         self._queue: deque[tuple[dict[str, Any] | Verdict, bool]] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -335,8 +333,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._head_size = 0
         self._reading = True
-        self._since = self._loop.time()
-        self._listener.idle.pop(self, None)
+        self.since = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -443,9 +440,6 @@ class _Connection(asyncio.Protocol):
             return
         if keep:
             transport.write(self._listener.encoded(found))
-            if not self._reading and not self._queue and self._task is None:
-                self._since = self._loop.time()
-                self._listener.idle[self] = None
             return
         transport.write(_encode(found, close=True))
         self._closing = True
@@ -477,15 +471,20 @@ class _Connection(asyncio.Protocol):
         """Close the connection if its request is late (``head_s``) or it idled too long."""
         if self._transport is None or self._transport.is_closing():
             return
-        if self._reading and now - self._since > head_s:
+        if self._reading and now - self.since > head_s:
             self._listener.shed("slow requests")
             self._close()
-        elif self in self._listener.idle and now - self._since > _IDLE_S:
+        elif now - self.since > _IDLE_S and self.idle:
             self._close()
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request: none being read, decided or answered."""
+        return not self._reading and self._task is None and not self._queue
 
     def finish(self) -> None:
         """Close now if idle, else after the answers under way."""
-        if self in self._listener.idle and not self._reading:
+        if self.idle:
             self._close()
         else:
             self._reading = False

@@ -22,7 +22,8 @@ from ratekeeper.gateway.connections import ConnectionLimits
 
 __all__ = ["DECIDE_VARIABLE", "ListenAddress", "bind_decide_listener", "bound_socket"]
 
-DECIDE_VARIABLE = "RATEKEEPER_DECIDE_LISTEN"
+# Not RATEKEEPER_DECIDE_LISTEN: that one is --decide-listen given in the environment.
+DECIDE_VARIABLE = "RATEKEEPER_DECIDE_SOCKET"
 
 
 @dataclass(frozen=True, slots=True)
