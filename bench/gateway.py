@@ -20,7 +20,9 @@ every Python one runs on uvicorn with uvloop + httptools when installed, as ``se
   for any Python decision endpoint behind nginx (the nginx allowed ratio's floor).
 - the lean decision listener (``serve --decide-listen``, asyncio + httptools without uvicorn or
   ASGI): asked directly while refusing (beside the constant 429 app), and behind nginx allowing
-  and forwarding to the upstream (beside nginx alone and the constant-200 ceiling).
+  and forwarding to the upstream (beside nginx alone and the constant-200 ceiling); and the
+  same listener answering a constant 200 without deciding, behind nginx: the ceiling of any
+  decision served by that stack.
 
 Every row also shows the cores (CPU seconds per second) that wrk and each server took, read
 from /proc: what share of the machine the floor rows leave to ratekeeper.
@@ -157,6 +159,37 @@ def role_allow(port: int) -> None:
     _uvicorn(app, port)
 
 
+def role_lean_allow(port: int) -> None:
+    """The lean listener's stack (``serve --decide-listen``: asyncio + httptools) answering
+    every decision 200 without deciding: behind nginx, the ceiling of a decision served by it."""
+    import asyncio
+    import socket as sockets
+    from types import SimpleNamespace
+
+    import uvloop
+
+    from ratekeeper.gateway.decide_listener import DecideListener
+
+    verdict = (200, _ALLOW_HEADERS, b"")
+
+    async def allowed() -> Any:
+        return verdict
+
+    class Constant(DecideListener):
+        def decide(self, scope: Any) -> Any:
+            return allowed()
+
+    async def main() -> None:
+        sock = sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM, sockets.IPPROTO_TCP)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(1024)
+        stub = SimpleNamespace(decides_on_loop=True, header_names=frozenset())
+        await Constant(stub).start(sock)  # type: ignore[arg-type]
+        await asyncio.Future()
+
+    uvloop.run(main())
+
+
 def role_constant2(port: int) -> None:
     """The constant 429 app on uvicorn with 2 worker processes (the workers ratio's floor)."""
     import uvicorn
@@ -234,6 +267,7 @@ ROLES = {
     "constant": role_constant,
     "constant2": role_constant2,
     "allow": role_allow,
+    "lean-allow": role_lean_allow,
     "naive-httpx": role_naive_httpx,
     "naive-aiohttp": role_naive_aiohttp,
 }
@@ -539,6 +573,20 @@ def main() -> int:
                 (),
                 (allow, upstream),
             )
+            lean_allow = stack.enter_context(role("lean-allow", cwd))
+            (cwd / "lean-floor").mkdir()
+            with_lean_allow, other = stack.enter_context(
+                nginx(cwd / "lean-floor", lean_allow, upstream)
+            )
+            PIDS[with_lean_allow] = PIDS[other]
+            names.update({with_lean_allow: "nginx", lean_allow: "app"})
+            lean_floor = measure(
+                "nginx",
+                "nginx + lean listener answering a constant 200 -> upstream",
+                with_lean_allow + "/t",
+                (),
+                (lean_allow, upstream),
+            )
             ratios += [
                 ("nginx+decide rejected / nginx limit_req", decided / limit_req, ""),
                 ("nginx+decide allowed / nginx alone", allowed / plain, "target >= 0.5"),
@@ -550,6 +598,16 @@ def main() -> int:
                     "target >= 0.5",
                 ),
                 ("nginx+lean listener allowed / nginx+constant-200 app", lean_allowed / floor, ""),
+                (
+                    "floor: nginx+lean listener constant 200 / nginx alone",
+                    lean_floor / plain,
+                    "ceiling",
+                ),
+                (
+                    "nginx+lean listener allowed / its constant-200 ceiling",
+                    lean_allowed / lean_floor,
+                    "",
+                ),
             ]
     print("\n| row | req/s | cores used (wrk, servers) |\n|---|---:|---|")
     for _, label, rate, cpu in rows:
