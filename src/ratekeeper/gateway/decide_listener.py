@@ -126,10 +126,6 @@ _SHUTTING_DOWN = _error(503, "shutting_down", "The gateway is shutting down; ret
 _FAILED = _error(500, "decision_failed", "The decision could not be made; see the gateway's log.")
 
 
-class _Stop(Exception):
-    """Raised from a parser callback to stop reading a request that has to be refused."""
-
-
 class DecideListener:
     """Serves decision requests with ``enforcer`` within ``limits`` (see the module docstring)."""
 
@@ -277,6 +273,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._stopped = False
         self._closing = False
+        self._too_large = False
 
     # -- asyncio -----------------------------------------------------------------------------
 
@@ -308,9 +305,11 @@ class _Connection(asyncio.Protocol):
             self._stopped = True
             self._submit(_CLOSE, False)
             return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            self._refuse(_TOO_LARGE if isinstance(cause, _Stop) else _MALFORMED, "malformed")
+        except httptools.HttpParserCallbackError:
+            if self._too_large:
+                self._refuse(_TOO_LARGE, "oversized")
+            else:
+                self._refuse(_MALFORMED, "malformed")
             return
         except httptools.HttpParserError:
             self._refuse(_MALFORMED, "malformed")
@@ -343,13 +342,16 @@ class _Connection(asyncio.Protocol):
         # is still arriving, before httptools has gathered it).
         self._head_size += len(name) + len(value)
         if len(self._headers) >= _MAX_HEADERS or self._head_size > self._max_head:
-            raise _Stop
+            self._too_large = True
+            # Any exception stops httptools; the flag says which answer it calls for.
+            raise BufferError("request head too large")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         if len(self._url) + self._head_size > self._max_head:
-            raise _Stop
+            self._too_large = True
+            raise BufferError("request head too large")
 
     def on_message_complete(self) -> None:
         self._in_head = True
