@@ -10,8 +10,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from ratekeeper.gateway.connections import ConnectionLimits
 from ratekeeper.gateway.decide_listener import DecideListener
+from ratekeeper.gateway.server import serve_main
 from ratekeeper.http.engine import Enforcer
 
 POLICY = """
@@ -112,3 +115,14 @@ def test_requests_after_one_that_closes_the_connection_are_not_decided(tmp_path:
         writer.close()
 
     _run(test, tmp_path)
+
+
+def test_the_option_is_explained_and_a_bad_address_named(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as done:
+        serve_main(["--help"])
+    assert done.value.code == 0
+    assert "--decide-listen HOST:PORT|unix:PATH" in capsys.readouterr().out
+    for bad in ("nonsense", "127.0.0.1:99999", "unix:"):
+        code = serve_main(["--preset", "musique", "--store", "memory://", "--decide-listen", bad])
+        assert code == 2
+        assert "--decide-listen" in capsys.readouterr().err
