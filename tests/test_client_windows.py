@@ -199,3 +199,39 @@ def test_a_slow_first_answer_probes_the_shorter_period_first() -> None:
     now = _window(state, start, start + 0.8, start + 3.0)
     expected = start + 0.8 + 2.0 + state.plan.policy.margin_s
     assert now + state.wait_s(now) - T0 == pytest.approx(expected - T0)
+
+
+def test_a_period_ruled_out_is_not_probed_again_when_no_other_fits() -> None:
+    """Aligned 2-s windows: a first request sent late in one and counted in the next (0.8 s
+    on the way) leaves 1 s and 2 s possible; 1 s is probed and refused. A later window's
+    first send, just after its start, leaves under 2 s to its written reset: only the period
+    ruled out fits, so the reset is believed. It was probed again: a second refusal."""
+    state = HostState(HostPlan.build("api.test", HostPolicy()))
+    margin = state.plan.policy.margin_s
+
+    def answer(sent: float, now: float, remaining: int, reset_at: float, status: int = 200) -> None:
+        quota = Quota(
+            name="x",
+            limit=2,
+            remaining=remaining,
+            reset_in_s=reset_at - now,
+            reset_rounding_s=1.0,
+            reset_epoch=True,
+        )
+        state.on_answer(state.on_send(sent), now, status, Hints(quotas=(quota,)), sent_at=sent)
+
+    assert state.wait_s(T0 + 1.5) == 0.0
+    answer(T0 + 1.5, T0 + 2.3, 1, T0 + 4.0)
+    assert state.wait_s(T0 + 2.3) == 0.0
+    answer(T0 + 2.3, T0 + 2.303, 0, T0 + 4.0)
+    probe_at = T0 + 2.3 + 1.0 + margin
+    assert state.wait_s(T0 + 2.303) == pytest.approx(probe_at - (T0 + 2.303))
+    assert state.wait_s(probe_at) == 0.0
+    answer(probe_at, probe_at + 0.003, 0, T0 + 4.0, status=503)
+    assert state.period_s is None
+    # The next window: its first request sent 1 ms into it, both of its units spent.
+    assert state.wait_s(T0 + 4.001) == 0.0
+    answer(T0 + 4.001, T0 + 4.005, 1, T0 + 6.0)
+    assert state.wait_s(T0 + 4.005) == 0.0
+    answer(T0 + 4.005, T0 + 4.008, 0, T0 + 6.0)
+    assert state.wait_s(T0 + 4.008) == pytest.approx(6.0 - 4.008)

@@ -232,9 +232,13 @@ class HostState:
             # window began between the first send and its answer: when a slow answer leaves
             # two periods possible, the shorter is probed first (a refusal, the one a window
             # may have, rules it out), from the first answer (the window began before it).
+            # No period left that fits: the window began before the send (aligned), the
+            # reset is as written.
             late = 0.0 if self._rounded else 0.5
             longest = math.floor(reset_at - self._window_sent - late)
             period = max(math.floor(reset_at - start - late), self._shortest_period)
+            if period > longest:
+                return reset_at
             self._short_guess = period < longest
             self._guessed_period = period = min(period, longest)
             if period < 1:
