@@ -22,6 +22,7 @@ from gateway_servers import Process, serve
 from ratekeeper.client import AsyncRateLimitTransport, RateLimitTransport
 from ratekeeper.client.hints import Hints, Quota
 from ratekeeper.client.refusals import MAX_REMEMBERED, RefusedLimits
+from test_client_servers import AsyncTimedWire, TimedWire
 
 T0 = 1_700_000_000.0  # a multiple of 2: aligned windows of 1 s and 2 s start here
 AGENT = "refusal-tests/1.0 ( ops@example.com )"
@@ -133,7 +134,7 @@ def test_a_server_naming_a_new_limit_in_every_refusal_cannot_grow_the_memory() -
     assert len(limits._visible) == MAX_REMEMBERED
 
 
-class _Counting(httpx.HTTPTransport):
+class _Counting(TimedWire):
     """The wire under the client: every answer's status and zone, as the server sent them."""
 
     def __init__(self) -> None:
@@ -177,8 +178,10 @@ def test_learned_client_remembers_musicbrainz_per_agent_zone(
     # One refusal to learn it; a second only when the first came in a window's last second
     # (Retry-After 1 cannot tell a 1-s window from a longer one). Before: one per window.
     assert len(refused) <= 2, wire.answers
-    # Two a window from the first send's window on: the last window starts this long after.
-    minimum = 2 * (math.floor(epoch / 2) + math.ceil(count / 2) - 1) - epoch
+    # Two a window from the first request's window on (it reached the server by the end of
+    # its round trip, in the next window if that was slow): the last starts this long after.
+    first = math.floor((epoch + wire.first_s) / 2)
+    minimum = 2 * (first + math.ceil(count / 2) - 1) - epoch
     assert elapsed <= 1.10 * minimum + 0.2, (elapsed, minimum)
     (state,) = transport.pacer.states().values()
     # Aligned once a refusal's reset proves it; sent at the boundaries, moving is as fast.
@@ -268,7 +271,7 @@ def test_eight_in_flight_draw_one_musicbrainz_refusal_per_window(musicbrainz: Pr
     # of a limit learned from a refusal goes alone.
     statuses: list[tuple[int, str]] = []
 
-    class Wire(httpx.AsyncHTTPTransport):
+    class Wire(AsyncTimedWire):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             response = await super().handle_async_request(request)
             statuses.append((response.status_code, response.headers["x-ratelimit-reset"]))
@@ -277,9 +280,11 @@ def test_eight_in_flight_draw_one_musicbrainz_refusal_per_window(musicbrainz: Pr
     count = 10
     headers = {"User-Agent": "eight-in-flight/1.0 ( ops@example.com )"}
 
+    wire = Wire()
+
     async def run() -> tuple[float, float]:
         gate = asyncio.Semaphore(8)
-        transport = AsyncRateLimitTransport(Wire())
+        transport = AsyncRateLimitTransport(wire)
         async with httpx.AsyncClient(transport=transport, headers=headers, timeout=30) as client:
 
             async def get(n: int) -> int:
@@ -295,5 +300,6 @@ def test_eight_in_flight_draw_one_musicbrainz_refusal_per_window(musicbrainz: Pr
     # Each answer names its window by its end (the reset, an epoch): one 503 a window at most.
     refused = [reset for status, reset in statuses if status == 503]
     assert len(refused) == len(set(refused)) and len(refused) <= 2, statuses
-    minimum = 2 * (math.floor(epoch / 2) + math.ceil(count / 2) - 1) - epoch
+    first = math.floor((epoch + wire.first_s) / 2)
+    minimum = 2 * (first + math.ceil(count / 2) - 1) - epoch
     assert elapsed <= 1.10 * minimum + 0.3, (elapsed, minimum)

@@ -31,11 +31,15 @@ def test_told_windows_paced_with_no_refusal_by_the_same_flow() -> None:
     assert isinstance(adapter._flow, ClientFlow)
     with uvicorn_in_thread(slowapi_app("10/second", counts)) as base, session_with(adapter) as s:
         start = time.time()
-        for _ in range(25):
+        assert s.get(f"{base}/items", timeout=5).status_code == 200
+        # The first round trip (a server warming up: 0.8 s once in CI) delays the windows the
+        # client places from its answer.
+        first_s = time.time() - start
+        for _ in range(24):
             assert s.get(f"{base}/items", timeout=5).status_code == 200
         elapsed = time.time() - start
     assert counts.statuses == {200: 25}
-    assert elapsed <= 2.0 * 1.05 + LOAD_S
+    assert elapsed <= 2.0 * 1.05 + LOAD_S + first_s
 
 
 def test_learns_aligned_windows_and_retries_a_503_after_its_reset() -> None:
@@ -70,9 +74,12 @@ def test_no_hint_retry_waits_the_base_and_user_agent_is_set(
         caplog.at_level(logging.INFO, logger="ratekeeper.client"),
     ):
         assert s.get(f"{base}/items", timeout=5).status_code == 200
-    assert 0.5 <= log[1][0] - log[0][0] <= 0.75 + LOAD_S
+    assert log[1][0] - log[0][0] >= 0.5
+    # The wait is timed from when the client read the refusal (its retry logged then), not
+    # from when the server sent it: a slow answer is no longer wait.
+    (read,) = [r.created for r in caplog.records if "retry 1" in r.getMessage()]
+    assert 0.5 <= log[1][0] - read <= 0.75 + LOAD_S
     assert {agent for _, agent in log} == {"app/1.0 (me@example.com)"}
-    assert "retry 1" in caplog.text
 
 
 def test_dropped_keepalive_connection_retried_once() -> None:
