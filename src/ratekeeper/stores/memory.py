@@ -192,16 +192,9 @@ class MemoryStore:
                 else:
                     table.entries[key] = new_flat  # type: ignore[union-attr]
                 return charged(now, limit_set, key, flat, cost)
-            results, new_flat = limit_set.decide_flat(flat, now, cost)
-            items = ((limit_set, key),)
-            if new_flat is None:
-                return refusal(items, results, now)
-            if not peek:
-                if flat is None:
-                    self._insert_flat(limit_set, key, new_flat, now)
-                else:
-                    table.entries[key] = new_flat  # type: ignore[union-attr]
-            return Decision(True, 0.0, now, items, results)
+            # The charger refuses exactly when a limit's step does: the steps give the waits.
+            results, _ = limit_set.decide_flat(flat, now, cost)
+            return refusal(((limit_set, key),), results, now)
         finally:
             release = self._release
             release()
