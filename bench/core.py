@@ -228,12 +228,6 @@ BY_MEMORY_ID = {c.memory_id: c for c in reversed(CONTENDERS)}
 # ---------------------------------------------------------------- measuring
 
 
-# Batches per block: the best figure is the lowest mean of BLOCK consecutive batches (2 000
-# calls, a few milliseconds for ratekeeper): noise on a shared machine only ever adds time, and
-# a block short enough is often missed by it entirely (timeit's advice: the minimum of repeats).
-BLOCK = 20
-
-
 @dataclass
 class Timing:
     """Per-call times (ns) of each timed batch, and how many decisions were allowed."""
@@ -250,16 +244,10 @@ class Timing:
 
     @property
     def best_us(self) -> float:
-        """The lowest mean per-call time of BLOCK consecutive batches, in µs."""
-        samples = self.batch_ns
-        size = min(BLOCK, len(samples))
-        return (
-            min(
-                statistics.fmean(samples[i : i + size])
-                for i in range(0, len(samples) - size + 1, size)
-            )
-            / 1000
-        )
+        """The fastest batch's per-call time, in µs: noise on a shared machine only ever adds
+        time, so the minimum of repeats is the best estimate of what the code costs (timeit's
+        advice)."""
+        return min(self.batch_ns) / 1000
 
     @property
     def p50_us(self) -> float:
@@ -585,8 +573,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"policy per key: {POLICY} -- {_versions()}")
     print(
-        f"latency: us per decision, {repeat} pass(es) of {BATCH}-call batches; best: the lowest"
-        f" mean of {BLOCK} consecutive batches\n  (noise only adds time), p50: the median batch\n"
+        f"latency: us per decision, {repeat} pass(es) of {BATCH}-call batches; best: the fastest"
+        " batch (noise only adds time),\n  p50: the median batch\n"
         f"  hot key, allowed: one key, simulated clock +{HOT_STEP_S:g} s after each batch\n"
         f"  keys round-robin: {rr_keys:,} keys in turn, real clock, first round not timed\n"
         "  over limit: one key, frozen clock: rejected after its first 100\n"
