@@ -418,12 +418,14 @@ class ClientFlow(Generic[Req, Resp]):
             wait = state.wait_s(now, charge)
             if wait <= 0 and charge is not None and now >= paid_until:
                 hit, peek, _ = ops.for_charge(charge)
-                if charge.aligned and state.needs_room(charge, now):
-                    state.record_room(charge, (yield peek), now)
+                if charge.aligned and state.aligned.needs_room(charge, now):
+                    state.aligned.record_room(charge, (yield peek), now)
                 decision: Decision = yield hit
                 if decision.allowed:
                     ends = min(s.reset_at for s in decision.states) - decision.now
-                    wait = state.early_wait_s(charge, decision, now) if charge.aligned else 0.0
+                    wait = 0.0
+                    if charge.aligned:
+                        wait = state.aligned.early_wait_s(charge, decision, now)
                     if wait > 0:
                         yield Sleep(wait)
                         waited += wait

@@ -163,10 +163,10 @@ def _client_set(name: str, limits: Iterable[Limit], margin: float) -> tuple[Limi
 
     Windows aligned to the clock are decided ``margin_s`` ahead of time, and a request that this
     puts in the next window goes early only if the current window has room for it (see
-    :meth:`HostState.early_wait_s`): a request sent within ``margin_s`` of a boundary could
-    arrive on either side of it. Windows that start at a first hit, sliding windows and GCRA are
-    stretched by ``margin_s``: the server's window starts when the request arrives, a little
-    after the client's.
+    :meth:`~ratekeeper.client.aligned.AlignedRoom.early_wait_s`): a request sent within
+    ``margin_s`` of a boundary could arrive on either side of it. Windows that start at a first
+    hit, sliding windows and GCRA are stretched by ``margin_s``: the server's window starts
+    when the request arrives, a little after the client's.
     """
     shift = 0.0
     stretched = []

@@ -17,34 +17,17 @@ from dataclasses import dataclass, field
 import httpx
 
 from ratekeeper.client.adaptive import Adaptive
+from ratekeeper.client.aligned import AlignedRoom
+from ratekeeper.client.budget import Budget, RefillProbe
 from ratekeeper.client.hints import Hints, Quota
 from ratekeeper.client.pacing import Charge, HostPlan, HostPolicy
 from ratekeeper.client.refusals import RefusedLimits
 from ratekeeper.client.skew import SkewEstimate
 from ratekeeper.client.windows import WindowPacer
-from ratekeeper.decision import Decision
 from ratekeeper.errors import ClientConfigError
 
 __all__ = ["HostState", "Pacer"]
 
-
-@dataclass(slots=True)
-class _Budget:
-    """The binding quota of the server's current window: the lowest remaining reported in it
-    (answers to concurrent requests arrive in any order; the lowest is the freshest count)."""
-
-    remaining: int
-    reset_at: float | None
-    name: str
-    # The request whose answer reported it (0: none, a refill the client assumed).
-    seq: int = 0
-
-
-# What the first requests to a host may take to arrive (a connection to set up, TLS).
-_FIRST_FLIGHT_S = 0.25
-
-# Window ends computed from different clock readings agree to within float error.
-_SAME_END_S = 1e-6
 
 # A learned host's first requests go one at a time for this long at least (see HostState).
 _SERIAL_S = 1.0
@@ -67,9 +50,6 @@ class HostState:
     ) -> None:
         policy = plan.policy
         self.plan = plan
-        # Budgets in a store other processes charge too: what a peek saw left in a window
-        # may be theirs by the time a request goes.
-        self.shared = shared
         self._lock = threading.Lock()
         known = plan.known
         self.adaptive = Adaptive(
@@ -85,7 +65,7 @@ class HostState:
         self.slot_waiters = 0
         self.sent = 0
         self.blocked_until = -math.inf
-        self.budget: _Budget | None = None
+        self.budget: Budget | None = None
         # A window's size: X-RateLimit-Limit, else one more than the most ever reported left.
         self.window_limit: int | None = None
         # Requests sent up to this count were in flight when the last failure was counted:
@@ -93,11 +73,8 @@ class HostState:
         self._failure_mark = 0
         self.zone: str | None = None
         self.skew = SkewEstimate()
-        # Aligned windows told: how far ahead of the clock they are decided, ``margin_s`` or
-        # the longest recent round trip (a request may reach the server that late); before
-        # any round trip is known, long enough for a connection to be set up.
-        self.shift_s = max(plan.clock_shift_s, _FIRST_FLIGHT_S) if plan.clock_shift_s else 0.0
-        self._rtts: collections.deque[float] = collections.deque(maxlen=16)
+        # Aligned windows told: decided ahead of the clock, sent early only into room.
+        self.aligned = AlignedRoom(plan.clock_shift_s, shared=shared)
         self.pacers = tuple(
             WindowPacer(n, w, policy.margin_s, learn=learn) for n, w, learn in plan.windows
         )
@@ -110,33 +87,22 @@ class HostState:
         self._track = bool(self.pacers) or not plan.known
         self._recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=1024)
         self._learned = False
-        # Learned budgets whose resets may be written late: the window's first request and
-        # when its answer came (the server's window began before that), the true period once
-        # a probe confirmed it, and whether a probe was refused.
-        self._window_seq = 0
-        self._window_sent = 0.0
-        self._window_start: float | None = None
-        self.period_s: float | None = None
-        self._probe_at: float | None = None
-        self._probe_sent = 0
-        self._probe_refused = False
-        self._guessed_period: float | None = None
-        # A guess taken from a slow first answer may be a period short: its refusal rules it
-        # out (the next guess is longer) rather than making every later reset believed.
-        self._shortest_period = 1
-        self._short_guess = False
-        self._rounded = False
+        # Learned budgets whose resets may be written late: their true period, probed.
+        self.refill = RefillProbe()
         # The reset of the window last warned about (warn once per window at most).
         self._warned_reset: float | None = None
         self.warned = False
-        # Per aligned limit: (end of the window, its room when its last margin_s began).
-        self._room: dict[tuple[str, int], tuple[float, int]] = {}
         # Learned: one request at a time through the first window (a second after the first
         # send, or to the first reported reset): a limit the answers do not report (MusicBrainz
         # shows its global zone, not the per-client one) then refuses one request, not the
         # several a growing number in flight would have sent before the first refusal came.
         self._serial = not known
         self._serial_until = math.inf
+
+    @property
+    def period_s(self) -> float | None:
+        """The period of a learned window once a probe confirmed it."""
+        return self.refill.period_s
 
     def _paced(self, charge: Charge | None) -> tuple[WindowPacer, ...]:
         """The windows paced by answers that count a request of ``charge``."""
@@ -152,7 +118,7 @@ class HostState:
         in_flight = self.in_flight
         if in_flight >= max(int(self.adaptive.window), 1):
             return False
-        if (self._probe_sent or self._serial) and in_flight:
+        if (self.refill.sent_seq or self._serial) and in_flight:
             return False
         for pacer in self._paced(charge):
             if pacer.waits_for_answer():
@@ -196,118 +162,23 @@ class HostState:
             # Flask-Limiter add a second), and obeying them would halve short windows.
             if budget is None or budget.reset_at is None or self.plan.known or self._learned:
                 return wait
-            probe = self._probe_at
-            if now >= budget.reset_at or (probe is not None and now >= probe):
+            refill = self.refill
+            if refill.window_over(now, budget.reset_at):
                 # The window the report described is over: a new one holds a window's size,
                 # or, when that is unknown or only guessed, one request probes it.
+                sure = refill.next_window()
                 limit = self.window_limit
-                sure = probe is None or self.period_s is not None
                 size = limit if limit is not None and sure else 1
-                self.budget = _Budget(size, None, budget.name)
-                self._window_start = None
-                self._window_seq = 0
-                if probe is not None:
-                    self._probe_sent = -1  # the next send probes the guess, alone
-                self._probe_at = None
+                self.budget = Budget(size, None, budget.name)
                 return wait
             remaining = budget.remaining - self.in_flight
             # No margin on the reset: a request sent at it arrives after it.
             if remaining <= 0:
-                return max(wait, self._refill_at(budget.reset_at) - now)
+                at = refill.refill_at(budget.reset_at, self.plan.policy.margin_s)
+                return max(wait, at - now)
             if self.plan.policy.spread:
                 return max(wait, self.last_send + (budget.reset_at - now) / (remaining + 1) - now)
             return wait
-
-    def _refill_at(self, reset_at: float) -> float:
-        """When a spent learned budget is worth trying again: its reset, or a whole period of
-        seconds after the window's first answer when the reset may be written late (rounded
-        up to whole seconds by Flask-Limiter, a second added by slowapi), probed by one
-        request; once a probe was refused, resets are believed as written."""
-        start = self._window_start
-        if self._probe_refused or start is None:
-            return reset_at
-        period = self.period_s
-        if period is None:
-            # Late by up to a second: rounded up, or "1 +" a precise reset. The server's
-            # window began between the first send and its answer: when a slow answer leaves
-            # two periods possible, the shorter is probed first (a refusal, the one a window
-            # may have, rules it out), from the first answer (the window began before it).
-            # No period left that fits: the window began before the send (aligned), the
-            # reset is as written.
-            late = 0.0 if self._rounded else 0.5
-            longest = math.floor(reset_at - self._window_sent - late)
-            period = max(math.floor(reset_at - start - late), self._shortest_period)
-            if period > longest:
-                return reset_at
-            self._short_guess = period < longest
-            self._guessed_period = period = min(period, longest)
-            if period < 1:
-                return reset_at
-        at = start + period + self.plan.policy.margin_s
-        if at >= reset_at - _SAME_END_S:
-            return reset_at
-        self._probe_at = at
-        return at
-
-    def needs_room(self, charge: Charge, now: float) -> bool:
-        """Whether ``now`` is within ``margin_s`` of an aligned window's end whose room is not
-        yet known: the flow then peeks at the window before charging the next one."""
-        shift = self.shift_s
-        room = self._room
-        for _, period, limit in charge.aligned:
-            end = now - now % period + period
-            if now + shift >= end:
-                known = room.get(limit)
-                if known is None or abs(known[0] - end) > _SAME_END_S:
-                    return True
-        return False
-
-    def record_room(self, charge: Charge, peek: Decision, now: float) -> None:
-        """Remember the room of the aligned windows ending within ``margin_s`` of ``now``, from
-        a peek at the real clock (nothing is charged to them once their margin has begun)."""
-        states = peek.states
-        shift = self.shift_s
-        for index, period, limit in charge.aligned:
-            end = now - now % period + period
-            if now + shift < end:
-                continue
-            seen = states[index]
-            # The store already moved on to the next window: this window's room is unknown.
-            room = seen.remaining if abs(seen.reset_at - end) <= _SAME_END_S else 0
-            self._room[limit] = (end, room)
-
-    def early_wait_s(self, charge: Charge, decision: Decision, now: float) -> float:
-        """How long an allowed request must still wait for the aligned windows it was charged
-        to (decided ``margin_s`` ahead, it may belong to a window that has not begun).
-
-        It may go at once when the current window has room for every request charged early
-        to the next one: wherever the server counts it, it stays within the limit. With a
-        shared store that room may be another process's by then: it waits for the boundary.
-        """
-        shift = self.shift_s
-        at = decision.now
-        for _, period, _ in charge.aligned:
-            if at % period < shift:
-                break
-        else:
-            return 0.0  # every window it was charged to had begun when it was decided
-        wait = 0.0
-        states = decision.states
-        for index, period, limit in charge.aligned:
-            seen = states[index]
-            start = seen.reset_at - period
-            if start <= now:
-                continue
-            early = seen.limit.amount - seen.remaining
-            known = self._room.get(limit)
-            if (
-                self.shared
-                or known is None
-                or abs(known[0] - start) > _SAME_END_S
-                or early > known[1]
-            ):
-                wait = max(wait, start - now)
-        return wait
 
     def on_send(self, now: float, charge: Charge | None = None) -> int:
         """Record a request (of ``charge``) leaving; returns its sequence number for
@@ -325,11 +196,7 @@ class HostState:
                     pacer.record(now)
             if self._serial and self._serial_until == math.inf:
                 self._serial_until = now + _SERIAL_S
-            if not self._window_seq:
-                self._window_seq = self.sent
-                self._window_sent = now
-            if self._probe_sent < 0:
-                self._probe_sent = self.sent
+            self.refill.on_send(self.sent, now)
             return self.sent
 
     def observe_date(self, date: str, now: float, sent: float | None = None) -> float:
@@ -351,9 +218,7 @@ class HostState:
         """Request ``seq`` ended without an answer (network error, cancellation) at ``now``."""
         with self._lock:
             self.in_flight -= 1
-            self._probe_sent = 0
-            if seq == self._window_seq:
-                self._window_seq = 0
+            self.refill.on_abort(seq)
             self._reached(seq, now)
 
     def _reached(self, seq: int, now: float) -> None:
@@ -376,11 +241,9 @@ class HostState:
             self.in_flight -= 1
             if self._track:
                 self._reached(seq, now)
-            if seq == self._window_seq:
-                self._window_start = now
-            if sent_at is not None and self.plan.clock_shift_s:
-                self._rtts.append(now - sent_at)
-                self.shift_s = max(self.plan.clock_shift_s, *self._rtts)
+            self.refill.on_answer(seq, now)
+            if sent_at is not None:
+                self.aligned.round_trip(now - sent_at)
             if hints.zone:
                 self.zone = hints.zone
             if self._serial:
@@ -398,13 +261,13 @@ class HostState:
             if self._hidden(failed, hints, now, sent_at):
                 # Another limit than the answers describe: theirs was not wrong.
                 return None
-            if seq == self._probe_sent:
-                self._probed(failed, now)
+            if self.refill.probed(seq, failed):
+                self._adopt(now)
             if failed and self._learned:
                 # The window learned was wrong after all: back to what the answers say.
                 self.pacers = ()
                 self._learned = False
-                self._probe_refused = True
+                self.refill.refused = True
             binding = hints.binding
             if binding is None:
                 return None
@@ -434,17 +297,6 @@ class HostState:
             return False
         seen = [*self._recent, *((sent, math.inf) for sent in self._sent_at.values())]
         return self.refused.refused(hints, sent_at, now, seen)
-
-    def _probed(self, failed: bool, now: float) -> None:
-        """The answer to the first send of a window refilled before its written reset."""
-        self._probe_sent = 0
-        if failed and self._short_guess and self._guessed_period is not None:
-            self._shortest_period = int(self._guessed_period) + 1
-        elif failed:
-            self._probe_refused = True
-        elif self.period_s is None:
-            self.period_s = self._guessed_period
-            self._adopt(now)
 
     def _adopt(self, now: float) -> None:
         """Pace by the window learned (its size reported, its period probed) as if told: at
@@ -486,8 +338,8 @@ class HostState:
                 return None  # counted before the report already held
         else:
             same = False
-        self.budget = _Budget(binding.remaining, reset_at, binding.name, seq)
-        self._rounded = binding.reset_rounding_s > 0
+        self.budget = Budget(binding.remaining, reset_at, binding.name, seq)
+        self.refill.rounded = binding.reset_rounding_s > 0
         # A spent quota holds the host until its reset, unless the refusal's own wait is shorter
         # than the reset's rounding explains (a burst's bucket written as the next whole
         # second, a unit back much sooner: Retry-After says when, as the retry does).
@@ -501,7 +353,7 @@ class HostState:
         return self._low(binding, reset_at, same, before)
 
     def _low(
-        self, binding: Quota, reset_at: float | None, same: bool, before: _Budget | None
+        self, binding: Quota, reset_at: float | None, same: bool, before: Budget | None
     ) -> Quota | None:
         """``binding`` when it fell under ``low_remaining`` of its limit, at most once a window
         (a window without a reset: once per crossing)."""

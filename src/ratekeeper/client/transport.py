@@ -198,11 +198,11 @@ class _Transport(Generic[L, Req, Resp]):
     def _limiter(self, state: HostState) -> L:
         limiter = self._limiters.get(state.plan.name)
         if limiter is None:
-            clock = self._flow.clock
+            clock, aligned = self._flow.clock, state.aligned
             # Aligned windows are decided ahead by the host's shift, which follows latency.
             limiter = self._limiter_type(
                 self._store,
-                clock=(lambda: clock() + state.shift_s) if state.plan.clock_shift_s else clock,
+                clock=(lambda: clock() + aligned.shift_s) if state.plan.clock_shift_s else clock,
             )
             self._limiters[state.plan.name] = limiter
         return limiter
