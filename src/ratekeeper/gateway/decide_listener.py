@@ -338,18 +338,20 @@ class _Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # A head that came in one piece is measured here (``data_received`` measures one that
-        # is still arriving, before httptools has gathered it).
+        # Names lower-case, as uvicorn gives them (and as ``decide`` keeps the descriptions of
+        # repeated requests by).
+        self._headers.append((name.lower(), value))
         self._head_size += len(name) + len(value)
-        if len(self._headers) >= _MAX_HEADERS or self._head_size > self._max_head:
+        if self._head_size > self._max_head or len(self._headers) > _MAX_HEADERS:
             self._too_large = True
             # Any exception stops httptools; the flag says which answer it calls for.
             raise BufferError("request head too large")
-        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if len(self._url) + self._head_size > self._max_head:
+        # A head that came in one piece is measured here and in ``on_header``; one still
+        # arriving, before httptools has gathered it, in ``data_received``.
+        if len(self._url) > self._max_head:
             self._too_large = True
             raise BufferError("request head too large")
 
