@@ -264,8 +264,8 @@ def _parser() -> argparse.ArgumentParser:
         "--decide-listen",
         metavar="HOST:PORT|unix:PATH",
         help=f"also answer {DECIDE_PATH} and /report on a lean listener of their own (no "
-        "uvicorn/ASGI: 40-55%% less CPU per decision), for nginx auth_request; the same "
-        "limits, resets and reloads as the traffic port",
+        "uvicorn/ASGI: a quarter to a half less CPU per decision), for nginx auth_request; "
+        "the same limits, resets and reloads as the traffic port",
     )
     _add_time_and_connection_arguments(parser)
     parser.add_argument(
