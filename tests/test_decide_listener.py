@@ -8,6 +8,9 @@ resets, blocks and reloads reach it as they reach the traffic port."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import re
 import socket
 import threading
@@ -20,8 +23,8 @@ import pytest
 
 from gateway_servers import Process, demo_upstream, serve
 from nginx_servers import nginx_example
+from ratekeeper.gateway.admin.cli import admin_main
 from redis_servers import redis_server
-from test_operator_gateway import _cli
 
 # Fixed windows end at the same instant for every key, so two keys asked the same things get
 # the same headers (X-RateLimit-Reset); Retry-After may differ by the second that passed.
@@ -48,6 +51,16 @@ limits = ["caller"]
 routes = ["/many/*"]
 limits = ["many"]
 """
+
+
+def _cli(admin: Path, *args: str) -> tuple[int, dict[str, object]]:
+    """``ratekeeper admin --unix ADMIN ARGS`` in this process (real HTTP on the admin socket)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = admin_main(["--unix", str(admin), *args])
+    text = out.getvalue()
+    return code, json.loads(text) if text.strip().startswith("{") else {}
+
 
 _LEAN = re.compile(r"lean decisions: /_ratekeeper/decide on (\S+)")
 
