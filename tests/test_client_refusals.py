@@ -230,12 +230,13 @@ def test_learned_client_remembers_aisoule_messaging_burst(aisoule: Process) -> N
     statuses = [status for status, _ in wire.answers]
     # Before: a 429 for every burst of five.
     assert statuses.count(429) <= 1, statuses
-    # Five at once, then one per 200 ms.
+    # Five at once, then one per 200 ms, from the first answer (0.8 s once in CI: a server
+    # warming up).
     minimum = (count - 5) * 0.2
-    assert elapsed <= 1.10 * minimum, (elapsed, minimum)
+    assert elapsed <= 1.10 * minimum + wire.first_s, (elapsed, minimum, wire.first_s)
 
 
-class _AsyncCounting(httpx.AsyncHTTPTransport):
+class _AsyncCounting(AsyncTimedWire):
     def __init__(self) -> None:
         super().__init__()
         self.statuses: list[int] = []
@@ -272,7 +273,7 @@ def test_eight_in_flight_are_refused_in_the_first_burst_only(aisoule: Process) -
     first = statuses.index(429)
     settled = statuses.index(202, first)
     assert 429 not in statuses[settled:], statuses
-    assert elapsed <= 1.10 * (60 - 5) * 0.2, (elapsed, statuses)
+    assert elapsed <= 1.10 * (60 - 5) * 0.2 + wire.first_s, (elapsed, wire.first_s, statuses)
 
 
 def test_eight_in_flight_draw_one_musicbrainz_refusal_per_window(musicbrainz: Process) -> None:
