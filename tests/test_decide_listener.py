@@ -34,7 +34,7 @@ apply = []
 
 [identity]
 source = "api_key"
-key_headers = ["X-API-Key"]
+key_headers = ["{header}"]
 anonymous = "reject"
 
 [limits.caller]
@@ -65,8 +65,8 @@ def _cli(admin: Path, *args: str) -> tuple[int, dict[str, object]]:
 _LEAN = re.compile(r"lean decisions: /_ratekeeper/decide on (\S+)")
 
 
-def _policy(path: Path, caller: int = 5) -> Path:
-    path.write_text(POLICY.format(caller=caller))
+def _policy(path: Path, caller: int = 5, header: str = "X-API-Key") -> Path:
+    path.write_text(POLICY.format(caller=caller, header=header))
     return path
 
 
@@ -367,6 +367,27 @@ def test_a_reload_reaches_the_listener(root: Path, lean: Raw) -> None:
     finally:
         _policy(policy)
         assert _cli(sock, "policy", "reload")[1]["reloaded"]
+
+
+def test_a_reload_that_renames_the_key_header_is_refused_on_both_front_ends(
+    root: Path, lean: Raw, asgi: Raw
+) -> None:
+    """Moving the key to another header needs a restart (the servers and the response cache
+    chose the headers they read when they started): the reload says so and both front ends
+    keep deciding on the running policy."""
+    sock = root / "admin.sock"
+    _policy(root / "policy.toml", header="X-Caller-Key")
+    try:
+        code, answer = _cli(sock, "policy", "reload")
+        assert code == 0 and not answer["reloaded"]
+        assert "x-caller-key" in str(answer["error"]) and "restart" in str(answer["error"])
+        for front in (lean, asgi):
+            assert front.ask(_decide("/api/integration/tracks", "renamed-header"))[0] == 200
+            moved = _decide("/api/integration/tracks", None, "X-Caller-Key: renamed-header")
+            assert front.ask(moved)[0] == 401
+    finally:
+        _policy(root / "policy.toml")
+    assert not _cli(sock, "policy", "reload")[1]["reloaded"]
 
 
 def test_nginx_auth_request_through_a_unix_socket_listener(root: Path) -> None:
