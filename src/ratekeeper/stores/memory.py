@@ -185,11 +185,10 @@ class MemoryStore:
             charge = limit_set.charge_flat
             new_flat = charge(flat, now, cost)
             if new_flat is not None:
-                if peek:
-                    pass
-                elif flat is None:
+                # A peek is decided as the charge would be, and nothing is kept.
+                if not peek and flat is None:
                     self._insert_flat(limit_set, key, new_flat, now)
-                else:
+                elif not peek:
                     table.entries[key] = new_flat  # type: ignore[union-attr]
                 return charged(now, limit_set, key, flat, cost)
             # The charger refuses exactly when a limit's step does: the steps give the waits.
