@@ -183,8 +183,9 @@ def role_lean_allow(port: int) -> None:
         sock = sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM, sockets.IPPROTO_TCP)
         sock.bind(("127.0.0.1", port))
         sock.listen(1024)
-        stub = SimpleNamespace(decides_on_loop=True, header_names=frozenset())
-        await Constant(stub).start(sock)  # type: ignore[arg-type]
+        # The listener's own stack alone: its decide() answers without asking an enforcer.
+        no_enforcer = SimpleNamespace(decides_on_loop=True, header_names=frozenset())
+        await Constant(no_enforcer).start(sock)  # type: ignore[arg-type]
         await asyncio.Future()
 
     uvloop.run(main())
